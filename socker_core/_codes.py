@@ -1,0 +1,48 @@
+"""The close-code table: every way a socker connection can end, in one place."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class CloseCode(IntEnum):
+    """Close codes socker sends or reports. 4000-4999 are socker's own."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    UNSUPPORTED_DATA = 1003
+    ABNORMAL = 1006
+    INVALID_PAYLOAD = 1007
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    STEP_TIMEOUT = 4408
+
+
+#: The public close-code table: code -> what it means in socker.
+#: The README's table is generated from the same words.
+CLOSE_CODES: dict[int, str] = {
+    CloseCode.NORMAL: "flow complete, or a normal close by either side",
+    CloseCode.GOING_AWAY: "server shutting down (or the peer going away)",
+    CloseCode.PROTOCOL_ERROR: "websocket protocol error by the peer",
+    CloseCode.UNSUPPORTED_DATA: "unsupported data: a text message where binary is expected",
+    CloseCode.ABNORMAL: "no close frame: the transport was lost (reported, never sent)",
+    CloseCode.INVALID_PAYLOAD: "invalid UTF-8 in a text message or close reason",
+    CloseCode.POLICY_VIOLATION: "policy violation (for example a handshake-time rejection)",
+    CloseCode.MESSAGE_TOO_BIG: "message larger than max_size",
+    CloseCode.INTERNAL_ERROR: "a handler raised or returned something invalid",
+    CloseCode.STEP_TIMEOUT: "a step was not left within its timeout",
+}
+
+#: Codes the core itself decides (the drivers add the protocol ones).
+CORE_CLOSE_CODES = frozenset(
+    {CloseCode.NORMAL, CloseCode.GOING_AWAY, CloseCode.INTERNAL_ERROR, CloseCode.STEP_TIMEOUT}
+)
+
+
+def is_sendable_close_code(code: int) -> bool:
+    """True when `code` may appear in a close frame (RFC 6455 section 7.4)."""
+    return code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014) or (
+        3000 <= code <= 4999
+    )

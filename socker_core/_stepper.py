@@ -1,0 +1,474 @@
+"""Stepper: the per-connection state machine. Messages and `now` in, events out."""
+
+from __future__ import annotations
+
+import inspect
+from collections import deque
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+from ._codes import CloseCode, is_sendable_close_code
+from ._errors import (
+    ConnectionClosedError,
+    HandlerError,
+    LocalProtocolError,
+    QueueFullError,
+)
+from ._events import (
+    Await,
+    CancelAwait,
+    Closed,
+    CloseRequested,
+    Event,
+    FlowCompleted,
+    HandlerFailed,
+    Send,
+    StepChanged,
+)
+from ._flow import Close, Flow, Goto, Step
+from ._state import CALLS, IGNORE, TRANSITIONS, Happening, State
+
+#: Default number of messages that may wait while an async handler is pending.
+DEFAULT_MAX_QUEUE = 16
+
+ON_OPEN = "<on_open>"
+ON_CLOSE = "<on_close>"
+
+_OPEN = State.OPEN
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+
+
+class Connection:
+    """The per-connection context every handler and hook receives as `conn`."""
+
+    __slots__ = ("__weakref__", "_stepper", "flow", "state")
+
+    def __init__(self, stepper: Stepper, flow: Flow) -> None:
+        self._stepper = stepper
+        self.flow = flow
+        #: A namespace for the application's own per-connection objects.
+        self.state: Any = SimpleNamespace()
+
+    def send(self, data: bytes) -> None:
+        """Send one binary message to the peer. Raises ConnectionClosedError once closing."""
+        self._stepper._send(data)
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close the connection with `code` and `reason` (a no-op once closing)."""
+        self._stepper._close(code, reason)
+
+    @property
+    def step(self) -> str:
+        """The current step's name."""
+        return self._stepper.step
+
+    @property
+    def is_open(self) -> bool:
+        return self._stepper.phase in (State.OPEN, State.AWAITING)
+
+    @property
+    def close_code(self) -> int | None:
+        return self._stepper.close_code
+
+    @property
+    def close_reason(self) -> str:
+        return self._stepper.close_reason
+
+    def __repr__(self) -> str:
+        return (
+            f"<Connection flow={self.flow.name!r} step={self.step!r} {self._stepper.phase.value}>"
+        )
+
+
+class Stepper:
+    """One connection's state machine: pure, deterministic, no I/O, no clock.
+
+    Every public call takes `now` (seconds, any monotonic origin) and returns the
+    events it produced. Events made outside a call (by an async handler while it
+    runs, or by application code holding `conn`) wait in an outbox: the optional
+    `wakeup` callback is called and the driver collects them with
+    `pending_events()`.
+    """
+
+    def __init__(self, flow: Flow, *, max_queue: int = DEFAULT_MAX_QUEUE) -> None:
+        flow.validate()
+        if max_queue < 1:
+            raise LocalProtocolError(f"max_queue must be at least 1, got {max_queue}")
+        self.flow = flow
+        self.max_queue = max_queue
+        self.conn = Connection(self, flow)
+        #: Called (no arguments) whenever events land in the outbox outside a call.
+        self.wakeup: Callable[[], None] | None = None
+        self._steps: tuple[Step, ...] = flow.steps
+        self._phase = State.IDLE
+        self._index = 0
+        self._handler = self._steps[0].handler
+        self._deadline: float | None = None
+        self._queue: deque[bytes] = deque()
+        self._events: list[Event] | None = None
+        self._outbox: deque[Event] = deque()
+        self._pending: int | None = None  # token of the awaited handler or hook
+        self._pending_hook: int | None = None  # index into open_hooks when a hook is pending
+        self._last_token = 0
+        self._close_code: int | None = None
+        self._close_reason = ""
+        self._initiated_locally = False
+
+    # -- inspection ---------------------------------------------------------
+
+    @property
+    def phase(self) -> State:
+        return self._phase
+
+    @property
+    def step(self) -> str:
+        return self._steps[self._index].name
+
+    @property
+    def step_index(self) -> int:
+        return self._index
+
+    @property
+    def accepting(self) -> bool:
+        """False while the wait queue is full: a driver must stop reading (backpressure)."""
+        return self._phase is not State.AWAITING or len(self._queue) < self.max_queue
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def next_deadline(self) -> float | None:
+        """When `tick` next has something to do, or None."""
+        return self._deadline if self._phase in (State.OPEN, State.AWAITING) else None
+
+    @property
+    def close_code(self) -> int | None:
+        return self._close_code
+
+    @property
+    def close_reason(self) -> str:
+        return self._close_reason
+
+    @property
+    def is_closed(self) -> bool:
+        return self._phase is State.CLOSED
+
+    def pending_events(self) -> list[Event]:
+        """Take the events produced outside a call (see the class docstring)."""
+        events = []
+        outbox = self._outbox
+        while outbox:
+            events.append(outbox.popleft())
+        return events
+
+    # -- calls --------------------------------------------------------------
+
+    def open(self, now: float) -> list[Event]:
+        """The transport is open: enter the first step and run the on_open hooks."""
+        self._check("open")
+        events = self._begin()
+        try:
+            self._move(Happening.OPENED)
+            self._enter_first(now)
+            self._run_open_hooks(0, now)
+        finally:
+            self._events = None
+        return events
+
+    def receive(self, message: bytes, now: float) -> list[Event]:
+        """One complete message from the peer."""
+        if self._phase is _OPEN and (self._deadline is None or now < self._deadline):
+            # Hot path: the current step handles the message right away.
+            events = self._begin()
+            try:
+                self._handle(message, now)
+            finally:
+                self._events = None
+            return events
+        if self._check("receive") is IGNORE:
+            return []
+        events = self._begin()
+        try:
+            if not self._expire(now):
+                if self._phase is State.AWAITING:
+                    if len(self._queue) >= self.max_queue:
+                        raise QueueFullError(
+                            f"wait queue is full ({self.max_queue} messages): "
+                            "stop reading while Stepper.accepting is False"
+                        )
+                    self._queue.append(message)
+                else:
+                    self._handle(message, now)
+        finally:
+            self._events = None
+        return events
+
+    def resume(self, token: int, result: object, now: float) -> list[Event]:
+        """The awaitable of `Await(token)` finished with `result`."""
+        return self._settle(token, result, None, now)
+
+    def resume_error(self, token: int, error: BaseException, now: float) -> list[Event]:
+        """The awaitable of `Await(token)` raised `error`."""
+        return self._settle(token, None, error, now)
+
+    def tick(self, now: float) -> list[Event]:
+        """Let time pass: a step past its timeout closes with 4408."""
+        if self._check("tick") is IGNORE:
+            return []
+        events = self._begin()
+        try:
+            self._expire(now)
+        finally:
+            self._events = None
+        return events
+
+    def send(self, data: bytes, now: float) -> list[Event]:
+        """Application send from outside any handler."""
+        self._check("send")
+        events = self._begin()
+        try:
+            self._send(data)
+        finally:
+            self._events = None
+        return events
+
+    def close(self, code: int = 1000, reason: str = "", now: float = 0.0) -> list[Event]:
+        """Application close from outside any handler (for example server shutdown: 1001)."""
+        if self._check("close") is IGNORE:
+            return []
+        events = self._begin()
+        try:
+            self._close(code, reason)
+        finally:
+            self._events = None
+        return events
+
+    def transport_closed(self, code: int, reason: str, now: float) -> list[Event]:
+        """The transport ended (close handshake done, or lost: 1006). Runs on_close once."""
+        if self._check("transport_closed") is IGNORE:
+            return []
+        events = self._begin()
+        try:
+            opened = self._phase is not State.IDLE
+            if self._phase is not State.CLOSING:
+                self._cancel_pending()
+                self._close_code, self._close_reason = code, reason
+                self._initiated_locally = False
+            self._queue.clear()
+            self._move(Happening.TRANSPORT_CLOSED)
+            if opened:
+                for hook in self.flow.close_hooks:
+                    self._run_hook(hook, ON_CLOSE)
+            assert self._close_code is not None
+            events.append(Closed(self._close_code, self._close_reason, self._initiated_locally))
+        finally:
+            self._events = None
+        return events
+
+    # -- internals ----------------------------------------------------------
+
+    def _check(self, call: str) -> object:
+        disposition = CALLS[call].get(self._phase)
+        if disposition is None:
+            if self._phase in (State.CLOSING, State.CLOSED):
+                raise ConnectionClosedError(
+                    f"cannot {call}: the connection is {self._phase.value}",
+                    self._close_code,
+                    self._close_reason,
+                )
+            raise LocalProtocolError(f"cannot {call} while the connection is {self._phase.value}")
+        return disposition
+
+    def _begin(self) -> list[Event]:
+        if self._events is not None:
+            raise LocalProtocolError("Stepper calls may not be nested (called from a handler?)")
+        events: list[Event] = []
+        self._events = events
+        return events
+
+    def _emit(self, event: Event) -> None:
+        if self._events is not None:
+            self._events.append(event)
+        else:
+            self._outbox.append(event)
+            if self.wakeup is not None:
+                self.wakeup()
+
+    def _move(self, happening: Happening) -> None:
+        self._phase = TRANSITIONS[(self._phase, happening)]
+
+    def _enter_first(self, now: float) -> None:
+        step = self._steps[0]
+        self._index = 0
+        self._handler = step.handler
+        self._deadline = None if step.timeout is None else now + step.timeout
+        self._emit(StepChanged(None, step.name, 0))
+
+    def _handle(self, message: bytes, now: float) -> None:
+        step_name = self._steps[self._index].name
+        try:
+            result = self._handler(self.conn, message)
+        except Exception as exc:
+            self._fail(step_name, exc)
+            return
+        if result is None or result is False:
+            return
+        self._apply(result, step_name, now)
+
+    def _apply(self, result: object, step_name: str, now: float) -> None:
+        if self._phase is not _OPEN:
+            return  # the handler closed the connection itself; its answer no longer matters
+        if result is True:
+            following = self._index + 1
+            if following < len(self._steps):
+                self._emit_step_change(following, now)
+            else:
+                self._emit(FlowCompleted(step_name))
+                self._close(CloseCode.NORMAL, "flow complete")
+        elif result is None or result is False:
+            return
+        elif isinstance(result, Goto):
+            target = self.flow.index_of(result.step)
+            if target is None:
+                self._fail(step_name, HandlerError(f"Goto({result.step!r}): no such step"))
+            else:
+                self._emit_step_change(target, now)
+        elif isinstance(result, Close):
+            self._close(result.code, result.reason)
+        elif inspect.isawaitable(result):
+            self._await(result, step_name)
+        else:
+            self._fail(
+                step_name,
+                HandlerError(
+                    f"step {step_name!r} returned {result!r}; expected True, False, None, "
+                    "Goto or Close"
+                ),
+            )
+
+    def _emit_step_change(self, index: int, now: float) -> None:
+        from_step = self._steps[self._index].name
+        step = self._steps[index]
+        self._index = index
+        self._handler = step.handler
+        self._deadline = None if step.timeout is None else now + step.timeout
+        self._emit(StepChanged(from_step, step.name, index))
+
+    def _await(self, awaitable: Any, step_name: str) -> None:
+        self._last_token += 1
+        self._pending = self._last_token
+        self._move(Happening.HANDLER_PENDING)
+        self._emit(Await(self._last_token, awaitable, step_name))
+
+    def _settle(
+        self, token: int, result: object, error: BaseException | None, now: float
+    ) -> list[Event]:
+        if self._check("resume") is IGNORE:
+            return []
+        if token != self._pending:
+            raise LocalProtocolError(
+                f"resume for token {token}, but the pending token is {self._pending}"
+            )
+        events = self._begin()
+        try:
+            hook_index = self._pending_hook
+            step_name = ON_OPEN if hook_index is not None else self.step
+            self._pending = self._pending_hook = None
+            self._move(Happening.HANDLER_DONE)
+            if self._expire(now):
+                pass
+            elif error is not None:
+                self._fail(step_name, error)
+            elif hook_index is not None:
+                if isinstance(result, Close):
+                    self._close(result.code, result.reason)
+                else:
+                    self._run_open_hooks(hook_index + 1, now)
+            elif inspect.isawaitable(result):
+                self._fail(step_name, HandlerError(f"step {step_name!r} resolved to an awaitable"))
+            else:
+                self._apply(result, step_name, now)
+            self._drain(now)
+        finally:
+            self._events = None
+        return events
+
+    def _drain(self, now: float) -> None:
+        queue = self._queue
+        while queue and self._phase is _OPEN:
+            self._handle(queue.popleft(), now)
+
+    def _run_open_hooks(self, start: int, now: float) -> None:
+        hooks = self.flow.open_hooks
+        for position in range(start, len(hooks)):
+            try:
+                result = hooks[position](self.conn)
+            except Exception as exc:
+                self._fail(ON_OPEN, exc)
+                return
+            if isinstance(result, Close):
+                self._close(result.code, result.reason)
+                return
+            if inspect.isawaitable(result):
+                self._pending_hook = position
+                self._await(result, ON_OPEN)
+                return
+            if self._phase is not _OPEN:
+                return
+
+    def _run_hook(self, hook: Callable[..., Any], name: str) -> None:
+        try:
+            result = hook(self.conn)
+        except Exception as exc:
+            self._emit(HandlerFailed(name, exc))
+            return
+        if inspect.isawaitable(result):
+            self._last_token += 1
+            self._emit(Await(self._last_token, result, name))
+
+    def _expire(self, now: float) -> bool:
+        deadline = self._deadline
+        if deadline is None or now < deadline or self._phase not in (State.OPEN, State.AWAITING):
+            return False
+        step = self._steps[self._index]
+        self._close(CloseCode.STEP_TIMEOUT, f"step {step.name!r} timed out after {step.timeout:g}s")
+        return True
+
+    def _fail(self, step_name: str, exc: BaseException) -> None:
+        self._emit(HandlerFailed(step_name, exc))
+        self._close(CloseCode.INTERNAL_ERROR, "internal error")
+
+    def _cancel_pending(self) -> None:
+        if self._pending is not None:
+            self._emit(CancelAwait(self._pending))
+            self._pending = self._pending_hook = None
+
+    def _send(self, data: bytes) -> None:
+        if self._phase is not _OPEN and self._phase is not State.AWAITING:
+            if self._phase is State.IDLE:
+                raise LocalProtocolError("cannot send before the connection is open")
+            raise ConnectionClosedError(
+                f"cannot send: the connection is {self._phase.value}",
+                self._close_code,
+                self._close_reason,
+            )
+        if not isinstance(data, _BYTES_LIKE):
+            raise TypeError(f"send() takes bytes, got {type(data).__name__}")
+        self._emit(Send(data))
+
+    def _close(self, code: int, reason: str) -> None:
+        if self._phase is State.CLOSING or self._phase is State.CLOSED:
+            return
+        if not is_sendable_close_code(code):
+            raise LocalProtocolError(f"close code {code} cannot be sent in a close frame")
+        if len(reason.encode("utf-8")) > 123:
+            raise LocalProtocolError("close reason is longer than 123 bytes of UTF-8")
+        self._cancel_pending()
+        self._queue.clear()
+        self._close_code, self._close_reason = int(code), reason
+        self._initiated_locally = True
+        self._deadline = None
+        self._move(Happening.CLOSE_STARTED)
+        self._emit(CloseRequested(int(code), reason))
