@@ -5,13 +5,20 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo test install browser lint typecheck pytest bench fuzz clean
+
+install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# The browser interop test needs Debian's Chromium (never a tool's own download).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 demo: $(STAMP)
 	$(BIN)/python -m socker_transports demo
@@ -23,8 +30,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: $(STAMP) lint typecheck
-	$(BIN)/python -m pytest
+# The suite runs where only loopback exists when the machine allows it.
+pytest: $(STAMP) browser
+	tools/loopback-only $(BIN)/python -m pytest
+
+test: lint typecheck pytest
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

@@ -114,6 +114,7 @@ class Stepper:
         self._close_code: int | None = None
         self._close_reason = ""
         self._initiated_locally = False
+        self._opened = False  # open() ran: on_close hooks are owed
 
     # -- inspection ---------------------------------------------------------
 
@@ -170,6 +171,7 @@ class Stepper:
         self._check("open")
         events = self._begin()
         try:
+            self._opened = True
             self._move(Happening.OPENED)
             self._enter_first(now)
             self._run_open_hooks(0, now)
@@ -251,7 +253,7 @@ class Stepper:
             return []
         events = self._begin()
         try:
-            opened = self._phase is not State.IDLE
+            opened = self._opened
             if self._phase is not State.CLOSING:
                 self._cancel_pending()
                 self._close_code, self._close_reason = code, reason
@@ -331,7 +333,7 @@ class Stepper:
             return
         elif isinstance(result, Goto):
             target = self.flow.index_of(result.step)
-            if target is None:
+            if target is None or target >= len(self._steps):
                 self._fail(step_name, HandlerError(f"Goto({result.step!r}): no such step"))
             else:
                 self._emit_step_change(target, now)
@@ -454,8 +456,10 @@ class Stepper:
                 self._close_code,
                 self._close_reason,
             )
-        if not isinstance(data, _BYTES_LIKE):
-            raise TypeError(f"send() takes bytes, got {type(data).__name__}")
+        if type(data) is not bytes:
+            if not isinstance(data, _BYTES_LIKE):
+                raise TypeError(f"send() takes bytes, got {type(data).__name__}")
+            data = bytes(data)  # a snapshot: the caller may reuse its buffer
         self._emit(Send(data))
 
     def _close(self, code: int, reason: str) -> None:
