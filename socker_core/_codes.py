@@ -12,12 +12,14 @@ class CloseCode(IntEnum):
     GOING_AWAY = 1001
     PROTOCOL_ERROR = 1002
     UNSUPPORTED_DATA = 1003
+    NO_STATUS_RECEIVED = 1005
     ABNORMAL = 1006
     INVALID_PAYLOAD = 1007
     POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
     STEP_TIMEOUT = 4408
+    SEND_BUFFER_OVERFLOW = 4503
 
 
 #: The public close-code table: code -> what it means in socker.
@@ -27,12 +29,18 @@ CLOSE_CODES: dict[int, str] = {
     CloseCode.GOING_AWAY: "server shutting down (or the peer going away)",
     CloseCode.PROTOCOL_ERROR: "websocket protocol error by the peer",
     CloseCode.UNSUPPORTED_DATA: "unsupported data: a text message where binary is expected",
+    CloseCode.NO_STATUS_RECEIVED: "the peer's close frame carried no code (reported, never sent)",
     CloseCode.ABNORMAL: "no close frame: the transport was lost (reported, never sent)",
     CloseCode.INVALID_PAYLOAD: "invalid UTF-8 in a text message or close reason",
     CloseCode.POLICY_VIOLATION: "policy violation (for example a handshake-time rejection)",
     CloseCode.MESSAGE_TOO_BIG: "message larger than max_size",
-    CloseCode.INTERNAL_ERROR: "a handler raised or returned something invalid",
+    CloseCode.INTERNAL_ERROR: (
+        "a handler raised or returned something invalid, or a keepalive ping went unanswered"
+    ),
     CloseCode.STEP_TIMEOUT: "a step was not left within its timeout",
+    CloseCode.SEND_BUFFER_OVERFLOW: "the peer stopped reading: send buffer over max_send_buffer",
+    4400: "WebRTC signaling: a malformed, unsupported or out-of-order signaling message",
+    4504: "WebRTC: the data channel did not open within open_timeout (or ICE failed)",
 }
 
 #: Codes the core itself decides (the drivers add the protocol ones).

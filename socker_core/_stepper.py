@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from collections import deque
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from types import SimpleNamespace
 from typing import Any
 
@@ -52,11 +53,23 @@ class Connection:
 
     def send(self, data: bytes) -> None:
         """Send one binary message to the peer. Raises ConnectionClosedError once closing."""
-        self._stepper._send(data)
+        stepper = self._stepper
+        guard = stepper.guard
+        if guard is None:
+            stepper._send(data)
+        else:
+            with guard:
+                stepper._send(data)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Close the connection with `code` and `reason` (a no-op once closing)."""
-        self._stepper._close(code, reason)
+        stepper = self._stepper
+        guard = stepper.guard
+        if guard is None:
+            stepper._close(code, reason)
+        else:
+            with guard:
+                stepper._close(code, reason)
 
     @property
     def step(self) -> str:
@@ -100,6 +113,10 @@ class Stepper:
         self.conn = Connection(self, flow)
         #: Called (no arguments) whenever events land in the outbox outside a call.
         self.wakeup: Callable[[], None] | None = None
+        #: A re-entrant context manager (a driver's lock) that `conn.send` and
+        #: `conn.close` hold, so application code on another thread never races a
+        #: call in progress. The core only enters it; it creates no threads.
+        self.guard: AbstractContextManager[Any] | None = None
         self._steps: tuple[Step, ...] = flow.steps
         self._phase = State.IDLE
         self._index = 0

@@ -2,6 +2,7 @@
 
 from .wire import (
     Accept,
+    CloseResult,
     HandshakeRequest,
     HttpResponse,
     Options,
@@ -9,4 +10,4 @@ from .wire import (
     Wire,
 )
 
-__all__ = ["Accept", "HandshakeRequest", "HttpResponse", "Options", "Reject", "Wire"]
+__all__ = ["Accept", "CloseResult", "HandshakeRequest", "HttpResponse", "Options", "Reject", "Wire"]

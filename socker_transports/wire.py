@@ -10,6 +10,16 @@ keepalive, the close handshake and its timeout, fragment reassembly and
 Nothing on the receive path raises: a bad peer ends in a close code or an HTTP
 status. Misuse by the caller raises `socker_core.LocalProtocolError` (or
 `ConnectionClosedError` for a send once closing).
+
+How a connection ends (`Closed.code`, `Wire.close_code`; the table is
+`socker_core.CLOSE_CODES`):
+
+- the peer closed: the peer's code (1005 when its close frame carried none);
+- we closed (a handler, a step timeout, `Wire.close`, a 1003/1009/1007/1002
+  decision): the code we sent, whether or not the peer answered in time;
+- the transport ended without a close frame: 1006;
+- the peer stopped reading (`max_send_buffer`): 4503;
+- no pong within `ping_timeout`: 1011 "keepalive ping timeout".
 """
 
 from __future__ import annotations
@@ -19,8 +29,9 @@ import binascii
 import inspect
 import logging
 import os
+import struct
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -54,6 +65,7 @@ from socker_core import (
     Send,
     StepChanged,
     Stepper,
+    is_sendable_close_code,
 )
 from socker_core._codes import CloseCode
 
@@ -61,25 +73,50 @@ logger = logging.getLogger("socker")
 
 MiB = 1024 * 1024
 
-#: Close codes the wire layer itself reports, added to the core's table.
+#: The reason of the 1011 close sent when a keepalive ping goes unanswered.
 KEEPALIVE_TIMEOUT_REASON = "keepalive ping timeout"
+
+#: The connection was dropped because the peer stopped reading (see `max_send_buffer`).
+SEND_BUFFER_OVERFLOW = int(CloseCode.SEND_BUFFER_OVERFLOW)
+
+
+def _check_headers(headers: Iterable[tuple[str, str]], what: str) -> None:
+    """Refuse header names/values that would corrupt an HTTP head (CR/LF injection)."""
+    for name, value in headers:
+        if (
+            not isinstance(name, str)
+            or not isinstance(value, str)
+            or not name
+            or any(c in name for c in ":\r\n \t\0")
+            or any(c in value for c in "\r\n\0")
+        ):
+            raise LocalProtocolError(f"{what}: invalid header {name!r}: {value!r}")
+        try:
+            name.encode("ascii")
+            value.encode("latin-1")
+        except UnicodeEncodeError:
+            raise LocalProtocolError(f"{what}: header {name!r} is not latin-1") from None
 
 
 @dataclass(frozen=True)
 class Options:
     """Limits and policies. The same names and defaults in every driver.
 
-    - `max_size`: largest message accepted, checked while fragments arrive (1009).
+    - `max_size`: largest message accepted, checked while fragments arrive and
+      against a frame header's announced length, before the payload is buffered
+      (1009). None disables.
     - `max_queue`: messages that may wait while an async handler is busy; past it the
       driver stops reading the socket (backpressure, never dropping).
-    - `open_timeout`: seconds for the opening handshake.
+    - `open_timeout`: seconds for the opening handshake (a server answers 408).
     - `close_timeout`: seconds to wait for the peer's close frame (or the server's EOF).
-    - `ping_interval` / `ping_timeout`: keepalive; a peer silent for
-      `ping_timeout` after a ping is dropped with 1011. None disables.
+    - `ping_interval` / `ping_timeout`: keepalive; a peer that has not answered a
+      ping within `ping_timeout` is dropped with 1011. None disables.
     - `max_line` / `max_headers`: handshake limits: the longest request, status or
-      header line, and the most header lines (431 / 414 beyond them).
+      header line, and the most header lines (414 for the request line, 431 beyond).
     - `origins`: allowed `Origin` values (None in the list admits a missing Origin);
       None allows every origin. 403 otherwise.
+    - `subprotocols`: offered by a client; a server picks the first of its own
+      list that the client offered (unless the handshake hook chooses).
     - `accept_text`: pass text messages to handlers as UTF-8 bytes instead of
       closing with 1003.
     - `write_limit`: outgoing bytes not yet taken by the driver above which the
@@ -115,9 +152,14 @@ class Options:
                 raise LocalProtocolError(f"{name} must be positive or None, got {value}")
         if self.max_line < 256 or self.max_headers < 1:
             raise LocalProtocolError("max_line must be >= 256 and max_headers >= 1")
-
-
-SEND_BUFFER_OVERFLOW = 4503
+        if self.write_limit < 1 or self.max_send_buffer < 1:
+            raise LocalProtocolError("write_limit and max_send_buffer must be positive")
+        for name in ("origins", "subprotocols"):
+            if isinstance(getattr(self, name), (str, bytes)):
+                raise LocalProtocolError(f"{name} must be a sequence of strings, not a string")
+        for protocol in self.subprotocols:
+            if not protocol or not protocol.isascii() or any(c in protocol for c in ", \r\n"):
+                raise LocalProtocolError(f"invalid subprotocol {protocol!r}")
 
 
 # -- events the wire gives its driver ------------------------------------------------
@@ -125,7 +167,9 @@ SEND_BUFFER_OVERFLOW = 4503
 
 @dataclass(frozen=True, slots=True)
 class HandshakeRequest:
-    """What a server's handshake hook sees."""
+    """What a server's handshake hook (and `http_handler`) sees.
+
+    `headers` are (lowercased name, value) pairs in arrival order."""
 
     path: str
     query: str
@@ -134,6 +178,7 @@ class HandshakeRequest:
     origin: str | None
 
     def header(self, name: str) -> str | None:
+        """The first value of header `name` (case-insensitive), or None."""
         name = name.lower()
         for key, value in self.headers:
             if key == name:
@@ -151,29 +196,61 @@ class Accept:
     state: Mapping[str, Any] = field(default_factory=dict)
     headers: Sequence[tuple[str, str]] = ()
 
+    def __post_init__(self) -> None:
+        _check_headers(self.headers, "Accept")
+
 
 @dataclass(frozen=True, slots=True)
 class Reject:
-    """Handshake hook answer: refuse with an HTTP status (401, 403, ...)."""
+    """Handshake hook answer: refuse with an HTTP status (401, 403, ...; 300-599)."""
 
     status: int = 403
     body: bytes = b""
     headers: Sequence[tuple[str, str]] = ()
+
+    def __post_init__(self) -> None:
+        if not 300 <= self.status <= 599:
+            raise LocalProtocolError(f"Reject status must be 300-599, got {self.status}")
+        _check_headers(self.headers, "Reject")
 
 
 HandshakeHook = Callable[
     [HandshakeRequest], "Accept | Reject | Awaitable[Accept | Reject | None] | None"
 ]
 
-#: A plain-HTTP answer for a request that is not a websocket upgrade (see `http_handler`).
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    """A plain-HTTP answer (see `http_handler`): sent, then the transport is closed."""
+
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
+
+    def __post_init__(self) -> None:
+        if not 200 <= self.status <= 599:
+            raise LocalProtocolError(f"HttpResponse status must be 200-599, got {self.status}")
+        _check_headers([("Content-Type", self.content_type)], "HttpResponse")
+
+
+#: A plain-HTTP answer for a GET that is not a websocket upgrade (a health check,
+#: a redirect); None lets the request fail as a bad upgrade (400).
 HttpHandler = Callable[[HandshakeRequest], "HttpResponse | None"]
 
 
 @dataclass(frozen=True, slots=True)
-class HttpResponse:
-    status: int = 200
-    body: bytes = b""
-    content_type: str = "text/plain; charset=utf-8"
+class CloseResult:
+    """How a connection ended, as drivers report it: the close code and reason,
+    and the HTTP status of the opening handshake (101 when it succeeded)."""
+
+    code: int | None
+    reason: str
+    handshake_status: int
+
+    @property
+    def ok(self) -> bool:
+        """True for a completed flow or a normal close (1000) after a good handshake."""
+        return self.handshake_status == 101 and self.code == 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +265,7 @@ class Opened:
 @dataclass(frozen=True, slots=True)
 class HandshakeFailed:
     """The opening handshake did not complete: `status` is the HTTP status sent or
-    received (0 when the transport ended or timed out first)."""
+    received (0 when the transport ended, timed out or answered garbage first)."""
 
     status: int
     reason: str
@@ -224,41 +301,53 @@ class Phase(Enum):
     DONE = "done"
 
 
-_UPGRADE_HEADER_LIMIT_STATUS = 431
+_HEADERS_TOO_LARGE = 431
+_URI_TOO_LONG = 414
 
 
 class _HeadGuard:
-    """Collects an HTTP head (request or response) and enforces the line limits
-    before wsproto/h11 sees it, so an oversize or trickling head never grows a buffer."""
+    """Collects an HTTP head (request or response) line by line and enforces the
+    line limits before wsproto/h11 sees it, so an oversize or trickling head never
+    grows a buffer past (max_headers + 1) * max_line, and each byte is scanned once."""
 
-    __slots__ = ("buffer", "max_headers", "max_line")
+    __slots__ = ("buffer", "lines", "max_headers", "max_line", "pos", "start")
 
     def __init__(self, max_line: int, max_headers: int) -> None:
         self.buffer = bytearray()
         self.max_line = max_line
         self.max_headers = max_headers
+        self.start = 0  # where the current line starts
+        self.pos = 0  # where to look for the next CRLF
+        self.lines = 0  # complete lines so far (request/status line + headers)
 
-    def feed(self, data: bytes) -> tuple[int, bytes | None, bytes]:
+    def _too_long(self) -> int:
+        return _URI_TOO_LONG if self.lines == 0 else _HEADERS_TOO_LARGE
+
+    def feed(self, data: bytes | bytearray) -> tuple[int, bytes | None, bytes]:
         """Returns (error status or 0, the complete head or None, bytes after it)."""
-        self.buffer += data
-        end = self.buffer.find(b"\r\n\r\n")
-        head = self.buffer if end < 0 else self.buffer[: end + 2]
-        lines = head.split(b"\r\n")
-        if end < 0:
-            lines = lines[:-1]  # the last piece is still arriving
-            partial = self.buffer[self.buffer.rfind(b"\r\n") + 2 :] if b"\r\n" in head else head
-            if len(partial) > self.max_line:
-                return (414 if not lines else _UPGRADE_HEADER_LIMIT_STATUS), None, b""
-        if lines and len(lines[0]) > self.max_line:
-            return 414, None, b""
-        if len(lines) - 1 > self.max_headers or any(len(line) > self.max_line for line in lines):
-            return _UPGRADE_HEADER_LIMIT_STATUS, None, b""
-        if end < 0:
-            return 0, None, b""
-        complete = bytes(self.buffer[: end + 4])
-        rest = bytes(self.buffer[end + 4 :])
-        self.buffer = bytearray()
-        return 0, complete, rest
+        buffer = self.buffer
+        buffer += data
+        while True:
+            end = buffer.find(b"\r\n", self.pos)
+            if end < 0:
+                if len(buffer) - self.start > self.max_line:
+                    return self._too_long(), None, b""
+                self.pos = max(self.start, len(buffer) - 1)  # a CR may end the buffer
+                return 0, None, b""
+            length = end - self.start
+            if length > self.max_line:
+                return self._too_long(), None, b""
+            if length == 0:
+                if self.lines == 0:
+                    return 400, None, b""  # no request/status line
+                head = bytes(buffer[: end + 2])
+                rest = bytes(buffer[end + 2 :])
+                self.buffer = bytearray()
+                return 0, head, rest
+            self.lines += 1
+            if self.lines - 1 > self.max_headers:
+                return _HEADERS_TOO_LARGE, None, b""
+            self.start = self.pos = end + 2
 
 
 def _parse_head(head: bytes) -> tuple[str, list[tuple[str, str]]]:
@@ -281,26 +370,71 @@ def _valid_key(key: str | None) -> bool:
         return False
 
 
+def _truncate_reason(reason: str, limit: int = 123) -> str:
+    """`reason` cut to at most `limit` bytes of UTF-8, on a character boundary."""
+    encoded = reason.encode("utf-8", "replace")
+    if len(encoded) <= limit:
+        return reason
+    return encoded[:limit].decode("utf-8", "ignore")
+
+
 _STATUS_TEXT = {
+    200: "OK",
+    204: "No Content",
+    301: "Moved Permanently",
+    302: "Found",
+    303: "See Other",
+    307: "Temporary Redirect",
+    308: "Permanent Redirect",
     400: "Bad Request",
+    401: "Unauthorized",
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     408: "Request Timeout",
     414: "URI Too Long",
     426: "Upgrade Required",
+    429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
 
 
-def _http_response(status: int, body: bytes, headers: Sequence[tuple[str, str]] = ()) -> bytes:
+def _http_response(status: int, body: bytes, headers: Iterable[tuple[str, str]] = ()) -> bytes:
     reason = _STATUS_TEXT.get(status, "Error" if status >= 400 else "OK")
     lines = [f"HTTP/1.1 {status} {reason}"]
     lines += [f"{name}: {value}" for name, value in headers]
     lines += [f"Content-Length: {len(body)}", "Connection: close", "", ""]
     return "\r\n".join(lines).encode("latin-1") + body
+
+
+# -- outgoing data frames --------------------------------------------------------------
+# Data frames are framed here rather than by wsproto, which copies a payload four
+# times on the way out: a bytes payload is queued as is and copied once, when
+# `data_to_send` joins the pending chunks (a client's masking is that one copy).
+
+_SMALL_HEADERS = tuple(bytes((0x82, n)) for n in range(126))
+_SMALL_MASKED_HEADERS = tuple(bytes((0x82, 0x80 | n)) for n in range(126))
+_HEADER_16 = struct.Struct("!BBH").pack
+_HEADER_64 = struct.Struct("!BBQ").pack
+_XOR_TABLES: list[bytes] = []
+
+
+def _mask(key: bytes, data: bytes) -> bytes:
+    """`data` XOR the 4-byte masking `key` (RFC 6455 section 5.3)."""
+    n = len(data)
+    if n <= 4096:  # big-int XOR: fastest for small payloads
+        keys = (key * ((n >> 2) + 1))[:n]
+        return (int.from_bytes(data, "little") ^ int.from_bytes(keys, "little")).to_bytes(
+            n, "little"
+        )
+    if not _XOR_TABLES:
+        _XOR_TABLES.extend(bytes(a ^ b for a in range(256)) for b in range(256))
+    masked = bytearray(data)
+    for i in range(4):
+        masked[i::4] = masked[i::4].translate(_XOR_TABLES[key[i]])
+    return bytes(masked)
 
 
 class Wire:
@@ -315,7 +449,10 @@ class Wire:
        cancel on `CancelAwait`, await `AwaitHandshake` and call `finish_handshake`;
     4. call `tick(now)` at `next_deadline`; call `collect()` when `wakeup` fires
        (an async handler or application code sent something);
-    5. close the socket once `should_close_transport` is true.
+    5. close the socket once `should_close_transport` is true (after writing the
+       last `data_to_send()`); the connection is then `finished`.
+
+    `receive_data`, `tick` and `events` never raise because of what the peer sent.
     """
 
     def __init__(
@@ -336,8 +473,10 @@ class Wire:
         self.routes = routes
         self.handshake_hook = handshake_hook
         self.http_handler = http_handler
+        self._client = role is ConnectionType.CLIENT
         self._client_flow = flow
         self._ws = WSConnection(role)
+        self._decoder: Any = None  # wsproto's frame decoder, for the announced-size check
         self._guard: _HeadGuard | None = _HeadGuard(options.max_line, options.max_headers)
         self._phase = Phase.HANDSHAKE
         self._out: list[bytes | bytearray] = []
@@ -347,7 +486,7 @@ class Wire:
         self.path = ""
         self.subprotocol: str | None = None
         self._request: HandshakeRequest | None = None
-        self._parts: list[bytes] = []
+        self._parts: list[bytes | bytearray] = []
         self._part_size = 0
         self._held: deque[bytes] = deque()
         self._held_size = 0
@@ -383,6 +522,9 @@ class Wire:
         http_handler: HttpHandler | None = None,
         peer: str = "",
     ) -> Wire:
+        """A server connection: one Flow for every path, or a path -> Flow map (404
+        for other paths). The handshake hook may accept (choosing a flow, a
+        subprotocol, `conn.state`), reject with a status, or be `async def`."""
         if isinstance(routes, Flow):
             routes.validate()
         else:
@@ -415,17 +557,26 @@ class Wire:
         headers: Sequence[tuple[str, str]] = (),
         peer: str = "",
     ) -> Wire:
+        """A client connection; its opening request is already in `data_to_send()`.
+        `host` is the Host header ("example.com:8000")."""
         flow.validate()
         opts = options or Options()
+        _check_headers(headers, "Wire.client")
+        if origin is not None:
+            _check_headers([("Origin", origin)], "Wire.client")
         wire = cls(ConnectionType.CLIENT, opts, now, flow=flow, peer=peer)
         wire.path = path
         extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
         if origin is not None:
             extra.append((b"Origin", origin.encode("latin-1")))
-        request = Request(
-            host=host, target=path, extra_headers=extra, subprotocols=list(opts.subprotocols)
-        )
-        wire._write(wire._ws.send(request))
+        try:
+            request = Request(
+                host=host, target=path, extra_headers=extra, subprotocols=list(opts.subprotocols)
+            )
+            data = wire._ws.send(request)
+        except Exception as exc:  # h11/wsproto/idna refusing the host, path or a header
+            raise LocalProtocolError(f"cannot build the opening request: {exc}") from exc
+        wire._write(data, now)
         return wire
 
     # -- state -----------------------------------------------------------------
@@ -440,12 +591,12 @@ class Wire:
 
     @property
     def wants_data(self) -> bool:
-        """False while the driver should not read: backpressure, or nothing more to read."""
+        """False while the driver should not read: backpressure (the flow's queue is
+        full, messages are held for it, or more than `write_limit` bytes wait in
+        `data_to_send`), a pending handshake hook, or nothing more to read."""
         if self._eof or self._transport_done or self._phase is Phase.HOOK:
             return False
-        if self._out_size >= self.options.write_limit:
-            return False
-        if self._held:
+        if self._out_size >= self.options.write_limit or self._held:
             return False
         return self.stepper is None or self.stepper.accepting
 
@@ -461,18 +612,28 @@ class Wire:
 
     @property
     def next_deadline(self) -> float | None:
-        candidates = [
-            self._handshake_deadline if self._phase in (Phase.HANDSHAKE, Phase.HOOK) else None,
-            self._close_deadline,
+        """When `tick` next has something to do, or None."""
+        if self._transport_done:
+            return None
+        if self._phase is Phase.HANDSHAKE or self._phase is Phase.HOOK:
+            return self._handshake_deadline
+        best = self._close_deadline
+        for candidate in (
             self._ping_due,
             self._pong_deadline,
             self.stepper.next_deadline if self.stepper is not None else None,
-        ]
-        present = [c for c in candidates if c is not None]
-        return min(present) if present else None
+        ):
+            if candidate is not None and (best is None or candidate < best):
+                best = candidate
+        return best
+
+    @property
+    def result(self) -> CloseResult:
+        return CloseResult(self.close_code, self.close_reason, self.handshake_status)
 
     @property
     def buffered_amount(self) -> int:
+        """Bytes waiting in `data_to_send()`."""
         return self._out_size
 
     # -- driver calls ----------------------------------------------------------
@@ -488,20 +649,25 @@ class Wire:
         return out[0] if len(out) == 1 else b"".join(out)
 
     def events(self) -> list[WireEvent]:
+        """Take the events produced since the last call."""
         events = list(self._events)
         self._events.clear()
         return events
 
     def receive_data(self, data: bytes | bytearray | None, now: float) -> None:
-        """Bytes from the socket; `None` (or b"") means end of stream. Never raises."""
+        """Bytes from the socket; `None` (or b"") means end of stream. Never raises
+        because of what the peer sent."""
         if self._transport_done:
             return
         if not data:
             self._receive_eof(now)
             return
-        if self._phase is Phase.HANDSHAKE or self._phase is Phase.HOOK:
-            self._receive_handshake(bytes(data), now)
+        phase = self._phase
+        if phase is Phase.HANDSHAKE or phase is Phase.HOOK:
+            self._receive_handshake(data, now)
             return
+        if phase is Phase.DRAINING:
+            return  # the close handshake is over: only EOF matters now
         try:
             self._ws.receive_data(data)  # type: ignore[arg-type]  # bytearray works
         except WsprotoLocalError:
@@ -512,21 +678,23 @@ class Wire:
         """Handle every deadline at or before `now`."""
         if self._transport_done:
             return
-        if self._phase in (Phase.HANDSHAKE, Phase.HOOK):
+        if self._phase is Phase.HANDSHAKE or self._phase is Phase.HOOK:
             if self._handshake_deadline is not None and now >= self._handshake_deadline:
-                status = 408 if self.role is ConnectionType.SERVER else 0
-                self._fail_handshake(status, "opening handshake timed out", now, respond=True)
+                self._fail_handshake(
+                    0 if self._client else 408, "opening handshake timed out", now, respond=True
+                )
             return
         if self._close_deadline is not None and now >= self._close_deadline:
+            logger.info("%s: close handshake timed out", self._label())
             self._finish_transport(now, CloseCode.ABNORMAL, "close handshake timed out")
             return
         if self._pong_deadline is not None and now >= self._pong_deadline:
             logger.info("%s: %s", self._label(), KEEPALIVE_TIMEOUT_REASON)
-            self._abort(now, CloseCode.INTERNAL_ERROR, KEEPALIVE_TIMEOUT_REASON)
+            self._fail(now, CloseCode.INTERNAL_ERROR, KEEPALIVE_TIMEOUT_REASON)
             return
         if self._ping_due is not None and now >= self._ping_due and self._phase is Phase.OPEN:
             self._ping_payload = os.urandom(4)
-            self._write(self._ws.send(Ping(self._ping_payload)))
+            self._write(self._ws.send(Ping(self._ping_payload)), now)
             self._ping_due = None
             timeout = self.options.ping_timeout
             self._pong_deadline = None if timeout is None else now + timeout
@@ -534,12 +702,14 @@ class Wire:
             self._stepper_events(self.stepper.tick(now), now)
 
     def resume(self, token: int, result: object, now: float) -> None:
+        """An `Await`'s awaitable returned `result`."""
         if self.stepper is None:
             raise LocalProtocolError("resume before the flow started")
         self._stepper_events(self.stepper.resume(token, result, now), now)
         self._feed_held(now)
 
     def resume_error(self, token: int, error: BaseException, now: float) -> None:
+        """An `Await`'s awaitable raised `error`."""
         if self.stepper is None:
             raise LocalProtocolError("resume_error before the flow started")
         self._stepper_events(self.stepper.resume_error(token, error, now), now)
@@ -551,25 +721,31 @@ class Wire:
             self._stepper_events(self.stepper.pending_events(), now)
 
     def send(self, data: bytes, now: float) -> None:
-        """Application send from outside any handler."""
+        """Application send from outside any handler (ConnectionClosedError once closing)."""
         if self.stepper is None or self._phase is not Phase.OPEN:
             raise ConnectionClosedError(
-                f"cannot send: the connection is {self._phase.value}", self.close_code
+                f"cannot send: the connection is {self._phase.value}",
+                self.close_code,
+                self.close_reason,
             )
         self._stepper_events(self.stepper.send(data, now), now)
 
     def close(self, code: int = 1000, reason: str = "", now: float = 0.0) -> None:
-        """Application close (a server shutting down uses 1001)."""
+        """Application close (a server shutting down uses 1001). Before the handshake
+        completes a server answers 503 (1001) or 400 instead."""
         if self._transport_done:
             return
         if self.stepper is None:
-            status = 503 if code == CloseCode.GOING_AWAY else 400
+            status = 0 if self._client else 503 if code == CloseCode.GOING_AWAY else 400
             self._fail_handshake(status, reason or "closed before the handshake", now, respond=True)
             return
         self._stepper_events(self.stepper.close(code, reason, now), now)
 
     def finish_handshake(self, result: object, now: float) -> None:
-        """The awaited handshake hook returned `result` (or raised: pass the exception)."""
+        """The awaited handshake hook returned `result` (or raised: pass the exception).
+        A no-op when the connection already ended (timeout, `close`, `abort`)."""
+        if self._transport_done:
+            return
         if self._phase is not Phase.HOOK:
             raise LocalProtocolError(f"no handshake hook is pending ({self._phase.value})")
         self._phase = Phase.HANDSHAKE
@@ -577,33 +753,34 @@ class Wire:
 
     def abort(self, now: float, reason: str = "transport lost") -> None:
         """The transport failed under us (reset, write error): end everything now."""
-        if not self._transport_done:
+        if self._transport_done:
+            return
+        if self._phase is Phase.HANDSHAKE or self._phase is Phase.HOOK:
+            self._fail_handshake(0, reason, now, respond=False)
+        else:
             self._finish_transport(now, CloseCode.ABNORMAL, reason)
 
     # -- handshake -------------------------------------------------------------
 
-    def _receive_handshake(self, data: bytes, now: float) -> None:
+    def _receive_handshake(self, data: bytes | bytearray, now: float) -> None:
         if self._guard is None:  # head already complete; waiting on the hook
             self._pending_after_head += data
             return
         status, head, rest = self._guard.feed(data)
         if status:
-            self._fail_handshake(status, "handshake exceeds header limits", now, respond=True)
+            reason = "bad request" if status == 400 else "handshake exceeds header limits"
+            self._fail_handshake(0 if self._client else status, reason, now, respond=True)
             return
         if head is None:
             return
         self._guard = None
-        if self.role is ConnectionType.SERVER:
-            self._server_head(head, rest, now)
-        else:
+        if self._client:
             self._client_head(head, rest, now)
+        else:
+            self._server_head(head, rest, now)
 
     def _server_head(self, head: bytes, rest: bytes, now: float) -> None:
-        try:
-            request_line, headers = _parse_head(head)
-        except UnicodeDecodeError:
-            self._fail_handshake(400, "undecodable request head", now, respond=True)
-            return
+        request_line, headers = _parse_head(head)
         parts = request_line.split(" ")
         target = parts[1] if len(parts) == 3 else ""
         path, _, query = target.partition("?")
@@ -615,40 +792,50 @@ class Wire:
             for p in ",".join(v for k, v in headers if k == "sec-websocket-protocol").split(",")
             if p.strip()
         )
-        self._request = HandshakeRequest(path, query, tuple(headers), offered, hmap.get("origin"))
+        request = HandshakeRequest(path, query, tuple(headers), offered, hmap.get("origin"))
+        self._request = request
         self.path = path
         is_upgrade = "websocket" in hmap.get("upgrade", "").lower()
         if not is_upgrade and self.http_handler is not None and parts[0] == "GET":
-            response = self.http_handler(self._request)
+            try:
+                response = self.http_handler(request)
+            except Exception as exc:
+                logger.error("%s: http_handler raised", self._label(), exc_info=exc)
+                self._fail_handshake(500, "http_handler raised", now, respond=True)
+                return
             if response is not None:
                 self._write(
                     _http_response(
                         response.status, response.body, [("Content-Type", response.content_type)]
-                    )
+                    ),
+                    now,
                 )
-                self.handshake_status = response.status
-                self._events.append(HandshakeFailed(response.status, "plain HTTP request served"))
-                self._transport_done = True
+                self._fail_handshake(response.status, "plain HTTP request served", now)
                 return
         try:
             self._ws.receive_data(head)
-            events = list(self._ws.events())
+            first = next(self._ws.events(), None)
         except WsprotoRemoteError as exc:
             hint = exc.event_hint
-            status = hint.status_code if isinstance(hint, RejectConnection) else 400
-            self._fail_handshake(status, str(exc), now, respond=True)
+            if isinstance(hint, RejectConnection):
+                extra = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in hint.headers]
+                self._fail_handshake(hint.status_code, str(exc), now, respond=True, headers=extra)
+            else:
+                self._fail_handshake(400, str(exc), now, respond=True)
             return
-        if not events or not isinstance(events[0], Request):
+        except Exception as exc:  # wsproto decoding a non-ASCII header value, for example
+            self._fail_handshake(400, f"bad upgrade request: {exc}", now, respond=True)
+            return
+        if not isinstance(first, Request):
             self._fail_handshake(400, "not a websocket upgrade request", now, respond=True)
             return
-        if not _valid_key(hmap.get("sec-websocket-key")):
+        keys = [v for k, v in headers if k == "sec-websocket-key"]
+        if len(keys) != 1 or not _valid_key(keys[0]):
             self._fail_handshake(400, "invalid Sec-WebSocket-Key", now, respond=True)
             return
         origins = self.options.origins
-        if origins is not None and self._request.origin not in origins:
-            self._fail_handshake(
-                403, f"origin {self._request.origin!r} not allowed", now, respond=True
-            )
+        if origins is not None and request.origin not in origins:
+            self._fail_handshake(403, f"origin {request.origin!r} not allowed", now, respond=True)
             return
         if self._route(path) is None:
             self._fail_handshake(404, f"no flow at path {path!r}", now, respond=True)
@@ -658,7 +845,7 @@ class Wire:
             self._decide(None, now)
             return
         try:
-            result = self.handshake_hook(self._request)
+            result = self.handshake_hook(request)
         except Exception as exc:
             self._decide(exc, now)
             return
@@ -690,28 +877,36 @@ class Wire:
                 headers=result.headers,
             )
             return
-        accept = result if isinstance(result, Accept) else Accept()
         if result is not None and not isinstance(result, Accept):
             logger.error("%s: handshake hook returned %r", self._label(), result)
             self._fail_handshake(
                 500, "handshake hook returned an invalid answer", now, respond=True
             )
             return
-        assert self._request is not None
+        accept = result if isinstance(result, Accept) else Accept()
+        request = self._request
+        assert request is not None
         flow = accept.flow or self._route(self.path)
         assert flow is not None
         subprotocol = accept.subprotocol
         if subprotocol is None:
             subprotocol = next(
-                (p for p in self.options.subprotocols if p in self._request.subprotocols), None
+                (p for p in self.options.subprotocols if p in request.subprotocols), None
             )
-        if subprotocol is not None and subprotocol not in self._request.subprotocols:
+        if subprotocol is not None and subprotocol not in request.subprotocols:
+            logger.error("%s: subprotocol %r was not offered", self._label(), subprotocol)
             self._fail_handshake(
                 500, f"subprotocol {subprotocol!r} was not offered", now, respond=True
             )
             return
-        extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in accept.headers]
-        self._write(self._ws.send(AcceptConnection(subprotocol=subprotocol, extra_headers=extra)))
+        try:
+            extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in accept.headers]
+            response = self._ws.send(AcceptConnection(subprotocol=subprotocol, extra_headers=extra))
+        except Exception as exc:  # wsproto/h11 refusing the answer
+            logger.error("%s: cannot accept: %s", self._label(), exc)
+            self._fail_handshake(500, "cannot build the handshake response", now, respond=True)
+            return
+        self._write(response, now)
         self.subprotocol = subprotocol
         self._start_flow(flow, now, accept.state)
         rest = self._pending_after_head
@@ -720,32 +915,33 @@ class Wire:
             self.receive_data(rest, now)
 
     def _client_head(self, head: bytes, rest: bytes, now: float) -> None:
+        ws = self._ws
         try:
-            self._ws.receive_data(head + rest)
-            events = list(self._ws.events())
-        except WsprotoRemoteError as exc:
-            self._fail_handshake(0, f"bad handshake response: {exc}", now, respond=False)
+            ws.receive_data(head + rest)
+            events = ws.events()
+            first = next(events, None)
+        except Exception as exc:  # RemoteProtocolError, or a non-ASCII header value
+            self._fail_handshake(0, f"bad handshake response: {exc}", now)
             return
-        if not events:
-            self._fail_handshake(0, "incomplete handshake response", now, respond=False)
-            return
-        first = events[0]
         if isinstance(first, RejectConnection):
-            self._fail_handshake(
-                first.status_code, "server rejected the handshake", now, respond=False
-            )
+            self._fail_handshake(first.status_code, "server rejected the handshake", now)
             return
         if not isinstance(first, AcceptConnection):
-            self._fail_handshake(0, "unexpected handshake response", now, respond=False)
+            self._fail_handshake(0, "unexpected handshake response", now)
             return
         self.subprotocol = first.subprotocol
         assert self._client_flow is not None
         self._start_flow(self._client_flow, now, {})
-        self._pump(now, events[1:])
+        if not self._transport_done:
+            # Frames that came with the response: parsed lazily, like any later read.
+            self._pump(now, events)
 
     def _start_flow(self, flow: Flow, now: float, state: Mapping[str, Any]) -> None:
         self._phase = Phase.OPEN
         self.handshake_status = 101
+        self._handshake_deadline = None
+        proto = getattr(self._ws.connection, "_proto", None)
+        self._decoder = getattr(proto, "_frame_decoder", None)
         stepper = Stepper(flow, max_queue=self.options.max_queue)
         for key, value in state.items():
             setattr(stepper.conn.state, key, value)
@@ -763,91 +959,99 @@ class Wire:
         reason: str,
         now: float,
         *,
-        respond: bool,
+        respond: bool = False,
         body: bytes = b"",
-        headers: Sequence[tuple[str, str]] = (),
+        headers: Iterable[tuple[str, str]] = (),
     ) -> None:
-        if respond and self.role is ConnectionType.SERVER and status:
+        if respond and not self._client and status:
             payload = body or f"{reason}\n".encode()
-            self._write(_http_response(status, payload, headers))
+            self._write(_http_response(status, payload, headers), now)
+            if self._transport_done:
+                return  # the response alone overflowed max_send_buffer
         self.handshake_status = status
         self.close_code = CloseCode.ABNORMAL
         self.close_reason = reason
         self._phase = Phase.DONE
         self._transport_done = True
+        self._guard = None
+        self._pending_after_head = b""
         logger.info("%s: handshake failed (%s): %s", self._label(), status or "-", reason)
         self._events.append(HandshakeFailed(status, reason))
 
     # -- messages --------------------------------------------------------------
 
-    def _pump(self, now: float, events: Iterable[object] | None = None) -> None:
+    def _pump(self, now: float, events: Iterator[object] | None = None) -> None:
         ws = self._ws
         max_size = self.options.max_size
         for event in ws.events() if events is None else events:
-            if isinstance(event, (BytesMessage, TextMessage)):
+            if self._transport_done:
+                return
+            if isinstance(event, BytesMessage):
                 if self._phase is not Phase.OPEN:
                     continue  # after our close frame: discard, per RFC 6455
-                if isinstance(event, TextMessage):
-                    if not self.options.accept_text:
-                        self._close_flow(
-                            now, CloseCode.UNSUPPORTED_DATA, "text messages are not accepted"
-                        )
-                        continue
-                    chunk = event.data.encode("utf-8")
-                else:
-                    chunk = event.data  # type: ignore[assignment]
-                size = self._part_size + len(chunk)
-                if max_size is not None and size > max_size:
-                    self._parts.clear()
-                    self._part_size = 0
+                chunk = event.data
+            elif isinstance(event, TextMessage):
+                if self._phase is not Phase.OPEN:
+                    continue
+                if not self.options.accept_text:
                     self._close_flow(
-                        now, CloseCode.MESSAGE_TOO_BIG, f"message larger than {max_size} bytes"
+                        now, CloseCode.UNSUPPORTED_DATA, "text messages are not accepted"
                     )
                     continue
-                if event.message_finished:
-                    if self._parts:
-                        self._parts.append(chunk)
-                        message = b"".join(self._parts)
-                        self._parts.clear()
-                        self._part_size = 0
-                    else:
-                        message = bytes(chunk) if isinstance(chunk, bytearray) else chunk
-                    self._deliver(message, now)
-                elif chunk:
-                    self._parts.append(chunk)
-                    self._part_size = size
+                chunk = event.data.encode("utf-8")
             elif isinstance(event, Ping):
                 if ws.state is ConnectionState.OPEN:
-                    self._write(ws.send(event.response()))
+                    self._write(ws.send(event.response()), now)
+                continue
             elif isinstance(event, Pong):
-                if event.payload == self._ping_payload:
+                if self._pong_deadline is not None and event.payload == self._ping_payload:
                     self._pong_deadline = None
                     interval = self.options.ping_interval
                     self._ping_due = None if interval is None else now + interval
+                continue
             elif isinstance(event, CloseConnection):
                 self._peer_close(event, now)
                 return
-        self._check_announced_size(now)
+            else:  # pragma: no cover - wsproto yields nothing else once open
+                continue
+            # A piece of a data message.
+            size = self._part_size + len(chunk)
+            if max_size is not None and size > max_size:
+                self._too_big(now)
+                continue
+            if event.message_finished:
+                if self._parts:
+                    self._parts.append(chunk)
+                    message = b"".join(self._parts)
+                    self._parts.clear()
+                    self._part_size = 0
+                else:
+                    message = chunk if type(chunk) is bytes else bytes(chunk)
+                self._deliver(message, now)
+            elif chunk:
+                self._parts.append(chunk)
+                self._part_size = size
+        if max_size is not None and self._phase is Phase.OPEN:
+            self._check_announced_size(max_size, now)
 
-    def _check_announced_size(self, now: float) -> None:
-        """Refuse a frame whose header already announces more than max_size."""
-        max_size = self.options.max_size
-        if max_size is None or self._phase is not Phase.OPEN:
-            return
+    def _check_announced_size(self, max_size: int, now: float) -> None:
+        """Refuse a frame whose header already announces more than max_size, before
+        its payload arrives."""
         try:
-            header = self._ws.connection._proto._frame_decoder.header  # type: ignore[union-attr]
+            decoder = self._decoder
+            header = decoder.header
+            remaining = header.payload_len - decoder.payload_consumed if header else 0
+            control = header is not None and header.opcode.iscontrol()
         except AttributeError:  # wsproto internals moved: the streaming check still holds
             return
-        if (
-            header is not None
-            and not header.opcode.iscontrol()
-            and self._part_size + header.payload_len > max_size
-        ):
-            self._parts.clear()
-            self._part_size = 0
-            self._close_flow(
-                now, CloseCode.MESSAGE_TOO_BIG, f"message larger than {max_size} bytes"
-            )
+        if not control and self._part_size + remaining > max_size:
+            self._too_big(now)
+
+    def _too_big(self, now: float) -> None:
+        self._parts.clear()
+        self._part_size = 0
+        max_size = self.options.max_size
+        self._close_flow(now, CloseCode.MESSAGE_TOO_BIG, f"message larger than {max_size} bytes")
 
     def _deliver(self, message: bytes, now: float) -> None:
         stepper = self.stepper
@@ -860,23 +1064,20 @@ class Wire:
 
     def _feed_held(self, now: float) -> None:
         stepper = self.stepper
-        while (
-            self._held and stepper is not None and stepper.accepting and self._phase is Phase.OPEN
-        ):
-            message = self._held.popleft()
+        held = self._held
+        while held and stepper is not None and stepper.accepting and self._phase is Phase.OPEN:
+            message = held.popleft()
             self._held_size -= len(message)
             self._stepper_events(stepper.receive(message, now), now)
-        if self._phase is not Phase.OPEN:
-            self._held.clear()
-            self._held_size = 0
 
     def _peer_close(self, event: CloseConnection, now: float) -> None:
         ws = self._ws
         code = int(event.code)
         reason = event.reason or ""
         if ws.state is ConnectionState.REMOTE_CLOSING:
-            # The peer started the close: answer it, and the flow ends with its code.
-            self._write(ws.send(event.response()))
+            # The peer started the close: echo it, and the flow ends with its code.
+            self._write(ws.send(event.response()), now)
+            self._leave_open()
             self._end_flow(now, code, reason)
             self._finish_close_handshake(now)
         elif ws.state is ConnectionState.CLOSED:
@@ -885,47 +1086,61 @@ class Wire:
         else:
             # wsproto could not parse the stream (it reports that as a close event
             # while still OPEN): fail the connection with its code, no waiting.
-            self._close_flow(now, code, reason or "protocol error")
-            self._abort(now, code, reason)
+            if not is_sendable_close_code(code):
+                code = CloseCode.PROTOCOL_ERROR
+            logger.info("%s: protocol error %s: %s", self._label(), code, reason)
+            self._fail(now, code, reason or "protocol error")
+
+    def _fail(self, now: float, code: int, reason: str) -> None:
+        """Fail the connection: a close frame if we can still send one, then drop."""
+        reason = _truncate_reason(reason)
+        self._close_flow(now, code, reason)
+        self._finish_transport(now, code, reason)
 
     def _close_flow(self, now: float, code: int, reason: str) -> None:
         if self.stepper is not None:
-            self._stepper_events(self.stepper.close(code, reason[:120], now), now)
+            self._stepper_events(self.stepper.close(code, _truncate_reason(reason), now), now)
 
     def _finish_close_handshake(self, now: float) -> None:
-        if self.role is ConnectionType.SERVER:
+        if not self._client:
             self._finish_transport(now, None, "")
         else:
             # RFC 6455: the server closes TCP first; the client waits (bounded).
             self._phase = Phase.DRAINING
+            self._leave_open()
             timeout = self.options.close_timeout
             self._close_deadline = None if timeout is None else now + timeout
             self._end_flow(now, self.close_code or CloseCode.NORMAL, self.close_reason)
 
     def _receive_eof(self, now: float) -> None:
         self._eof = True
-        if self._phase in (Phase.HANDSHAKE, Phase.HOOK):
-            self._fail_handshake(0, "connection closed during the handshake", now, respond=False)
-            return
-        if self._phase is Phase.DRAINING:
+        if self._phase is Phase.HANDSHAKE or self._phase is Phase.HOOK:
+            self._fail_handshake(0, "connection closed during the handshake", now)
+        elif self._phase is Phase.DRAINING:
             self._finish_transport(now, None, "")
-            return
-        self._finish_transport(now, CloseCode.ABNORMAL, "connection lost")
+        else:
+            self._finish_transport(now, CloseCode.ABNORMAL, "connection lost")
 
-    def _abort(self, now: float, code: int, reason: str) -> None:
-        self._finish_transport(now, code, reason)
+    def _leave_open(self) -> None:
+        """No more messages for the flow: drop what waits for it and stop keepalive."""
+        self._parts.clear()
+        self._part_size = 0
+        self._held.clear()
+        self._held_size = 0
+        self._ping_due = self._pong_deadline = None
 
     def _finish_transport(self, now: float, code: int | None, reason: str) -> None:
         """The transport is over; make sure the flow knows, exactly once."""
+        if self._transport_done:
+            return
+        self._leave_open()
+        self._phase = Phase.DONE
+        self._transport_done = True
+        self._close_deadline = None
         if code is not None:
             self._end_flow(now, code, reason)
         else:
             self._end_flow(now, self.close_code or CloseCode.NORMAL, self.close_reason)
-        self._phase = Phase.DONE
-        self._transport_done = True
-        self._close_deadline = self._ping_due = self._pong_deadline = None
-        self._held.clear()
-        self._held_size = 0
 
     def _end_flow(self, now: float, code: int, reason: str) -> None:
         stepper = self.stepper
@@ -944,9 +1159,9 @@ class Wire:
 
     def _stepper_events(self, events: list[Event], now: float) -> None:
         for event in events:
-            if type(event) is Send:
+            if isinstance(event, Send):
                 if self._phase is Phase.OPEN:
-                    self._write(self._ws.send(BytesMessage(event.data)))
+                    self._send_message(event.data, now)
             elif isinstance(event, CloseRequested):
                 self._send_close(event.code, event.reason, now)
             elif isinstance(event, Closed):
@@ -965,43 +1180,82 @@ class Wire:
             elif isinstance(event, HandlerFailed):
                 logger.error("%s: %s raised", self._label(), event.step, exc_info=event.exception)
                 self._events.append(event)
-            elif not isinstance(event, Send):
+            else:
                 self._events.append(event)
 
+    def _send_message(self, data: bytes | bytearray | memoryview, now: float) -> None:
+        """Queue one binary message as a single frame (see `_mask` for the copies)."""
+        if type(data) is not bytes:
+            data = bytes(data)  # never keep a buffer the application may mutate
+        n = len(data)
+        if self._client:
+            key = os.urandom(4)
+            if n < 126:
+                header = _SMALL_MASKED_HEADERS[n] + key
+            elif n < 65536:
+                header = _HEADER_16(0x82, 0xFE, n) + key
+            else:
+                header = _HEADER_64(0x82, 0xFF, n) + key
+            data = _mask(key, data)
+        elif n < 126:
+            header = _SMALL_HEADERS[n]
+        elif n < 65536:
+            header = _HEADER_16(0x82, 126, n)
+        else:
+            header = _HEADER_64(0x82, 127, n)
+        out = self._out
+        out.append(header)
+        out.append(data)
+        self._out_size += len(header) + n
+        if self._out_size > self.options.max_send_buffer:
+            self._overflow(now)
+
     def _send_close(self, code: int, reason: str, now: float) -> None:
-        self.close_code, self.close_reason = code, reason
         if self._phase is not Phase.OPEN:
             return
+        self.close_code, self.close_reason = code, reason
         ws = self._ws
+        self._phase = Phase.CLOSING
+        self._leave_open()
+        timeout = self.options.close_timeout
+        self._close_deadline = None if timeout is None else now + timeout
         if ws.state is ConnectionState.OPEN:
-            self._write(ws.send(CloseConnection(code=code, reason=reason)))
-            self._phase = Phase.CLOSING
-            timeout = self.options.close_timeout
-            self._close_deadline = None if timeout is None else now + timeout
-            self._ping_due = self._pong_deadline = None
+            self._write(ws.send(CloseConnection(code=code, reason=reason)), now)
 
-    def _write(self, data: bytes | bytearray) -> None:
-        if not data:
+    def _write(self, data: bytes | bytearray, now: float) -> None:
+        if not data or self._transport_done:
             return
         self._out.append(data)
         self._out_size += len(data)
-        if self._out_size > self.options.max_send_buffer and not self._transport_done:
-            logger.info("%s: peer stopped reading; dropping the connection", self._label())
-            self._out.clear()
-            self._out_size = 0
-            self._finish_transport(
-                0.0, SEND_BUFFER_OVERFLOW, "send buffer overflow: peer not reading"
-            )
+        if self._out_size > self.options.max_send_buffer:
+            self._overflow(now)
+
+    def _overflow(self, now: float) -> None:
+        logger.warning(
+            "%s: peer stopped reading (%d bytes pending); dropping the connection",
+            self._label(),
+            self._out_size,
+        )
+        self._out.clear()
+        self._out_size = 0
+        reason = "send buffer overflow: peer not reading"
+        if self.stepper is None:
+            self._fail_handshake(0, reason, now)
+            self.close_code = SEND_BUFFER_OVERFLOW
+        else:
+            self._finish_transport(now, SEND_BUFFER_OVERFLOW, reason)
 
     def _label(self) -> str:
-        side = "server" if self.role is ConnectionType.SERVER else "client"
+        side = "client" if self._client else "server"
         return f"{side} {self.peer}" if self.peer else side
 
 
 __all__ = [
+    "KEEPALIVE_TIMEOUT_REASON",
     "SEND_BUFFER_OVERFLOW",
     "Accept",
     "AwaitHandshake",
+    "CloseResult",
     "HandshakeFailed",
     "HandshakeHook",
     "HandshakeRequest",

@@ -1,0 +1,1097 @@
+"""socker_transports.threaded: blocking sockets and threads, for programs with no event loop.
+
+    from socker_transports import threaded
+
+    with threaded.serve(flow, "127.0.0.1", 8765) as server:
+        server.serve_forever()          # until server.shutdown() (or Ctrl-C)
+
+    result = threaded.run_client("ws://127.0.0.1:8765/", client_flow)
+
+Every protocol decision comes from `socker_transports.wire`; this driver only moves
+bytes and runs handlers, so close codes and limits match the anyio driver.
+
+Threads
+    A server runs one accept thread and one thread per connection. A client runs one
+    thread for its connection. A connection's thread owns its socket: it is the only
+    thread that reads or writes it (writes are therefore serialized), using
+    non-blocking I/O and `poll` on the socket plus a per-connection wake-up fd
+    (an eventfd on Linux). Reads are batched (64 KiB per `recv`), writes send
+    everything `Wire.data_to_send()` returned before asking for more, and the socket
+    is not read while `Wire.wants_data` is False (backpressure). Keepalive, step
+    timeouts and the handshake and close deadlines are the `poll` timeout computed
+    from `Wire.next_deadline`: there is no timer thread.
+
+Locking
+    Every call into a connection's `Wire` (and so into its `Stepper` and its
+    handlers) happens under that connection's lock (`threading.RLock`). Sync
+    handlers run on the connection's thread. From any other thread (a game loop,
+    a broadcast to many connections) send with `send_threadsafe(conn, data)` (or
+    `ClientConnection.send`): it never blocks and the connection's own thread
+    sends the message. `conn.send` from a foreign thread is safe too: it takes the
+    connection's lock (the Stepper's `guard`), so it may wait for a handler in
+    progress, then lands in the outbox and wakes the connection's thread.
+
+Async handlers
+    Steps, hooks and handshake hooks may be `async def`. They run on one private
+    asyncio event loop per server (and one per client connection), in its own
+    thread, started on first use and stopped (after pending `on_close` coroutines
+    finish, bounded by `close_timeout`) when the server shuts down or the client
+    connection ends. Each step of such a coroutine runs while holding its
+    connection's lock, so it never races the connection's thread; a slow sync
+    handler therefore delays the async handlers of the same server. When the
+    coroutine finishes, the connection resumes; a `CancelAwait` (the connection
+    closing) cancels it.
+
+Shutdown
+    `Server.shutdown()` (or leaving the `with` block) stops accepting, closes every
+    connection with 1001, waits up to `close_timeout` for the close handshakes,
+    aborts what is left and joins every thread the server started. `Server.close()`
+    only starts it (safe from a handler). No thread ever blocks in `recv`: each
+    waits in `poll` with its wake-up fd, so a shutdown reaches it at once.
+
+Errors
+    A rejected or failed opening handshake raises `HandshakeError` from `connect()`
+    (its `.result` carries the HTTP status) and is returned as a `CloseResult` by
+    `run_client()`. Failing to reach the server (refused, DNS, TLS, `open_timeout`
+    during the TCP or TLS setup) raises the `OSError` (or `ssl.SSLError`) unchanged.
+    As in the anyio driver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import logging
+import os
+import select
+import socket
+import ssl as ssl_module
+import sys
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from time import monotonic
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+from socker_core import (
+    ON_CLOSE,
+    Await,
+    CancelAwait,
+    Connection,
+    ConnectionClosedError,
+    Flow,
+    LocalProtocolError,
+    SockerError,
+    is_sendable_close_code,
+)
+
+from .wire import (
+    AwaitHandshake,
+    CloseResult,
+    HandshakeFailed,
+    HandshakeHook,
+    HttpHandler,
+    Opened,
+    Options,
+    Phase,
+    Wire,
+    WireEvent,
+)
+
+logger = logging.getLogger("socker")
+
+__all__ = [
+    "SHUTDOWN_CODE",
+    "SHUTDOWN_REASON",
+    "ClientConnection",
+    "HandshakeError",
+    "Server",
+    "connect",
+    "run_client",
+    "send_threadsafe",
+    "serve",
+]
+
+#: Close code and reason a server sends to live connections when it shuts down.
+SHUTDOWN_CODE = 1001
+SHUTDOWN_REASON = "server shutting down"
+
+#: Bytes asked for per `recv`.
+RECV_SIZE = 64 * 1024
+#: How long the final flush of a finished connection (an HTTP error response, the
+#: last close frame) and the shutdown of a server wait when `close_timeout` is None.
+FALLBACK_TIMEOUT = 10.0
+
+_WOULD_BLOCK = (BlockingIOError, InterruptedError)
+_HOOK_TOKEN = -1  # the resume queue's key for an awaited handshake hook
+
+
+class HandshakeError(SockerError):
+    """The opening handshake did not succeed; `result.handshake_status` is the HTTP
+    status the server answered (0 when there was no answer)."""
+
+    def __init__(self, result: CloseResult) -> None:
+        status = result.handshake_status
+        super().__init__(
+            f"websocket handshake failed: HTTP {status} {result.reason}"
+            if status
+            else f"websocket handshake failed: {result.reason}"
+        )
+        self.result = result
+
+    @property
+    def status(self) -> int:
+        return self.result.handshake_status
+
+
+# -- wake-ups -------------------------------------------------------------------------
+
+
+class _Waker:
+    """A file descriptor `poll` can wait on, made readable from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._closed = False
+        self._pair: tuple[socket.socket, socket.socket] | None = None
+        if sys.platform == "linux":
+            self._fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        else:  # pragma: no cover - exercised on other platforms only
+            reader, writer = socket.socketpair()
+            reader.setblocking(False)
+            writer.setblocking(False)
+            self._pair = (reader, writer)
+            self._fd = reader.fileno()
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def wake(self) -> None:
+        with self._lock:  # never write to a closed (and perhaps reused) fd
+            if self._closed:
+                return
+            try:
+                if self._pair is None:
+                    os.eventfd_write(self._fd, 1)
+                else:  # pragma: no cover
+                    self._pair[1].send(b"\0")
+            except (BlockingIOError, OSError):
+                pass  # already readable (or closing): the waiter will wake anyway
+
+    def drain(self) -> None:
+        try:
+            if self._pair is None:
+                os.eventfd_read(self._fd)
+            else:  # pragma: no cover
+                while self._pair[0].recv(4096):
+                    pass
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._pair is None:
+                os.close(self._fd)
+            else:  # pragma: no cover
+                for sock in self._pair:
+                    sock.close()
+
+
+def _wait(
+    fd: int | None, read: bool, write: bool, waker: int, timeout: float | None
+) -> tuple[bool, bool, bool]:
+    """Wait for the socket (read/write) or the waker. Returns (readable, writable, error)."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        mask = (select.POLLIN if read else 0) | (select.POLLOUT if write else 0)
+        if fd is not None:
+            poller.register(fd, mask)
+        poller.register(waker, select.POLLIN)
+        ready = poller.poll(None if timeout is None else max(0, int(timeout * 1000 + 0.999)))
+        readable = writable = error = False
+        for ready_fd, events in ready:
+            if ready_fd != fd:
+                continue
+            readable = bool(events & select.POLLIN)
+            writable = bool(events & select.POLLOUT)
+            error = bool(events & (select.POLLERR | select.POLLHUP | select.POLLNVAL))
+        return readable, writable, error
+    rlist = [waker] + ([fd] if fd is not None and read else [])  # pragma: no cover
+    wlist = [fd] if fd is not None and write else []  # pragma: no cover
+    r, w, _ = select.select(rlist, wlist, [], timeout)  # pragma: no cover
+    return fd in r, fd in w, False  # pragma: no cover
+
+
+# -- the private asyncio loop ---------------------------------------------------------
+
+
+class _Locked:
+    """Await `awaitable`, running each of its steps while holding `lock`."""
+
+    __slots__ = ("_awaitable", "_lock")
+
+    def __init__(self, awaitable: Awaitable[object], lock: threading.RLock) -> None:
+        self._awaitable = awaitable
+        self._lock = lock
+
+    def __await__(self) -> Generator[Any, Any, object]:
+        with self._lock:
+            iterator: Any = self._awaitable.__await__()
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            with self._lock:
+                try:
+                    yielded = iterator.throw(error) if error is not None else iterator.send(value)
+                except StopIteration as stop:
+                    return stop.value
+            try:
+                value = yield yielded
+                error = None
+            except GeneratorExit:
+                with self._lock:
+                    iterator.close()
+                raise
+            except BaseException as exc:
+                value, error = None, exc
+
+
+async def _drive(awaitable: Awaitable[object], lock: threading.RLock) -> object:
+    return await _Locked(awaitable, lock)
+
+
+def _discard(awaitable: Awaitable[object]) -> None:
+    close = getattr(awaitable, "close", None)
+    if callable(close):
+        close()
+
+
+class _AsyncRunner:
+    """One private asyncio event loop in its own thread, started on first use."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._futures: set[concurrent.futures.Future[object]] = set()
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        return self._thread
+
+    def submit(
+        self, awaitable: Awaitable[object], lock: threading.RLock
+    ) -> concurrent.futures.Future[object]:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the driver's event loop is closed")
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=self._run, args=(loop,), name=f"{self._name}-asyncio", daemon=True
+                )
+                thread.start()
+                self._loop, self._thread = loop, thread
+            future = asyncio.run_coroutine_threadsafe(_drive(awaitable, lock), self._loop)
+            self._futures.add(future)
+        future.add_done_callback(self._futures.discard)
+        return future
+
+    @staticmethod
+    def _run(loop: asyncio.AbstractEventLoop) -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_forever()
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+    def close(self, timeout: float) -> None:
+        """Let pending coroutines finish (bounded by `timeout`), cancel the rest, stop."""
+        with self._lock:
+            self._closed = True
+            loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        if thread is threading.current_thread():  # pragma: no cover - misuse guard
+            loop.stop()
+            return
+        pending = list(self._futures)
+        if pending:
+            _, late = concurrent.futures.wait(pending, timeout)
+            for future in late:
+                future.cancel()
+        with contextlib.suppress(RuntimeError):  # already closed
+            loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout + 1.0)
+        if thread.is_alive():  # pragma: no cover - a coroutine ignoring cancellation
+            logger.warning("socker: %s event loop did not stop in time", self._name)
+
+
+# -- one connection -------------------------------------------------------------------
+
+
+class _Link:
+    """A socket, its Wire and the thread that drives them."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        wire: Wire,
+        runner: _AsyncRunner,
+        *,
+        name: str,
+        tls: ssl_module.SSLContext | None = None,
+        own_runner: bool = False,
+        on_done: Callable[[_Link], None] | None = None,
+    ) -> None:
+        self.sock: socket.socket = sock
+        self.wire = wire
+        self.name = name
+        self.lock = threading.RLock()
+        self.waker = _Waker()
+        self.opened = threading.Event()
+        self.done = threading.Event()
+        self.result: CloseResult | None = None
+        self.thread = threading.Thread(target=self.run, name=name, daemon=True)
+        self._runner = runner
+        self._own_runner = own_runner
+        self._tls = tls
+        self._on_done = on_done
+        self._resumes: deque[tuple[int, concurrent.futures.Future[object]]] = deque()
+        self._pending: dict[int, concurrent.futures.Future[object]] = {}
+        self._close_requests: deque[tuple[int, str]] = deque()
+        self._sends: deque[bytes] = deque()
+        self._kill = False
+        self._read_wants_write = False
+        self._write_wants_read = False
+        timeout = wire.options.close_timeout
+        self.grace = FALLBACK_TIMEOUT if timeout is None else timeout
+        wire.wakeup = self.waker.wake
+
+    # -- requests from other threads --------------------------------------------
+
+    def request_close(self, code: int, reason: str) -> None:
+        """Close with `code` (validated by the caller); never blocks."""
+        self._close_requests.append((code, reason))
+        self.waker.wake()
+
+    def request_send(self, data: bytes) -> None:
+        """Send `data` from the connection's thread; never blocks."""
+        self._sends.append(data)
+        self.waker.wake()
+
+    def kill(self) -> None:
+        """Abort now: no close handshake."""
+        self._kill = True
+        self.waker.wake()
+
+    # -- the thread ----------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            if self._tls is None or self._tls_handshake():
+                self._loop()
+        except Exception as exc:
+            logger.exception("socker: %s: driver error", self.name)
+            with self.lock:
+                self.wire.abort(monotonic(), f"driver error: {exc!r}")
+        finally:
+            self._finish()
+
+    def _finish(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        with self.lock:
+            now = monotonic()
+            if not self.wire.should_close_transport:
+                self.wire.abort(now, "connection ended")
+            self._drain_resumes(now)
+            self.wire.collect(now)
+            self._dispatch(self.wire.events())
+            self.wire.data_to_send()  # nowhere to go any more
+            for future in self._pending.values():
+                future.cancel()
+            self._pending.clear()
+            self.result = self.wire.result
+            if self.wire.stepper is not None:
+                with _links_lock:
+                    _links_by_conn.pop(self.wire.stepper.conn, None)
+        self.waker.close()
+        if self._own_runner:
+            self._runner.close(self.grace)
+        self.opened.set()
+        self.done.set()
+        if self._on_done is not None:
+            self._on_done(self)
+
+    def _tls_handshake(self) -> bool:
+        """The server side of TLS, bounded by open_timeout and interruptible."""
+        assert self._tls is not None
+        try:
+            self.sock.setblocking(False)
+            sock = self._tls.wrap_socket(self.sock, server_side=True, do_handshake_on_connect=False)
+        except (OSError, ValueError) as exc:
+            with self.lock:
+                self.wire.abort(monotonic(), f"TLS setup failed: {exc}")
+            return False
+        self.sock = sock
+        while True:
+            with self.lock:
+                now = monotonic()
+                self._service(now)
+                deadline = self.wire.next_deadline
+                if self.wire.should_close_transport:
+                    return False  # handshake timeout or shutdown: nothing sensible to send
+            if self._kill:
+                with self.lock:
+                    self.wire.abort(now, "aborted by the driver")
+                return False
+            try:
+                sock.do_handshake()
+                return True
+            except ssl_module.SSLWantReadError:
+                read, write = True, False
+            except ssl_module.SSLWantWriteError:
+                write, read = True, False
+            except (ssl_module.SSLError, OSError) as exc:
+                with self.lock:
+                    self.wire.abort(monotonic(), f"TLS handshake failed: {exc}")
+                return False
+            timeout = None if deadline is None else deadline - monotonic()
+            _wait(sock.fileno(), read, write, self.waker.fileno(), timeout)
+            self.waker.drain()
+
+    def _service(self, now: float) -> None:
+        """Everything the connection's thread does under the lock before I/O."""
+        wire = self.wire
+        while self._sends:
+            data = self._sends.popleft()
+            if wire.is_open:
+                wire.send(data, now)
+            else:
+                logger.debug("socker: %s: dropped a send_threadsafe after close", self.name)
+        while self._close_requests:
+            code, reason = self._close_requests.popleft()
+            wire.close(code, reason, now)  # the first one wins; later ones are no-ops
+        self._drain_resumes(now)
+        wire.collect(now)
+        deadline = wire.next_deadline
+        if deadline is not None and now >= deadline:
+            wire.tick(now)
+        self._dispatch(wire.events())
+
+    def _loop(self) -> None:
+        sock = self.sock
+        wire = self.wire
+        waker = self.waker.fileno()
+        out: memoryview | None = None
+        flush_deadline: float | None = None
+        while True:
+            with self.lock:
+                now = monotonic()
+                self._service(now)
+                if out is None:
+                    data = wire.data_to_send()
+                    if data:
+                        out = memoryview(data)
+                wants = wire.wants_data
+                closing = wire.should_close_transport
+                deadline = wire.next_deadline
+            if self._kill:
+                with self.lock:
+                    wire.abort(now, "aborted by the driver")
+                return
+            if out is not None:
+                try:
+                    out = self._send(sock, out)
+                except OSError as exc:
+                    with self.lock:
+                        wire.abort(monotonic(), f"write failed: {exc}")
+                        wire.data_to_send()
+                    out = None
+                    continue
+            if closing:
+                if out is None:
+                    return
+                if flush_deadline is None:
+                    flush_deadline = now + self.grace
+                elif now >= flush_deadline:
+                    return
+                wants, deadline = False, flush_deadline
+            elif wants:
+                try:
+                    received = sock.recv(RECV_SIZE)
+                except _WOULD_BLOCK:
+                    pass
+                except ssl_module.SSLWantReadError:
+                    self._read_wants_write = False
+                except ssl_module.SSLWantWriteError:
+                    self._read_wants_write = True
+                except OSError as exc:
+                    with self.lock:
+                        wire.abort(monotonic(), f"read failed: {exc}")
+                    continue
+                else:
+                    self._read_wants_write = False
+                    with self.lock:
+                        wire.receive_data(received or None, monotonic())
+                    continue
+            timeout = None if deadline is None else deadline - monotonic()
+            pending = out is not None
+            read = (wants and not self._read_wants_write) or (pending and self._write_wants_read)
+            write = (pending and not self._write_wants_read) or (wants and self._read_wants_write)
+            _, _, error = _wait(sock.fileno(), read, write, waker, timeout)
+            self.waker.drain()
+            if error and not read and not write:
+                with self.lock:
+                    wire.abort(monotonic(), "connection lost")
+
+    def _send(self, sock: socket.socket, out: memoryview) -> memoryview | None:
+        """Write as much of `out` as the socket takes now; return what is left."""
+        while out:
+            try:
+                sent = sock.send(out)
+            except _WOULD_BLOCK:
+                self._write_wants_read = False
+                return out
+            except ssl_module.SSLWantWriteError:
+                self._write_wants_read = False
+                return out
+            except ssl_module.SSLWantReadError:
+                self._write_wants_read = True
+                return out
+            self._write_wants_read = False
+            out = out[sent:]
+        return None
+
+    # -- async handlers (under the lock) ---------------------------------------
+
+    def _dispatch(self, events: list[WireEvent]) -> None:
+        for event in events:
+            if isinstance(event, Await):
+                self._start(event.token, event.awaitable, resume=event.step != ON_CLOSE)
+            elif isinstance(event, CancelAwait):
+                future = self._pending.pop(event.token, None)
+                if future is not None:
+                    future.cancel()
+            elif isinstance(event, AwaitHandshake):
+                self._start(_HOOK_TOKEN, event.awaitable, resume=True)
+            elif isinstance(event, Opened):
+                if self.wire.stepper is not None:
+                    self.wire.stepper.guard = self.lock
+                    with _links_lock:
+                        _links_by_conn[self.wire.stepper.conn] = self
+                self.opened.set()
+            elif isinstance(event, HandshakeFailed):
+                self.opened.set()
+
+    def _start(self, token: int, awaitable: Awaitable[object], *, resume: bool) -> None:
+        try:
+            future = self._runner.submit(awaitable, self.lock)
+        except RuntimeError as exc:
+            _discard(awaitable)
+            future = concurrent.futures.Future()
+            future.set_exception(exc)
+        if not resume:
+            return
+        self._pending[token] = future
+        future.add_done_callback(functools.partial(self._settled, token))
+
+    def _settled(self, token: int, future: concurrent.futures.Future[object]) -> None:
+        # Runs on the event loop's thread (or wherever the future was cancelled).
+        self._resumes.append((token, future))
+        self.waker.wake()
+
+    def _drain_resumes(self, now: float) -> None:
+        wire = self.wire
+        while self._resumes:
+            token, future = self._resumes.popleft()
+            if self._pending.get(token) is not future:
+                continue  # cancelled, or superseded
+            del self._pending[token]
+            error: BaseException | None
+            if future.cancelled():
+                error = asyncio.CancelledError("the awaited handler was cancelled")
+            else:
+                error = future.exception()
+            if token == _HOOK_TOKEN:
+                if wire.phase is Phase.HOOK:
+                    wire.finish_handshake(error if error is not None else future.result(), now)
+            elif error is not None:
+                wire.resume_error(token, error, now)
+            else:
+                wire.resume(token, future.result(), now)
+
+
+#: Each live connection's link, for `send_threadsafe` (entries leave in `_Link._finish`).
+_links_by_conn: dict[Connection, _Link] = {}
+_links_lock = threading.Lock()
+
+
+def send_threadsafe(conn: Connection, data: bytes) -> None:
+    """Send `data` on `conn` (a connection of this driver) from any thread, without
+    blocking: the connection's own thread sends it, in call order.
+
+    Use this rather than `conn.send` from threads other than the connection's own
+    (handlers, hooks and its async handlers may use `conn.send`). Raises
+    ConnectionClosedError if the connection is already closing; a send that races
+    with the close is dropped.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"send_threadsafe() takes bytes, got {type(data).__name__}")
+    with _links_lock:
+        link = _links_by_conn.get(conn)
+    if not conn.is_open or (link is not None and link.done.is_set()):
+        raise ConnectionClosedError(
+            "cannot send: the connection is not open", conn.close_code, conn.close_reason
+        )
+    if link is None:
+        # Not registered yet: its on_open hooks are still running on the connection's
+        # thread (or it belongs to another driver). The stepper's outbox takes it.
+        conn.send(bytes(data))
+        return
+    link.request_send(bytes(data))
+
+
+# -- server -------------------------------------------------------------------------
+
+
+def _format_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+class Server:
+    """A listening threaded server. Use `serve(...)` to make one."""
+
+    def __init__(
+        self,
+        routes: Flow | Mapping[str, Flow],
+        host: str,
+        port: int,
+        *,
+        ssl: ssl_module.SSLContext | None,
+        handshake_hook: HandshakeHook | None,
+        http_handler: HttpHandler | None,
+        options: Options,
+        backlog: int,
+    ) -> None:
+        # Validate the routes (and flows) now, not on the first connection.
+        Wire.server(routes, 0.0, options, handshake_hook=handshake_hook)
+        self.routes = routes
+        self.options = options
+        self.ssl = ssl
+        self.handshake_hook = handshake_hook
+        self.http_handler = http_handler
+        self._lock = threading.Lock()
+        self._links: set[_Link] = set()
+        self._closing = False
+        self._stopped = threading.Event()
+        self._waker = _Waker()
+        info = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        listener = socket.socket(info[0], socket.SOCK_STREAM)
+        try:
+            if os.name != "nt":
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(info[4])
+            listener.listen(backlog)
+            listener.setblocking(False)
+        except BaseException:
+            listener.close()
+            self._waker.close()
+            raise
+        self._listener = listener
+        bound = listener.getsockname()
+        self.host: str = bound[0]
+        self.port: int = bound[1]
+        self._runner = _AsyncRunner(f"socker-server-{self.port}")
+        self._accept_thread = threading.Thread(
+            target=self._accept_loop, name=f"socker-accept-{self.port}", daemon=True
+        )
+        self._accept_thread.start()
+
+    @property
+    def url(self) -> str:
+        scheme = "wss" if self.ssl is not None else "ws"
+        return f"{scheme}://{_format_host(self.host)}:{self.port}"
+
+    def active_connections(self) -> int:
+        with self._lock:
+            return len(self._links)
+
+    def serve_forever(self) -> None:
+        """Block until the server is shut down (`close()` or `shutdown()` from another
+        thread or a handler); Ctrl-C (KeyboardInterrupt) shuts it down too."""
+        try:
+            self._stopped.wait()
+        finally:
+            self.shutdown()
+
+    @property
+    def connections(self) -> frozenset[Connection]:
+        """The open connections (handshake done, not yet closed)."""
+        found = []
+        for link in self._snapshot():
+            stepper = link.wire.stepper
+            if stepper is not None and stepper.conn.is_open:
+                found.append(stepper.conn)
+        return frozenset(found)
+
+    @property
+    def active(self) -> int:
+        """Every connection thread still running, including those mid-handshake."""
+        return self.active_connections()
+
+    def close(self) -> None:
+        """Start a graceful shutdown and return at once (safe from handlers);
+        `shutdown()` or `serve_forever()` wait for it to finish."""
+        self._closing = True
+        self._waker.wake()
+
+    def shutdown(self) -> None:
+        """Stop accepting, close every connection with 1001 (abort after close_timeout)
+        and return once every thread this server started has ended. Idempotent and
+        safe from any thread; from a handler it only starts the shutdown (like
+        `close()`), since the handler's own thread is one of those to end."""
+        self.close()
+        current = threading.current_thread()
+        if (
+            current is self._accept_thread
+            or current is self._runner.thread
+            or any(link.thread is current for link in self._snapshot())
+        ):
+            return
+        self._accept_thread.join()
+
+    def _snapshot(self) -> list[_Link]:
+        with self._lock:
+            return list(self._links)
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.shutdown()
+
+    def _accept_loop(self) -> None:
+        """The accept thread: accepts until closing, then runs the shutdown."""
+        try:
+            self._accept()
+        except Exception:  # pragma: no cover - a driver bug: still shut down cleanly
+            logger.exception("socker: accept loop failed")
+        finally:
+            self._closing = True
+            self._listener.close()
+            self._shut_down()
+
+    def _accept(self) -> None:
+        listener = self._listener
+        waker = self._waker.fileno()
+        while not self._closing:
+            _wait(listener.fileno(), True, False, waker, None)
+            self._waker.drain()
+            while not self._closing:
+                try:
+                    sock, address = listener.accept()
+                except _WOULD_BLOCK:
+                    break
+                except OSError as exc:
+                    logger.warning("socker: accept failed: %s", exc)
+                    # Back off (EMFILE and friends) without a sleep: until closing or 100 ms.
+                    _wait(None, False, False, waker, 0.1)
+                    self._waker.drain()
+                    break
+                self._start_link(sock, address)
+
+    def _shut_down(self) -> None:
+        links = self._snapshot()
+        for link in links:
+            link.request_close(SHUTDOWN_CODE, SHUTDOWN_REASON)
+        grace = self.options.close_timeout
+        grace = FALLBACK_TIMEOUT if grace is None else grace
+        end = monotonic() + grace + 1.0
+        for link in links:
+            link.thread.join(max(0.0, end - monotonic()))
+        late = [link for link in links if link.thread.is_alive()]
+        if late:
+            logger.info("socker: aborting %d connection(s) after close_timeout", len(late))
+        for link in late:
+            link.kill()
+        for link in late:
+            link.thread.join(grace)
+        self._runner.close(grace)
+        self._waker.close()
+        self._stopped.set()
+
+    def _start_link(self, sock: socket.socket, address: Any) -> None:
+        now = monotonic()
+        peer = f"{_format_host(str(address[0]))}:{address[1]}"
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+        wire = Wire.server(
+            self.routes,
+            now,
+            self.options,
+            handshake_hook=self.handshake_hook,
+            http_handler=self.http_handler,
+            peer=peer,
+        )
+        link = _Link(
+            sock,
+            wire,
+            self._runner,
+            name=f"socker-conn-{peer}",
+            tls=self.ssl,
+            on_done=self._link_done,
+        )
+        with self._lock:
+            self._links.add(link)
+        try:
+            link.thread.start()
+        except RuntimeError:  # pragma: no cover - cannot start a thread
+            logger.exception("socker: cannot start a connection thread")
+            with self._lock:
+                self._links.discard(link)
+            sock.close()
+            link.waker.close()
+
+    def _link_done(self, link: _Link) -> None:
+        with self._lock:
+            self._links.discard(link)
+
+
+def serve(
+    routes: Flow | Mapping[str, Flow],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    ssl: ssl_module.SSLContext | None = None,
+    handshake_hook: HandshakeHook | None = None,
+    http_handler: HttpHandler | None = None,
+    backlog: int = socket.SOMAXCONN,
+    **options: Any,
+) -> Server:
+    """Listen on `host:port` (0: an ephemeral port) and serve `routes` (one Flow for
+    every path, or a mapping of path to Flow) until `Server.shutdown()`.
+
+    `options` are the `wire.Options` fields (`max_size`, `close_timeout`, ...).
+    Returns once listening; connections are accepted in a background thread.
+    """
+    return Server(
+        routes,
+        host,
+        port,
+        ssl=ssl,
+        handshake_hook=handshake_hook,
+        http_handler=http_handler,
+        options=Options(**options),
+        backlog=backlog,
+    )
+
+
+# -- client -------------------------------------------------------------------------
+
+
+class ClientConnection:
+    """A client connection running its flow on its own thread. Use `connect(...)`:
+
+        with connect(url, flow) as client:
+            client.send(b"hello")            # from any thread
+            result = client.wait_closed(5)
+
+    Leaving the `with` block closes with 1000 if the connection is still open (1011 if
+    the block raised), waits for it to end (aborting after `close_timeout`) and joins
+    its threads.
+    """
+
+    def __init__(self, link: _Link) -> None:
+        self._link = link
+
+    @property
+    def conn(self) -> Connection:
+        """The socker Connection (the same `conn` the handlers get)."""
+        stepper = self._link.wire.stepper
+        assert stepper is not None  # connect() raised HandshakeError otherwise
+        return stepper.conn
+
+    @property
+    def wire(self) -> Wire:
+        return self._link.wire
+
+    @property
+    def subprotocol(self) -> str | None:
+        return self._link.wire.subprotocol
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection has ended (see `wait_closed`)."""
+        return self._link.done.is_set()
+
+    def send(self, data: bytes) -> None:
+        """Send one binary message; safe from any thread and never blocks (the
+        connection's thread sends it, in call order). Raises ConnectionClosedError
+        once the connection is closing."""
+        send_threadsafe(self.conn, data)
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the close handshake (a no-op once closing). Returns at once: use
+        `wait_closed()` to wait for the end."""
+        if not is_sendable_close_code(code):
+            raise LocalProtocolError(f"close code {code} cannot be sent in a close frame")
+        if len(reason.encode("utf-8")) > 123:
+            raise LocalProtocolError("close reason is longer than 123 bytes of UTF-8")
+        self._link.request_close(code, reason)
+
+    def abort(self) -> None:
+        """Drop the connection without a close handshake (reported as 1006)."""
+        self._link.kill()
+
+    def wait_closed(self, timeout: float | None = None) -> CloseResult:
+        """Wait until the connection ends (flow complete, closed or lost) and return
+        how it ended. Raises TimeoutError after `timeout` seconds."""
+        link = self._link
+        if not link.done.wait(timeout):
+            raise TimeoutError(f"the connection is still open after {timeout} s")
+        if link.thread is not threading.current_thread():
+            link.thread.join()
+        assert link.result is not None
+        return link.result
+
+    def __enter__(self) -> ClientConnection:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        link = self._link
+        if not link.done.is_set():
+            if exc_type is None:
+                self.close(1000, "")
+            else:
+                self.close(1011, "client error")
+        if link.thread is threading.current_thread():
+            return  # leaving the block from one of this connection's own handlers
+        if not link.done.wait(link.grace + 1.0):
+            link.kill()
+        link.thread.join()
+
+
+def _parse_url(url: str) -> tuple[bool, str, int, str, str]:
+    """(secure, host, port, Host header, request target)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss"):
+        raise ValueError(f"not a websocket URL (ws:// or wss://): {url!r}")
+    if not parts.hostname:
+        raise ValueError(f"no host in {url!r}")
+    secure = parts.scheme == "wss"
+    default = 443 if secure else 80
+    port = parts.port or default
+    host = parts.hostname
+    host_header = _format_host(host) + ("" if port == default else f":{port}")
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return secure, host, port, host_header, target
+
+
+def connect(
+    url: str,
+    flow: Flow,
+    *,
+    ssl: ssl_module.SSLContext | None = None,
+    origin: str | None = None,
+    headers: Sequence[tuple[str, str]] = (),
+    **options: Any,
+) -> ClientConnection:
+    """Connect to `url` (ws:// or wss://) and run `flow` on a background thread.
+
+    Returns once the opening handshake succeeded. A rejected or failed handshake
+    raises `HandshakeError` (its `.result` carries the HTTP status); failing to reach
+    the server (refused, DNS, TLS, `open_timeout`) raises the `OSError` (or
+    `ssl.SSLError`) unchanged. `wss://` uses `ssl` (default: a verifying
+    `ssl.create_default_context()`). `options` are the `wire.Options` fields.
+    """
+    opts = Options(**options)
+    flow.validate()
+    secure, host, port, host_header, target = _parse_url(url)
+    if ssl is not None and not secure:
+        raise ValueError("ssl= needs a wss:// URL")
+    tls = (ssl or ssl_module.create_default_context()) if secure else None
+    started = monotonic()
+    timeout = opts.open_timeout
+    sock = socket.create_connection((host, port), timeout=timeout)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            if timeout is not None:
+                sock.settimeout(max(0.001, started + timeout - monotonic()))
+            sock = tls.wrap_socket(sock, server_hostname=host)
+        sock.setblocking(False)
+        peer = f"{_format_host(host)}:{port}"
+        wire = Wire.client(
+            flow, host_header, started, opts, path=target, origin=origin, headers=headers, peer=peer
+        )
+        link = _Link(
+            sock,
+            wire,
+            _AsyncRunner(f"socker-client-{peer}"),
+            name=f"socker-client-{peer}",
+            own_runner=True,
+        )
+    except BaseException:
+        sock.close()
+        raise
+    link.thread.start()
+    try:
+        link.opened.wait()
+        if wire.handshake_status != 101:
+            link.done.wait()
+            link.thread.join()
+            assert link.result is not None
+            raise HandshakeError(link.result)
+    except HandshakeError:
+        raise
+    except BaseException:  # Ctrl-C while waiting
+        link.kill()
+        link.thread.join()
+        raise
+    return ClientConnection(link)
+
+
+def run_client(url: str, flow: Flow, **kw: Any) -> CloseResult:
+    """Connect to `url`, run `flow` to its end and return how the connection ended.
+
+    Keywords are those of `connect`. A rejected handshake is a result
+    (`handshake_status` is the HTTP status), not an error; an unreachable server
+    raises OSError.
+    """
+    try:
+        client = connect(url, flow, **kw)
+    except HandshakeError as exc:
+        return exc.result
+    with client:
+        return client.wait_closed()
