@@ -27,8 +27,10 @@ fine). From another thread use `anyio.from_thread`.
 
 Errors: a rejected or failed opening handshake raises `HandshakeError` from
 `connect()` (its `.result` carries the HTTP status) and is returned as a
-`CloseResult` by `run_client()`. Failing to reach the server (refused, DNS, TLS)
-raises the `OSError` (or `ssl.SSLError`) from both, unchanged.
+`CloseResult` by `run_client()`. Failing to reach the server raises from both:
+the `OSError` itself (`ConnectionRefusedError`, `socket.gaierror`,
+`ssl.SSLError`...), or `TimeoutError` when TCP and TLS take longer than
+`open_timeout`. Nothing the peer does after that raises: it ends in a close code.
 """
 
 from __future__ import annotations
@@ -436,15 +438,22 @@ class Client:
         return self._session
 
     async def _open_stream(self) -> anyio.abc.ByteStream:
-        if self.ssl is None:
-            return await anyio.connect_tcp(self.host, self.port)
-        return await anyio.connect_tcp(
-            self.host,
-            self.port,
-            ssl_context=self.ssl,
-            tls_hostname=self.host,
-            tls_standard_compatible=False,
-        )
+        try:
+            if self.ssl is None:
+                return await anyio.connect_tcp(self.host, self.port)
+            return await anyio.connect_tcp(
+                self.host,
+                self.port,
+                ssl_context=self.ssl,
+                tls_hostname=self.host,
+                tls_standard_compatible=False,
+            )
+        except OSError as exc:
+            # anyio reports "All connection attempts failed" with the real errors as
+            # the cause; with one address, raise that one (ConnectionRefusedError...).
+            if isinstance(exc.__cause__, OSError) and str(exc).startswith("All connection"):
+                raise exc.__cause__ from None
+            raise
 
     @asynccontextmanager
     async def _lifecycle(self) -> AsyncIterator[Client]:

@@ -387,7 +387,7 @@ async def test_unreachable_server_raises_oserror() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-        with pytest.raises(OSError):
+        with pytest.raises(ConnectionRefusedError):
             await run_client(f"ws://127.0.0.1:{port}/", make_sink())
 
 

@@ -198,25 +198,20 @@ def test_graph_prints_mermaid() -> None:
 
 
 @pytest.mark.parametrize(
-    ("target", "message"),
+    ("args", "message"),
     [
-        ("no_colon", "expected MODULE:ATTR"),
-        ("tests.transports.nope:flow", "cannot import module"),
-        ("tests.transports.flows:missing", "has no attribute"),
-        ("tests.transports.flows:not_a_flow", "not a socker Flow"),
+        (["graph", "no_colon"], "expected MODULE:ATTR"),
+        (["graph", "tests.transports.nope:flow"], "cannot import module"),
+        (["graph", "tests.transports.flows:missing"], "has no attribute"),
+        (["graph", "tests.transports.flows:not_a_flow"], "not a Flow or a mapping"),
+        (["connect", "ws://127.0.0.1:1/", "tests.transports.flows:routes"], "not a socker Flow"),
     ],
 )
 def test_bad_targets_are_usage_errors(
-    target: str, message: str, capsys: pytest.CaptureFixture[str]
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as info:
-        cli.main(
-            [
-                "graph" if "not_a_flow" not in target else "connect",
-                *(["ws://127.0.0.1:1/"] if "not_a_flow" in target else []),
-                target,
-            ]
-        )
+        cli.main(args)
     assert info.value.code == cli.EXIT_USAGE
     assert message in capsys.readouterr().err
 

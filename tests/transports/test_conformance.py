@@ -330,11 +330,12 @@ def test_keepalive_drops_a_silent_peer(start_server: StartServer) -> None:
 
 def test_keepalive_keeps_a_live_peer(start_server: StartServer) -> None:
     log = Log()
-    server = start_server(make_greeter(log=log), ping_interval=0.05, ping_timeout=0.2)
+    timeout = deadline(0.3)
+    server = start_server(make_greeter(log=log), ping_interval=0.05, ping_timeout=timeout)
     with ws_client(server.url) as ws:  # websockets answers pings by itself
         assert ws.recv(timeout=deadline(5)) == b"welcome"
         with pytest.raises(TimeoutError):
-            ws.recv(timeout=0.6)  # a dozen pings come and go
+            ws.recv(timeout=3 * timeout)  # many pings come and go
         ws.send(b"still here")
         assert ws.recv(timeout=deadline(5)) == b"still here"
     assert log.wait_for(1, deadline(5))[0].code == 1000

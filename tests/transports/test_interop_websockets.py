@@ -171,6 +171,7 @@ def test_big_fragmented_messages_both_ways(driver: DriverHarness) -> None:
 def test_socker_client_answers_pings(driver: DriverHarness) -> None:
     """A websockets server with a fast keepalive keeps a quiet socker client."""
     flow = Flow("quiet")
+    timeout = deadline(0.3)
 
     @flow.step
     def wait(conn: Connection, message: bytes) -> bool:
@@ -178,11 +179,11 @@ def test_socker_client_answers_pings(driver: DriverHarness) -> None:
 
     def handler(ws: ServerConnection) -> None:
         with pytest.raises(TimeoutError):
-            ws.recv(timeout=0.5)  # several pings are answered meanwhile
+            ws.recv(timeout=3 * timeout)  # many pings are answered meanwhile
         ws.send(b"done")
         ws.recv(timeout=deadline(5))
 
-    with websockets_server(handler, ping_interval=0.05, ping_timeout=0.2) as (url, errors):
+    with websockets_server(handler, ping_interval=0.05, ping_timeout=timeout) as (url, errors):
         result = driver.run_client(url, flow, timeout=deadline(5))
     assert not errors
     assert (result.code, result.reason) == (1000, "flow complete")
