@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Se
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
+from urllib.parse import urlsplit
 
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
@@ -705,6 +706,7 @@ class Wire:
         """An `Await`'s awaitable returned `result`."""
         if self.stepper is None:
             raise LocalProtocolError("resume before the flow started")
+        self.collect(now)  # what the awaited handler sent goes out first
         self._stepper_events(self.stepper.resume(token, result, now), now)
         self._feed_held(now)
 
@@ -712,6 +714,7 @@ class Wire:
         """An `Await`'s awaitable raised `error`."""
         if self.stepper is None:
             raise LocalProtocolError("resume_error before the flow started")
+        self.collect(now)  # what the awaited handler sent goes out first
         self._stepper_events(self.stepper.resume_error(token, error, now), now)
         self._feed_held(now)
 
@@ -783,7 +786,11 @@ class Wire:
         request_line, headers = _parse_head(head)
         parts = request_line.split(" ")
         target = parts[1] if len(parts) == 3 else ""
-        path, _, query = target.partition("?")
+        if "://" in target and not target.startswith("/"):  # absolute-form (RFC 9112 3.2.2)
+            split = urlsplit(target)
+            path, query = split.path or "/", split.query
+        else:
+            path, _, query = target.partition("?")
         hmap: dict[str, str] = {}
         for name, value in headers:
             hmap.setdefault(name, value)

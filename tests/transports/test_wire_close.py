@@ -137,7 +137,7 @@ def test_client_initiated_close_then_waits_for_the_servers_eof() -> None:
     wire.close(1000, "bye", 1.0)
     [event] = to_peer(wire, server)
     assert isinstance(event, CloseConnection) and event.code == 1000
-    assert wire.phase is Phase.CLOSING
+    assert wire.phase.value == "closing"
     wire.receive_data(server.send(event.response()), 2.0)
     assert wire.phase is Phase.DRAINING and not wire.should_close_transport
     assert wire.wants_data and wire.next_deadline == 6.0

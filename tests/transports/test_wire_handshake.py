@@ -82,16 +82,13 @@ def test_server_accepts_and_opens_the_flow() -> None:
     wire.receive_data(upgrade_request("/game?room=3"), 0.0)
     response = bytes(wire.data_to_send())
     assert status_of(response) == 101
-    client = WSConnection(ConnectionType.CLIENT)
-    # The accept token matches RFC 6455's for KEY.
-    assert header_of(response, "Sec-WebSocket-Accept") is not None
+    assert header_of(response, "Upgrade") == "websocket"
     assert header_of(response, "Sec-WebSocket-Protocol") is None
     events = wire.events()
     assert events[0] == Opened("/game", None, "echo")
     assert isinstance(events[1], StepChanged) and events[1].to_step == "echo"
     assert wire.is_open and wire.handshake_status == 101 and record.opened == 1
     assert wire.path == "/game"
-    del client
 
 
 def test_accept_token_is_rfc_6455s() -> None:
@@ -130,7 +127,7 @@ def test_handshake_trickled_byte_by_byte() -> None:
     data = upgrade_request() + frame(b"hi")
     for i in range(len(data)):
         wire.receive_data(data[i : i + 1], 0.0)
-    assert status_of(wire.data_to_send()[:12]) == 101 or wire.is_open
+    assert wire.is_open and bytes(wire.data_to_send()).startswith(b"HTTP/1.1 101 ")
     assert record.messages == [b"hi"]
 
 
@@ -236,7 +233,7 @@ def test_hook_reject_sends_status_body_and_headers() -> None:
     ],
 )
 def test_hook_misbehaving_is_a_500_never_an_exception(answer: object) -> None:
-    wire = serve(upgrade_request(), handshake_hook=answer)  # type: ignore[arg-type]
+    wire = serve(upgrade_request(), handshake_hook=answer)
     refused(wire, 500)
 
 
@@ -468,13 +465,11 @@ def test_open_timeout_ends_a_trickling_handshake_with_408() -> None:
     wire = Wire.server(echo_flow(), 100.0, Options(open_timeout=5.0))
     assert wire.next_deadline == 105.0
     data = upgrade_request()
-    for i, byte in enumerate(data[:-4]):
-        now = 100.0 + i * 0.01
-        wire.receive_data(bytes([byte]), now)
+    for i in range(40):  # a byte every 0.1 s: never idle, never done
+        now = 100.0 + i * 0.1
+        wire.receive_data(data[i : i + 1], now)
         wire.tick(now)
-        if now >= 105.0:
-            break
-    assert not wire.should_close_transport or wire.handshake_status == 408
+        assert wire.phase is Phase.HANDSHAKE and wire.next_deadline == 105.0
     wire.tick(104.999)
     assert not wire.should_close_transport
     wire.tick(105.0)
@@ -640,3 +635,10 @@ def test_client_handles_a_close_in_the_same_read_as_the_response() -> None:
 def test_open_client_helper() -> None:
     wire, _server, record = open_client()
     assert wire.is_open and record.opened == 1
+
+
+def test_absolute_form_target_routes_by_its_path() -> None:
+    record = Record()
+    wire = serve(upgrade_request("ws://example.test/a?x=1"), {"/a": echo_flow(record)})
+    assert status_of(wire.data_to_send()) == 101
+    assert wire.path == "/a"
