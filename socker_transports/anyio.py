@@ -42,7 +42,6 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
@@ -50,41 +49,26 @@ import anyio.streams.stapled
 from anyio.abc import SocketAttribute
 from anyio.streams.tls import TLSStream
 
-from socker_core import Connection, Flow, SockerError
+from socker_core import Connection, Flow
 
 from ._anyio_session import STREAM_ERRORS, _Session
-from .wire import CloseResult, HandshakeHook, HttpHandler, Options, Wire
+from .wire import (
+    SHUTDOWN_CODE,
+    SHUTDOWN_REASON,
+    ClientTarget,
+    CloseResult,
+    HandshakeError,
+    HandshakeHook,
+    HttpHandler,
+    Options,
+    Wire,
+    format_host,
+)
 
 logger = logging.getLogger("socker")
 
-#: Close code and reason a server sends to live connections when it shuts down.
-SHUTDOWN_CODE = 1001
-SHUTDOWN_REASON = "server shutting down"
-
 #: Bound (seconds) on a graceful shutdown when close_timeout is None.
 _SHUTDOWN_FALLBACK = 10.0
-
-
-class HandshakeError(SockerError):
-    """The opening handshake did not succeed; `result.handshake_status` is the HTTP
-    status the server answered (0 when there was no answer)."""
-
-    def __init__(self, result: CloseResult) -> None:
-        status = result.handshake_status
-        super().__init__(
-            f"websocket handshake failed: HTTP {status} {result.reason}"
-            if status
-            else f"websocket handshake failed: {result.reason}"
-        )
-        self.result = result
-
-    @property
-    def status(self) -> int:
-        return self.result.handshake_status
-
-
-def _format_host(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 # -- server ----------------------------------------------------------------------------
@@ -132,7 +116,7 @@ class Server:
     @property
     def url(self) -> str:
         scheme = "wss" if self.ssl is not None else "ws"
-        return f"{scheme}://{_format_host(self.host)}:{self.port}"
+        return f"{scheme}://{format_host(self.host)}:{self.port}"
 
     @property
     def connections(self) -> frozenset[Connection]:
@@ -270,7 +254,7 @@ class Server:
             address = raw.extra(SocketAttribute.remote_address)
         except (OSError, anyio.TypedAttributeLookupError):
             address = "?"
-        peer = f"{_format_host(address[0])}:{address[1]}" if isinstance(address, tuple) else address
+        peer = f"{format_host(address[0])}:{address[1]}" if isinstance(address, tuple) else address
         stream: anyio.abc.ByteStream = raw
         try:
             if self.ssl is not None:
@@ -361,23 +345,16 @@ class Client:
         options: Options,
     ) -> None:
         flow.validate()
-        parts = urlsplit(url)
-        if parts.scheme not in ("ws", "wss"):
-            raise ValueError(f"not a websocket URL: {url!r}")
-        if parts.hostname is None:
-            raise ValueError(f"no host in {url!r}")
-        secure = parts.scheme == "wss"
+        target = ClientTarget.parse(url)
+        secure = target.secure
         if ssl is not None and not secure:
             raise ValueError("ssl= needs a wss:// URL")
         self.url = url
         self.flow = flow
-        self.host = parts.hostname
-        default_port = 443 if secure else 80
-        self.port = parts.port or default_port
-        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self.host_header = _format_host(self.host) + (
-            "" if self.port == default_port else f":{self.port}"
-        )
+        self.host = target.host
+        self.port = target.port
+        self.path = target.path
+        self.host_header = target.host_header
         self.ssl = (ssl or ssl_module.create_default_context()) if secure else None
         self.origin = origin
         self.headers = tuple(headers)
@@ -462,7 +439,7 @@ class Client:
         with anyio.fail_after(math.inf if timeout is None else timeout):
             stream = await self._open_stream()
         try:
-            peer = f"{_format_host(self.host)}:{self.port}"
+            peer = f"{format_host(self.host)}:{self.port}"
             wire = Wire.client(
                 self.flow,
                 self.host_header,

@@ -75,7 +75,6 @@ from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from time import monotonic
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
 
 from socker_core import (
     ON_CLOSE,
@@ -85,13 +84,16 @@ from socker_core import (
     ConnectionClosedError,
     Flow,
     LocalProtocolError,
-    SockerError,
     is_sendable_close_code,
 )
 
 from .wire import (
+    SHUTDOWN_CODE,
+    SHUTDOWN_REASON,
     AwaitHandshake,
+    ClientTarget,
     CloseResult,
+    HandshakeError,
     HandshakeFailed,
     HandshakeHook,
     HttpHandler,
@@ -100,6 +102,7 @@ from .wire import (
     Phase,
     Wire,
     WireEvent,
+    format_host,
 )
 
 logger = logging.getLogger("socker")
@@ -116,9 +119,6 @@ __all__ = [
     "serve",
 ]
 
-#: Close code and reason a server sends to live connections when it shuts down.
-SHUTDOWN_CODE = 1001
-SHUTDOWN_REASON = "server shutting down"
 
 #: Bytes asked for per `recv`.
 RECV_SIZE = 64 * 1024
@@ -128,24 +128,6 @@ FALLBACK_TIMEOUT = 10.0
 
 _WOULD_BLOCK = (BlockingIOError, InterruptedError)
 _HOOK_TOKEN = -1  # the resume queue's key for an awaited handshake hook
-
-
-class HandshakeError(SockerError):
-    """The opening handshake did not succeed; `result.handshake_status` is the HTTP
-    status the server answered (0 when there was no answer)."""
-
-    def __init__(self, result: CloseResult) -> None:
-        status = result.handshake_status
-        super().__init__(
-            f"websocket handshake failed: HTTP {status} {result.reason}"
-            if status
-            else f"websocket handshake failed: {result.reason}"
-        )
-        self.result = result
-
-    @property
-    def status(self) -> int:
-        return self.result.handshake_status
 
 
 # -- wake-ups -------------------------------------------------------------------------
@@ -672,10 +654,6 @@ def send_threadsafe(conn: Connection, data: bytes) -> None:
 # -- server -------------------------------------------------------------------------
 
 
-def _format_host(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
-
-
 class Server:
     """A listening threaded server. Use `serve(...)` to make one."""
 
@@ -730,7 +708,7 @@ class Server:
     @property
     def url(self) -> str:
         scheme = "wss" if self.ssl is not None else "ws"
-        return f"{scheme}://{_format_host(self.host)}:{self.port}"
+        return f"{scheme}://{format_host(self.host)}:{self.port}"
 
     def active_connections(self) -> int:
         with self._lock:
@@ -847,7 +825,7 @@ class Server:
 
     def _start_link(self, sock: socket.socket, address: Any) -> None:
         now = monotonic()
-        peer = f"{_format_host(str(address[0]))}:{address[1]}"
+        peer = f"{format_host(str(address[0]))}:{address[1]}"
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
@@ -1002,22 +980,6 @@ class ClientConnection:
         link.thread.join()
 
 
-def _parse_url(url: str) -> tuple[bool, str, int, str, str]:
-    """(secure, host, port, Host header, request target)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("ws", "wss"):
-        raise ValueError(f"not a websocket URL (ws:// or wss://): {url!r}")
-    if not parts.hostname:
-        raise ValueError(f"no host in {url!r}")
-    secure = parts.scheme == "wss"
-    default = 443 if secure else 80
-    port = parts.port or default
-    host = parts.hostname
-    host_header = _format_host(host) + ("" if port == default else f":{port}")
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return secure, host, port, host_header, target
-
-
 def connect(
     url: str,
     flow: Flow,
@@ -1037,7 +999,14 @@ def connect(
     """
     opts = Options(**options)
     flow.validate()
-    secure, host, port, host_header, target = _parse_url(url)
+    where = ClientTarget.parse(url)
+    secure, host, port, host_header, target = (
+        where.secure,
+        where.host,
+        where.port,
+        where.host_header,
+        where.path,
+    )
     if ssl is not None and not secure:
         raise ValueError("ssl= needs a wss:// URL")
     tls = (ssl or ssl_module.create_default_context()) if secure else None
@@ -1051,7 +1020,7 @@ def connect(
                 sock.settimeout(max(0.001, started + timeout - monotonic()))
             sock = tls.wrap_socket(sock, server_hostname=host)
         sock.setblocking(False)
-        peer = f"{_format_host(host)}:{port}"
+        peer = f"{format_host(host)}:{port}"
         wire = Wire.client(
             flow, host_header, started, opts, path=target, origin=origin, headers=headers, peer=peer
         )

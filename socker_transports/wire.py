@@ -64,6 +64,7 @@ from socker_core import (
     HandlerFailed,
     LocalProtocolError,
     Send,
+    SockerError,
     StepChanged,
     Stepper,
     is_sendable_close_code,
@@ -252,6 +253,61 @@ class CloseResult:
     def ok(self) -> bool:
         """True for a completed flow or a normal close (1000) after a good handshake."""
         return self.handshake_status == 101 and self.code == 1000
+
+
+class HandshakeError(SockerError):
+    """The opening handshake did not succeed; `result.handshake_status` is the HTTP
+    status the server answered (0 when there was no answer). Raised by both
+    drivers' `connect()`; their `run_client()` returns the result instead."""
+
+    def __init__(self, result: CloseResult) -> None:
+        status = result.handshake_status
+        super().__init__(
+            f"websocket handshake failed: HTTP {status} {result.reason}"
+            if status
+            else f"websocket handshake failed: {result.reason}"
+        )
+        self.result = result
+
+    @property
+    def status(self) -> int:
+        return self.result.handshake_status
+
+
+#: Close code and reason a server sends to live connections when it shuts down.
+SHUTDOWN_CODE = CloseCode.GOING_AWAY
+SHUTDOWN_REASON = "server shutting down"
+
+
+def format_host(host: str) -> str:
+    """`host` as it appears in a URL or Host header (IPv6 literals bracketed)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTarget:
+    """Where a client connects, parsed once from a ws:// or wss:// URL."""
+
+    secure: bool
+    host: str
+    port: int
+    host_header: str
+    path: str
+
+    @classmethod
+    def parse(cls, url: str) -> ClientTarget:
+        parts = urlsplit(url)
+        if parts.scheme not in ("ws", "wss"):
+            raise ValueError(f"not a websocket URL (ws:// or wss://): {url!r}")
+        if not parts.hostname:
+            raise ValueError(f"no host in {url!r}")
+        secure = parts.scheme == "wss"
+        default = 443 if secure else 80
+        port = parts.port or default
+        host = parts.hostname
+        host_header = format_host(host) + ("" if port == default else f":{port}")
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        return cls(secure, host, port, host_header, path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1260,9 +1316,13 @@ class Wire:
 __all__ = [
     "KEEPALIVE_TIMEOUT_REASON",
     "SEND_BUFFER_OVERFLOW",
+    "SHUTDOWN_CODE",
+    "SHUTDOWN_REASON",
     "Accept",
     "AwaitHandshake",
+    "ClientTarget",
     "CloseResult",
+    "HandshakeError",
     "HandshakeFailed",
     "HandshakeHook",
     "HandshakeRequest",
@@ -1274,4 +1334,5 @@ __all__ = [
     "Reject",
     "Wire",
     "WireEvent",
+    "format_host",
 ]
