@@ -198,11 +198,22 @@ class Stepper:
 
     def receive(self, message: bytes, now: float) -> list[Event]:
         """One complete message from the peer."""
-        if self._phase is _OPEN and (self._deadline is None or now < self._deadline):
-            # Hot path: the current step handles the message right away.
-            events = self._begin()
+        if (
+            self._phase is _OPEN
+            and self._events is None
+            and (self._deadline is None or now < self._deadline)
+        ):
+            # Hot path, inlined: the current step handles the message right away.
+            events: list[Event] = []
+            self._events = events
             try:
-                self._handle(message, now)
+                try:
+                    result = self._handler(self.conn, message)
+                except Exception as exc:
+                    self._fail(self._steps[self._index].name, exc)
+                else:
+                    if result is not None and result is not False:
+                        self._apply(result, self._steps[self._index].name, now)
             finally:
                 self._events = None
             return events
