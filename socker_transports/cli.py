@@ -23,7 +23,6 @@ import ssl as ssl_module
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from socker_core import Flow, LocalProtocolError
@@ -367,16 +366,14 @@ def cmd_graph(ns: argparse.Namespace) -> int:
 
 
 def cmd_demo(ns: argparse.Namespace) -> int:
-    """Run the in-memory game demo (examples/game_inmemory.py)."""
-    root = Path(__file__).resolve().parent.parent
-    for folder in (os.getcwd(), str(root)):
-        if folder not in sys.path:
-            sys.path.append(folder)
+    """Run the WebRTC game demo (socker_transports.demo; `socker demo --help`)."""
     try:
-        demo = importlib.import_module("examples.game_inmemory")
-    except ImportError as exc:
-        raise CliError(f"the demo needs the repository's examples/ folder: {exc}") from None
-    return int(demo.main())
+        from . import demo
+    except ImportError as exc:  # aiortc is the optional `webrtc` extra
+        raise CliError(
+            f"the demo needs the webrtc extra (pip install 'socker[webrtc]'): {exc}"
+        ) from None
+    return int(demo.main(list(ns.demo_args)))
 
 
 # -- parser ----------------------------------------------------------------------------
@@ -435,14 +432,22 @@ def build_parser() -> argparse.ArgumentParser:
     graph.add_argument("target", metavar="MODULE:ATTR")
     graph.set_defaults(func=cmd_graph)
 
-    demo = commands.add_parser("demo", parents=[common], help="run the demo")
+    demo = commands.add_parser(
+        "demo", help="run the WebRTC game demo (socker demo --help for its options)", add_help=False
+    )
+    demo.add_argument("demo_args", nargs=argparse.REMAINDER)
     demo.set_defaults(func=cmd_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["demo"]:
+        # The demo has its own options: hand them over untouched.
+        ns = argparse.Namespace(func=cmd_demo, demo_args=args[1:], verbose=0)
+    else:
+        ns = parser.parse_args(args)
     level = {0: logging.WARNING, 1: logging.INFO}.get(ns.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("socker").setLevel(level)

@@ -1,0 +1,516 @@
+// socker.js: the browser side of socker. A dependency-free ES module.
+//
+// The same step-chain model as the Python package, over a browser WebSocket
+// (binaryType "arraybuffer"), plus the browser side of the WebRTC signaling
+// steps of socker_transports.webrtc (wire format version 1).
+//
+//   import { Flow, run, webrtc } from "./socker.js";
+//   const flow = new Flow("game");
+//   flow.add((conn, msg) => { /* scene data */ conn.send(webrtc.hello()); return true; });
+//   webrtc.clientAnswers(flow, { onChannel: (conn, channel) => { ... } });
+//   flow.add((conn, msg) => false, { name: "control" });   // stays forever
+//   const result = await run("ws://127.0.0.1:8765/game", flow);  // {code, reason, sentCode}
+//
+// A handler is handler(conn, message: Uint8Array) and returns (or resolves to):
+//   true -> advance; false/undefined -> stay; goto("name") -> jump;
+//   closeWith(code, reason) -> close.
+// Messages are handled one at a time in arrival order; while an async handler
+// is pending, later messages wait. Advancing past the last step closes with
+// 1000. A step `timeout` (seconds) closes with 4408. A handler that throws
+// closes with 1011 and a text message with 1003 (locally reported codes: the
+// browser WebSocket API can only send 1000 and 3000-4999, so those two go on
+// the wire as 1000 with the reason; result.sentCode tells what was sent).
+
+export const SIGNALING_VERSION = 1;
+export const CLOSE = Object.freeze({
+  NORMAL: 1000,
+  UNSUPPORTED_DATA: 1003,
+  INTERNAL_ERROR: 1011,
+  SIGNALING_ERROR: 4400,
+  STEP_TIMEOUT: 4408,
+  CHANNEL_TIMEOUT: 4504,
+});
+
+const GOTO = Symbol("goto");
+const CLOSE_RESULT = Symbol("close");
+
+/** Handler result: jump to the step named `name`. */
+export function goto(name) {
+  return { [GOTO]: name };
+}
+
+/** Handler result: close the connection with `code` and `reason`. */
+export function closeWith(code = 1000, reason = "") {
+  return { [CLOSE_RESULT]: [code, reason] };
+}
+
+export class Flow {
+  constructor(name = "flow", { stepTimeout = null } = {}) {
+    this.name = name;
+    this.stepTimeout = stepTimeout;
+    this.steps = [];
+    this.openHooks = [];
+    this.closeHooks = [];
+    this.stepHooks = [];
+  }
+
+  /** Append a step. Returns the flow (chainable). */
+  add(handler, { name = null, timeout = null } = {}) {
+    if (typeof handler !== "function") throw new TypeError("a step handler must be a function");
+    const stepName = name || handler.name || `step${this.steps.length}`;
+    if (this.steps.some((s) => s.name === stepName)) {
+      throw new Error(`flow ${this.name} already has a step named ${stepName}`);
+    }
+    this.steps.push({ name: stepName, handler, timeout: timeout ?? this.stepTimeout });
+    return this;
+  }
+
+  /** hook(conn), may be async: runs once when the connection opens. */
+  onOpen(hook) {
+    this.openHooks.push(hook);
+    return this;
+  }
+
+  /** hook(conn, {code, reason}), may be async: runs once when the connection ends. */
+  onClose(hook) {
+    this.closeHooks.push(hook);
+    return this;
+  }
+
+  /** hook(conn, fromStep, toStep): called on every step change (for UIs and logs). */
+  onStep(hook) {
+    this.stepHooks.push(hook);
+    return this;
+  }
+
+  indexOf(name) {
+    return this.steps.findIndex((s) => s.name === name);
+  }
+}
+
+const sendable = (code) => code === 1000 || (code >= 3000 && code <= 4999);
+
+export class Connection {
+  constructor(url, flow, { protocols = undefined } = {}) {
+    if (!flow.steps.length) throw new Error(`flow ${flow.name} has no steps`);
+    this.flow = flow;
+    this.state = {};
+    this.index = 0;
+    this.closeCode = null;
+    this.closeReason = "";
+    this._queue = [];
+    this._busy = false;
+    this._closing = false;
+    this._timer = null;
+    this._done = false;
+    this.closed = new Promise((resolve) => {
+      this._resolve = resolve;
+    });
+    this.ws = new WebSocket(url, protocols);
+    this.ws.binaryType = "arraybuffer";
+    this.ws.onopen = () => this._opened();
+    this.ws.onmessage = (event) => this._message(event.data);
+    this.ws.onclose = (event) => this._ended(event.code, event.reason);
+    this.ws.onerror = () => {}; // onclose follows with 1006
+  }
+
+  get step() {
+    return this.flow.steps[this.index].name;
+  }
+
+  get isOpen() {
+    return this.ws.readyState === WebSocket.OPEN && !this._closing;
+  }
+
+  /** Send one binary message (Uint8Array, ArrayBuffer or view). */
+  send(data) {
+    if (!this.isOpen) throw new Error("cannot send: the connection is not open");
+    if (typeof data === "string") throw new TypeError("socker sends binary messages only");
+    this.ws.send(data);
+  }
+
+  /** Close with `code` and `reason` (a no-op once closing). */
+  close(code = 1000, reason = "") {
+    if (this._closing || this._done) return;
+    this._closing = true;
+    this.closeCode = code;
+    this.closeReason = reason;
+    this._clearTimer();
+    this._queue.length = 0;
+    const wire = sendable(code) ? code : 1000;
+    this.sentCode = wire;
+    try {
+      this.ws.close(wire, reason.slice(0, 120));
+    } catch (err) {
+      this.ws.close();
+    }
+  }
+
+  async _opened() {
+    this._enter(0, null);
+    for (const hook of this.flow.openHooks) {
+      this._busy = true;
+      try {
+        const result = await hook(this);
+        if (result && result[CLOSE_RESULT]) this.close(...result[CLOSE_RESULT]);
+      } catch (err) {
+        this._fail("<on_open>", err);
+      }
+      this._busy = false;
+      if (this._closing) return;
+    }
+    this._drain();
+  }
+
+  _message(data) {
+    if (this._closing || this._done) return;
+    if (typeof data === "string") {
+      this.close(CLOSE.UNSUPPORTED_DATA, "text message where binary is expected");
+      return;
+    }
+    this._queue.push(new Uint8Array(data));
+    this._drain();
+  }
+
+  async _drain() {
+    while (!this._busy && this._queue.length && !this._closing) {
+      const message = this._queue.shift();
+      const step = this.flow.steps[this.index];
+      let result;
+      this._busy = true;
+      try {
+        result = step.handler(this, message);
+        if (result && typeof result.then === "function") result = await result;
+      } catch (err) {
+        this._busy = false;
+        this._fail(step.name, err);
+        return;
+      }
+      this._busy = false;
+      this._apply(result, step.name);
+    }
+  }
+
+  _apply(result, stepName) {
+    if (this._closing || this._done) return;
+    if (result === true) {
+      if (this.index + 1 < this.flow.steps.length) this._enter(this.index + 1, stepName);
+      else this.close(1000, "flow complete");
+    } else if (result === false || result === undefined || result === null) {
+      // stay
+    } else if (result[GOTO] !== undefined) {
+      const target = this.flow.indexOf(result[GOTO]);
+      if (target < 0) this._fail(stepName, new Error(`goto(${result[GOTO]}): no such step`));
+      else this._enter(target, stepName);
+    } else if (result[CLOSE_RESULT]) {
+      this.close(...result[CLOSE_RESULT]);
+    } else {
+      this._fail(stepName, new Error(`step ${stepName} returned an invalid result`));
+    }
+  }
+
+  _enter(index, from) {
+    this.index = index;
+    this._clearTimer();
+    const step = this.flow.steps[index];
+    if (step.timeout) {
+      this._timer = setTimeout(() => {
+        this.close(CLOSE.STEP_TIMEOUT, `step '${step.name}' timed out after ${step.timeout}s`);
+      }, step.timeout * 1000);
+    }
+    for (const hook of this.flow.stepHooks) hook(this, from, step.name);
+  }
+
+  _clearTimer() {
+    if (this._timer !== null) clearTimeout(this._timer);
+    this._timer = null;
+  }
+
+  _fail(stepName, err) {
+    console.error(`socker: step ${stepName} failed`, err);
+    this.error = err;
+    this.close(CLOSE.INTERNAL_ERROR, "internal error");
+  }
+
+  async _ended(code, reason) {
+    if (this._done) return;
+    this._done = true;
+    this._clearTimer();
+    this._queue.length = 0;
+    if (!this._closing) {
+      this.closeCode = code;
+      this.closeReason = reason;
+    }
+    this._closing = true;
+    const result = {
+      code: this.closeCode,
+      reason: this.closeReason,
+      sentCode: this.sentCode ?? null,
+      wireCode: code,
+    };
+    for (const hook of this.flow.closeHooks) {
+      try {
+        await hook(this, result);
+      } catch (err) {
+        console.error("socker: on_close hook failed", err);
+      }
+    }
+    this._resolve(result);
+  }
+}
+
+/** Open a connection running `flow`. `await conn.closed` for {code, reason}. */
+export function connect(url, flow, options = {}) {
+  return new Connection(url, flow, options);
+}
+
+/** Run `flow` until the connection ends; resolves to {code, reason, sentCode, wireCode}. */
+export function run(url, flow, options = {}) {
+  return connect(url, flow, options).closed;
+}
+
+// -- WebRTC signaling (socker_transports.webrtc, format version 1) ---------------
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder("utf-8", { fatal: true });
+
+function encodeSignal(type, fields = {}) {
+  return encoder.encode(JSON.stringify({ v: SIGNALING_VERSION, type, ...fields }));
+}
+
+function parseSignal(message) {
+  let body;
+  try {
+    body = JSON.parse(decoder.decode(message));
+  } catch (err) {
+    throw new SignalingError("not a signaling message (expected UTF-8 JSON)");
+  }
+  if (!body || typeof body !== "object") throw new SignalingError("not a JSON object");
+  if (body.v !== SIGNALING_VERSION) throw new SignalingError(`unsupported version ${body.v}`);
+  if (!["hello", "offer", "answer", "candidate"].includes(body.type)) {
+    throw new SignalingError(`unknown signaling type ${body.type}`);
+  }
+  if ((body.type === "offer" || body.type === "answer") && typeof body.sdp !== "string") {
+    throw new SignalingError(`${body.type} without sdp`);
+  }
+  return body;
+}
+
+export class SignalingError extends Error {}
+
+function waitGathering(pc, ms) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => finish(false), ms);
+    function finish(done) {
+      clearTimeout(timer);
+      pc.removeEventListener("icegatheringstatechange", check);
+      resolve(done);
+    }
+    function check() {
+      if (pc.iceGatheringState === "complete") finish(true);
+    }
+    pc.addEventListener("icegatheringstatechange", check);
+  });
+}
+
+class Role {
+  constructor({
+    onChannel = null,
+    openTimeout = 10,
+    stepTimeout = 30,
+    gatherTimeout = 2,
+    configuration = null,
+    stepPrefix = "webrtc",
+  } = {}) {
+    this.onChannel = onChannel;
+    this.openTimeout = openTimeout;
+    this.stepTimeout = stepTimeout;
+    this.gatherTimeout = gatherTimeout;
+    this.configuration = configuration;
+    this.stepPrefix = stepPrefix;
+  }
+
+  newSession(conn) {
+    if (conn.state.webrtc) throw new SignalingError("a WebRTC session already exists");
+    const pc = new RTCPeerConnection(this.configuration || { iceServers: [] });
+    let settle;
+    const session = {
+      pc,
+      channel: null,
+      failure: null,
+      settled: new Promise((resolve) => {
+        settle = resolve;
+      }),
+    };
+    session.fail = (why) => {
+      if (session.failure === null) session.failure = why;
+      settle();
+    };
+    session.watch = (channel) => {
+      session.channel = channel;
+      channel.binaryType = "arraybuffer";
+      if (channel.readyState === "open") settle();
+      else channel.addEventListener("open", () => settle(), { once: true });
+    };
+    pc.addEventListener("connectionstatechange", () => {
+      if (pc.connectionState === "failed") session.fail("ICE/DTLS connection failed");
+    });
+    conn.state.webrtc = session;
+    return session;
+  }
+
+  /** Set the local description and send it once ICE gathering completes (bounded). */
+  async sendDescription(conn, pc, description) {
+    await pc.setLocalDescription(description);
+    await waitGathering(pc, this.gatherTimeout * 1000);
+    conn.send(encodeSignal(pc.localDescription.type, { sdp: pc.localDescription.sdp }));
+  }
+
+  async waitChannel(conn, session) {
+    let timer;
+    const timedOut = new Promise((resolve) => {
+      timer = setTimeout(() => resolve(true), this.openTimeout * 1000);
+    });
+    const late = await Promise.race([session.settled.then(() => false), timedOut]);
+    clearTimeout(timer);
+    if (late) {
+      return closeWith(CLOSE.CHANNEL_TIMEOUT, `data channel did not open within ${this.openTimeout}s`);
+    }
+    if (session.failure !== null || !session.channel) {
+      return closeWith(CLOSE.CHANNEL_TIMEOUT, `data channel did not open: ${session.failure}`);
+    }
+    if (this.onChannel) await this.onChannel(conn, session.channel);
+    return true;
+  }
+
+  async candidate(session, signal) {
+    if (signal.candidate === null || signal.candidate === "") return;
+    await session.pc.addIceCandidate({
+      candidate: signal.candidate,
+      sdpMid: signal.sdpMid ?? null,
+      sdpMLineIndex: signal.sdpMLineIndex ?? null,
+    });
+  }
+
+  install(flow) {
+    flow.onClose((conn) => {
+      const session = conn.state.webrtc;
+      if (session) {
+        session.fail("peer connection closed");
+        session.pc.close();
+      }
+    });
+  }
+}
+
+const signalingClose = (name, err) =>
+  closeWith(CLOSE.SIGNALING_ERROR, `${name}: ${err.message || err}`.slice(0, 120));
+
+class Answerer extends Role {
+  install(flow) {
+    const name = `${this.stepPrefix}-connect`;
+    flow.add(
+      async (conn, message) => {
+        let session = conn.state.webrtc;
+        try {
+          const signal = parseSignal(message);
+          if (signal.type === "offer") {
+            if (session) throw new SignalingError("a second offer");
+            session = this.newSession(conn);
+            session.waitingForCandidates = signal.trickle === true;
+            session.pc.addEventListener("datachannel", (event) => {
+              if (!session.channel) session.watch(event.channel);
+            });
+            await session.pc.setRemoteDescription({ type: "offer", sdp: signal.sdp });
+            await this.sendDescription(conn, session.pc, await session.pc.createAnswer());
+          } else if (signal.type === "candidate") {
+            if (!session) throw new SignalingError("candidate before the offer");
+            if (signal.candidate === null || signal.candidate === "") {
+              session.waitingForCandidates = false;
+            }
+            await this.candidate(session, signal);
+          } else {
+            throw new SignalingError(`unexpected ${signal.type}`);
+          }
+        } catch (err) {
+          if (!(err instanceof SignalingError) && !(err instanceof DOMException)) throw err;
+          return signalingClose(name, err);
+        }
+        if (session.waitingForCandidates) return false;
+        return this.waitChannel(conn, session);
+      },
+      { name, timeout: this.stepTimeout },
+    );
+    super.install(flow);
+    return this;
+  }
+}
+
+class Offerer extends Role {
+  constructor(options = {}) {
+    super(options);
+    const { label = "socker", ordered = true, maxRetransmits = null, maxPacketLifeTime = null } =
+      options;
+    this.channelInit = { ordered };
+    if (maxRetransmits !== null) this.channelInit.maxRetransmits = maxRetransmits;
+    if (maxPacketLifeTime !== null) this.channelInit.maxPacketLifeTime = maxPacketLifeTime;
+    this.label = label;
+  }
+
+  /** Create the peer connection and data channel and send the offer. */
+  async start(conn) {
+    const session = this.newSession(conn);
+    session.watch(session.pc.createDataChannel(this.label, this.channelInit));
+    await this.sendDescription(conn, session.pc, await session.pc.createOffer());
+  }
+
+  install(flow) {
+    const name = `${this.stepPrefix}-connect`;
+    flow.onOpen((conn) => this.start(conn));
+    flow.add(
+      async (conn, message) => {
+        const session = conn.state.webrtc;
+        try {
+          const signal = parseSignal(message);
+          if (!session) throw new SignalingError("no offer was sent");
+          if (signal.type === "answer") {
+            if (session.described) throw new SignalingError("a second answer");
+            session.described = true;
+            session.waitingForCandidates = signal.trickle === true;
+            await session.pc.setRemoteDescription({ type: "answer", sdp: signal.sdp });
+          } else if (signal.type === "candidate") {
+            if (!session.described) throw new SignalingError("candidate before the answer");
+            if (signal.candidate === null || signal.candidate === "") {
+              session.waitingForCandidates = false;
+            }
+            await this.candidate(session, signal);
+          } else {
+            throw new SignalingError(`unexpected ${signal.type}`);
+          }
+        } catch (err) {
+          if (!(err instanceof SignalingError) && !(err instanceof DOMException)) throw err;
+          return signalingClose(name, err);
+        }
+        if (session.waitingForCandidates) return false;
+        return this.waitChannel(conn, session);
+      },
+      { name, timeout: this.stepTimeout },
+    );
+    super.install(flow);
+    return this;
+  }
+}
+
+export const webrtc = Object.freeze({
+  /** The client's handshake when the server offers: ready for the offer. */
+  hello: () => encodeSignal("hello"),
+  encodeSignal,
+  parseSignal,
+  /** Client side, server offers: adds "webrtc-connect" (offer -> answer -> channel open). */
+  clientAnswers: (flow, options) => new Answerer(options).install(flow),
+  /** Client side, client offers: offers on open; adds "webrtc-connect" (answer -> open). */
+  clientOffers: (flow, options) => new Offerer(options).install(flow),
+  /** The connection's {pc, channel} once a webrtc step created it. */
+  session: (conn) => conn.state.webrtc || null,
+});
