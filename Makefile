@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install browser lint typecheck pytest bench fuzz clean
+.PHONY: demo test install browser node-deps lint typecheck pytest bench fuzz clean
 
 install: $(STAMP)
 
@@ -20,6 +20,10 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
+# Node's ws 8.x for the interop tests (tests/interop), as pinned by its package-lock.json.
+node-deps:
+	cd tests/interop && npm ci --no-audit --no-fund
+
 demo: $(STAMP)
 	$(BIN)/python -m socker_transports demo
 
@@ -31,7 +35,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # The suite runs where only loopback exists when the machine allows it.
-pytest: $(STAMP) browser
+pytest: $(STAMP) browser node-deps
 	tools/loopback-only $(BIN)/python -m pytest
 
 test: lint typecheck pytest
@@ -41,3 +45,11 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
+
+# Long fuzzing runs (atheris, extra `fuzz`): SECONDS per harness, corpus kept in fuzz/corpus.
+SECONDS ?= 1800
+fuzz: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[fuzz]'
+	mkdir -p fuzz/corpus/core fuzz/corpus/wire
+	$(BIN)/python fuzz/fuzz_core.py -max_total_time=$(SECONDS) -artifact_prefix=fuzz/ fuzz/corpus/core
+	$(BIN)/python fuzz/fuzz_wire.py -max_total_time=$(SECONDS) -artifact_prefix=fuzz/ fuzz/corpus/wire
