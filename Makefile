@@ -46,10 +46,10 @@ bench: $(STAMP)
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
 
-# Long fuzzing runs (atheris, extra `fuzz`): SECONDS per harness, corpus kept in fuzz/corpus.
-SECONDS ?= 1800
+# Long fuzzing runs (atheris, extra `fuzz`): FUZZ_SECONDS per harness, corpus kept in fuzz/corpus.
+FUZZ_SECONDS ?= 1800
 fuzz: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[fuzz]'
 	mkdir -p fuzz/corpus/core fuzz/corpus/wire
-	$(BIN)/python fuzz/fuzz_core.py -max_total_time=$(SECONDS) -artifact_prefix=fuzz/ fuzz/corpus/core
-	$(BIN)/python fuzz/fuzz_wire.py -max_total_time=$(SECONDS) -artifact_prefix=fuzz/ fuzz/corpus/wire
+	$(BIN)/python fuzz/fuzz_core.py -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=fuzz/ fuzz/corpus/core
+	$(BIN)/python fuzz/fuzz_wire.py -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=fuzz/ fuzz/corpus/wire
