@@ -43,13 +43,25 @@ _BYTES_LIKE = (bytes, bytearray, memoryview)
 class Connection:
     """The per-connection context every handler and hook receives as `conn`."""
 
-    __slots__ = ("__weakref__", "_stepper", "flow", "state")
+    __slots__ = ("__weakref__", "_state", "_stepper", "flow")
 
     def __init__(self, stepper: Stepper, flow: Flow) -> None:
         self._stepper = stepper
         self.flow = flow
-        #: A namespace for the application's own per-connection objects.
-        self.state: Any = SimpleNamespace()
+        self._state: Any = None  # made on first use: most connections never need one
+
+    @property
+    def state(self) -> Any:
+        """A namespace (`types.SimpleNamespace`) for the application's own
+        per-connection objects."""
+        state = self._state
+        if state is None:
+            state = self._state = SimpleNamespace()
+        return state
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        self._state = value
 
     def send(self, data: bytes) -> None:
         """Send one binary message to the peer. Raises ConnectionClosedError once closing."""
@@ -94,6 +106,16 @@ class Connection:
         )
 
 
+def _steps_of(flow: Flow) -> tuple[Step, ...]:
+    """`flow.steps`, one tuple shared by every Stepper of the flow until a step is added
+    (steps are only ever appended, so a length change is the one invalidation)."""
+    cached: tuple[Step, ...] | None = getattr(flow, "_stepper_steps", None)
+    if cached is None or len(cached) != len(flow):
+        cached = flow.steps
+        flow._stepper_steps = cached  # type: ignore[attr-defined]
+    return cached
+
+
 class Stepper:
     """One connection's state machine: pure, deterministic, no I/O, no clock.
 
@@ -103,6 +125,29 @@ class Stepper:
     `wakeup` callback is called and the driver collects them with
     `pending_events()`.
     """
+
+    __slots__ = (
+        "_close_code",
+        "_close_reason",
+        "_deadline",
+        "_events",
+        "_handler",
+        "_index",
+        "_initiated_locally",
+        "_last_token",
+        "_opened",
+        "_outbox",
+        "_pending",
+        "_pending_hook",
+        "_phase",
+        "_queue",
+        "_steps",
+        "conn",
+        "flow",
+        "guard",
+        "max_queue",
+        "wakeup",
+    )
 
     def __init__(self, flow: Flow, *, max_queue: int = DEFAULT_MAX_QUEUE) -> None:
         flow.validate()
@@ -117,14 +162,16 @@ class Stepper:
         #: `conn.close` hold, so application code on another thread never races a
         #: call in progress. The core only enters it; it creates no threads.
         self.guard: AbstractContextManager[Any] | None = None
-        self._steps: tuple[Step, ...] = flow.steps
+        self._steps: tuple[Step, ...] = _steps_of(flow)
         self._phase = State.IDLE
         self._index = 0
         self._handler = self._steps[0].handler
         self._deadline: float | None = None
-        self._queue: deque[bytes] = deque()
+        # Messages waiting for a pending async handler (made when the first one waits).
+        self._queue: deque[bytes] | None = None
         self._events: list[Event] | None = None
-        self._outbox: deque[Event] = deque()
+        # Events made outside a call, until `pending_events` takes them.
+        self._outbox: list[Event] | None = None
         self._pending: int | None = None  # token of the awaited handler or hook
         self._pending_hook: int | None = None  # index into open_hooks when a hook is pending
         self._last_token = 0
@@ -150,11 +197,15 @@ class Stepper:
     @property
     def accepting(self) -> bool:
         """False while the wait queue is full: a driver must stop reading (backpressure)."""
-        return self._phase is not State.AWAITING or len(self._queue) < self.max_queue
+        if self._phase is not State.AWAITING:
+            return True
+        queue = self._queue
+        return queue is None or len(queue) < self.max_queue
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        queue = self._queue
+        return 0 if queue is None else len(queue)
 
     @property
     def next_deadline(self) -> float | None:
@@ -175,11 +226,11 @@ class Stepper:
 
     def pending_events(self) -> list[Event]:
         """Take the events produced outside a call (see the class docstring)."""
-        events = []
         outbox = self._outbox
-        while outbox:
-            events.append(outbox.popleft())
-        return events
+        if outbox is None:
+            return []
+        self._outbox = None
+        return outbox
 
     # -- calls --------------------------------------------------------------
 
@@ -223,12 +274,15 @@ class Stepper:
         try:
             if not self._expire(now):
                 if self._phase is State.AWAITING:
-                    if len(self._queue) >= self.max_queue:
+                    queue = self._queue
+                    if queue is None:
+                        queue = self._queue = deque()
+                    if len(queue) >= self.max_queue:
                         raise QueueFullError(
                             f"wait queue is full ({self.max_queue} messages): "
                             "stop reading while Stepper.accepting is False"
                         )
-                    self._queue.append(message)
+                    queue.append(message)
                 else:
                     self._handle(message, now)
         finally:
@@ -286,7 +340,7 @@ class Stepper:
                 self._cancel_pending()
                 self._close_code, self._close_reason = code, reason
                 self._initiated_locally = False
-            self._queue.clear()
+            self._drop_queue()
             self._move(Happening.TRANSPORT_CLOSED)
             if opened:
                 for hook in self.flow.close_hooks:
@@ -322,7 +376,11 @@ class Stepper:
         if self._events is not None:
             self._events.append(event)
         else:
-            self._outbox.append(event)
+            outbox = self._outbox
+            if outbox is None:
+                self._outbox = [event]
+            else:
+                outbox.append(event)
             if self.wakeup is not None:
                 self.wakeup()
 
@@ -427,8 +485,18 @@ class Stepper:
 
     def _drain(self, now: float) -> None:
         queue = self._queue
+        if queue is None:
+            return
         while queue and self._phase is _OPEN:
             self._handle(queue.popleft(), now)
+        if not queue and self._queue is queue:
+            self._queue = None  # an empty deque still holds ~760 bytes
+
+    def _drop_queue(self) -> None:
+        queue = self._queue
+        if queue is not None:
+            queue.clear()  # a `_drain` in progress sees it empty
+            self._queue = None
 
     def _run_open_hooks(self, start: int, now: float) -> None:
         hooks = self.flow.open_hooks
@@ -498,7 +566,7 @@ class Stepper:
         if len(reason.encode("utf-8")) > 123:
             raise LocalProtocolError("close reason is longer than 123 bytes of UTF-8")
         self._cancel_pending()
-        self._queue.clear()
+        self._drop_queue()
         self._close_code, self._close_reason = int(code), reason
         self._initiated_locally = True
         self._deadline = None

@@ -70,7 +70,6 @@ import socket
 import ssl as ssl_module
 import sys
 import threading
-from collections import deque
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from time import monotonic
 from types import TracebackType
@@ -128,17 +127,27 @@ FALLBACK_TIMEOUT = 10.0
 
 _WOULD_BLOCK = (BlockingIOError, InterruptedError)
 _HOOK_TOKEN = -1  # the resume queue's key for an awaited handshake hook
+# What other threads post to a connection's thread (`_Waker.post`): (kind, a, b).
+_SEND = 0  # (_SEND, data, None)
+_CLOSE = 1  # (_CLOSE, code, reason)
+_RESUME = 2  # (_RESUME, token, future): an awaited handler or hook settled
 
 
 # -- wake-ups -------------------------------------------------------------------------
 
 
 class _Waker:
-    """A file descriptor `poll` can wait on, made readable from any thread."""
+    """A file descriptor `poll` can wait on, made readable from any thread; also a
+    mailbox: items `post`ed from any thread wait (in order) for the owner's `take`.
+    Slotted, and the mailbox list exists only while it holds something: an idle
+    connection keeps no per-connection queue objects."""
+
+    __slots__ = ("_closed", "_fd", "_lock", "_mail", "_pair")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._closed = False
+        self._mail: list[tuple[int, Any, Any]] | None = None
         self._pair: tuple[socket.socket, socket.socket] | None = None
         if sys.platform == "linux":
             self._fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -154,15 +163,38 @@ class _Waker:
 
     def wake(self) -> None:
         with self._lock:  # never write to a closed (and perhaps reused) fd
+            if not self._closed:
+                self._signal()
+
+    def post(self, item: tuple[int, Any, Any]) -> None:
+        """Queue `item` for the owner and wake it (dropped once closed)."""
+        with self._lock:
             if self._closed:
                 return
-            try:
-                if self._pair is None:
-                    os.eventfd_write(self._fd, 1)
-                else:  # pragma: no cover
-                    self._pair[1].send(b"\0")
-            except (BlockingIOError, OSError):
-                pass  # already readable (or closing): the waiter will wake anyway
+            if self._mail is not None:
+                # Not taken yet since the post that signalled: the owner takes this
+                # one with it (it takes under this lock, after draining the fd).
+                self._mail.append(item)
+                return
+            self._mail = [item]
+            self._signal()
+
+    def take(self) -> list[tuple[int, Any, Any]] | None:
+        """Everything posted since the last `take`, in order (None: nothing)."""
+        if self._mail is None:  # a racy peek: a post landing now also wakes the owner
+            return None
+        with self._lock:
+            mail, self._mail = self._mail, None
+        return mail
+
+    def _signal(self) -> None:
+        try:
+            if self._pair is None:
+                os.eventfd_write(self._fd, 1)
+            else:  # pragma: no cover
+                self._pair[1].send(b"\0")
+        except (BlockingIOError, OSError):
+            pass  # already readable (or closing): the waiter will wake anyway
 
     def drain(self) -> None:
         try:
@@ -179,6 +211,7 @@ class _Waker:
             if self._closed:
                 return
             self._closed = True
+            self._mail = None
             if self._pair is None:
                 os.close(self._fd)
             else:  # pragma: no cover
@@ -188,8 +221,9 @@ class _Waker:
 
 def _wait(
     fd: int | None, read: bool, write: bool, waker: int, timeout: float | None
-) -> tuple[bool, bool, bool]:
-    """Wait for the socket (read/write) or the waker. Returns (readable, writable, error)."""
+) -> tuple[bool, bool, bool, bool]:
+    """Wait for the socket (read/write) or the waker.
+    Returns (readable, writable, error, woken): drain the waker only when woken."""
     if hasattr(select, "poll"):
         poller = select.poll()
         mask = (select.POLLIN if read else 0) | (select.POLLOUT if write else 0)
@@ -197,18 +231,19 @@ def _wait(
             poller.register(fd, mask)
         poller.register(waker, select.POLLIN)
         ready = poller.poll(None if timeout is None else max(0, int(timeout * 1000 + 0.999)))
-        readable = writable = error = False
+        readable = writable = error = woken = False
         for ready_fd, events in ready:
             if ready_fd != fd:
+                woken = True
                 continue
             readable = bool(events & select.POLLIN)
             writable = bool(events & select.POLLOUT)
             error = bool(events & (select.POLLERR | select.POLLHUP | select.POLLNVAL))
-        return readable, writable, error
+        return readable, writable, error, woken
     rlist = [waker] + ([fd] if fd is not None and read else [])  # pragma: no cover
     wlist = [fd] if fd is not None and write else []  # pragma: no cover
     r, w, _ = select.select(rlist, wlist, [], timeout)  # pragma: no cover
-    return fd in r, fd in w, False  # pragma: no cover
+    return fd in r, fd in w, False, waker in r  # pragma: no cover
 
 
 # -- the private asyncio loop ---------------------------------------------------------
@@ -328,8 +363,32 @@ class _AsyncRunner:
 # -- one connection -------------------------------------------------------------------
 
 
-class _Link:
-    """A socket, its Wire and the thread that drives them."""
+class _Link(threading.Thread):
+    """A socket, its Wire and the thread that drives them (the link is that thread:
+    one object less per connection, and `run` starts one C call level shallower,
+    which keeps the thread's stack to fewer touched pages)."""
+
+    # Slots: Thread's own attributes stay in its (key-sharing) __dict__; ours would
+    # overflow that into a full dict of about 1.5 KiB per connection.
+    __slots__ = (
+        "_done",
+        "_kill",
+        "_on_done",
+        "_opened",
+        "_own_runner",
+        "_pending",
+        "_read_wants_write",
+        "_runner",
+        "_tls",
+        "_write_wants_read",
+        "ended",
+        "grace",
+        "lock",
+        "result",
+        "sock",
+        "waker",
+        "wire",
+    )
 
     def __init__(
         self,
@@ -341,24 +400,26 @@ class _Link:
         tls: ssl_module.SSLContext | None = None,
         own_runner: bool = False,
         on_done: Callable[[_Link], None] | None = None,
+        waitable: bool = False,
     ) -> None:
+        # Memory per idle connection matters (a server holds thousands): requests
+        # from other threads share the waker's lazily created mailbox, awaited
+        # handlers get a dict on first use, and only a waitable (client) link has
+        # Events (each is a Condition, two locks and a deque).
+        super().__init__(name=name, daemon=True)
         self.sock: socket.socket = sock
         self.wire = wire
-        self.name = name
         self.lock = threading.RLock()
         self.waker = _Waker()
-        self.opened = threading.Event()
-        self.done = threading.Event()
+        self.ended = False  # set once the connection is over (before `result` is read)
         self.result: CloseResult | None = None
-        self.thread = threading.Thread(target=self.run, name=name, daemon=True)
+        self._opened: threading.Event | None = threading.Event() if waitable else None
+        self._done: threading.Event | None = threading.Event() if waitable else None
         self._runner = runner
         self._own_runner = own_runner
         self._tls = tls
         self._on_done = on_done
-        self._resumes: deque[tuple[int, concurrent.futures.Future[object]]] = deque()
-        self._pending: dict[int, concurrent.futures.Future[object]] = {}
-        self._close_requests: deque[tuple[int, str]] = deque()
-        self._sends: deque[bytes] = deque()
+        self._pending: dict[int, concurrent.futures.Future[object]] | None = None
         self._kill = False
         self._read_wants_write = False
         self._write_wants_read = False
@@ -370,18 +431,27 @@ class _Link:
 
     def request_close(self, code: int, reason: str) -> None:
         """Close with `code` (validated by the caller); never blocks."""
-        self._close_requests.append((code, reason))
-        self.waker.wake()
+        self.waker.post((_CLOSE, code, reason))
 
     def request_send(self, data: bytes) -> None:
         """Send `data` from the connection's thread; never blocks."""
-        self._sends.append(data)
-        self.waker.wake()
+        self.waker.post((_SEND, data, None))
 
     def kill(self) -> None:
         """Abort now: no close handshake."""
         self._kill = True
         self.waker.wake()
+
+    # -- waiting for a client link (connect, ClientConnection) -----------------
+
+    def wait_opened(self) -> None:
+        """Until the opening handshake succeeded or failed (or the link ended)."""
+        assert self._opened is not None, "only a waitable link can be waited for"
+        self._opened.wait()
+
+    def wait_ended(self, timeout: float | None = None) -> bool:
+        assert self._done is not None, "only a waitable link can be waited for"
+        return self._done.wait(timeout)
 
     # -- the thread ----------------------------------------------------------
 
@@ -403,13 +473,13 @@ class _Link:
             now = monotonic()
             if not self.wire.should_close_transport:
                 self.wire.abort(now, "connection ended")
-            self._drain_resumes(now)
+            self._deliver(now)
             self.wire.collect(now)
             self._dispatch(self.wire.events())
             self.wire.data_to_send()  # nowhere to go any more
-            for future in self._pending.values():
+            pending, self._pending = self._pending, None
+            for future in (pending or {}).values():
                 future.cancel()
-            self._pending.clear()
             self.result = self.wire.result
             if self.wire.stepper is not None:
                 with _links_lock:
@@ -417,8 +487,10 @@ class _Link:
         self.waker.close()
         if self._own_runner:
             self._runner.close(self.grace)
-        self.opened.set()
-        self.done.set()
+        self.ended = True
+        if self._opened is not None and self._done is not None:
+            self._opened.set()
+            self._done.set()
         if self._on_done is not None:
             self._on_done(self)
 
@@ -456,22 +528,13 @@ class _Link:
                     self.wire.abort(monotonic(), f"TLS handshake failed: {exc}")
                 return False
             timeout = None if deadline is None else deadline - monotonic()
-            _wait(sock.fileno(), read, write, self.waker.fileno(), timeout)
-            self.waker.drain()
+            if _wait(sock.fileno(), read, write, self.waker.fileno(), timeout)[3]:
+                self.waker.drain()
 
     def _service(self, now: float) -> None:
         """Everything the connection's thread does under the lock before I/O."""
         wire = self.wire
-        while self._sends:
-            data = self._sends.popleft()
-            if wire.is_open:
-                wire.send(data, now)
-            else:
-                logger.debug("socker: %s: dropped a send_threadsafe after close", self.name)
-        while self._close_requests:
-            code, reason = self._close_requests.popleft()
-            wire.close(code, reason, now)  # the first one wins; later ones are no-ops
-        self._drain_resumes(now)
+        self._deliver(now)
         wire.collect(now)
         deadline = wire.next_deadline
         if deadline is not None and now >= deadline:
@@ -488,10 +551,12 @@ class _Link:
             with self.lock:
                 now = monotonic()
                 self._service(now)
-                if out is None:
+                carried = out is not None  # a partial write from an earlier pass
+                if not carried:
                     data = wire.data_to_send()
                     if data:
                         out = memoryview(data)
+                    del data
                 wants = wire.wants_data
                 closing = wire.should_close_transport
                 deadline = wire.next_deadline
@@ -508,6 +573,10 @@ class _Link:
                         wire.data_to_send()
                     out = None
                     continue
+                if out is None and carried:
+                    # A write started in an earlier pass is done: the wire may hold
+                    # more output since then (and may accept data again).
+                    continue
             if closing:
                 if out is None:
                     return
@@ -518,31 +587,43 @@ class _Link:
                 wants, deadline = False, flush_deadline
             elif wants:
                 try:
-                    received = sock.recv(RECV_SIZE)
-                except _WOULD_BLOCK:
-                    pass
-                except ssl_module.SSLWantReadError:
-                    self._read_wants_write = False
-                except ssl_module.SSLWantWriteError:
-                    self._read_wants_write = True
+                    received = self._recv(sock)
                 except OSError as exc:
                     with self.lock:
                         wire.abort(monotonic(), f"read failed: {exc}")
                     continue
-                else:
-                    self._read_wants_write = False
+                if received is not None:
                     with self.lock:
                         wire.receive_data(received or None, monotonic())
+                    del received  # an idle connection keeps no last read alive
                     continue
             timeout = None if deadline is None else deadline - monotonic()
             pending = out is not None
             read = (wants and not self._read_wants_write) or (pending and self._write_wants_read)
             write = (pending and not self._write_wants_read) or (wants and self._read_wants_write)
-            _, _, error = _wait(sock.fileno(), read, write, waker, timeout)
-            self.waker.drain()
+            _, _, error, woken = _wait(sock.fileno(), read, write, waker, timeout)
+            if woken:
+                self.waker.drain()
             if error and not read and not write:
                 with self.lock:
                     wire.abort(monotonic(), "connection lost")
+
+    def _recv(self, sock: socket.socket) -> bytes | None:
+        """One read: the bytes (b"" at end of file), or None when there are none yet.
+        (A function of its own: the usual BlockingIOError would otherwise give the
+        long-lived `_loop` frame a frame object, kept for the connection's life.)"""
+        try:
+            received = sock.recv(RECV_SIZE)
+        except _WOULD_BLOCK:
+            return None
+        except ssl_module.SSLWantReadError:
+            self._read_wants_write = False
+            return None
+        except ssl_module.SSLWantWriteError:
+            self._read_wants_write = True
+            return None
+        self._read_wants_write = False
+        return received
 
     def _send(self, sock: socket.socket, out: memoryview) -> memoryview | None:
         """Write as much of `out` as the socket takes now; return what is left."""
@@ -569,9 +650,10 @@ class _Link:
             if isinstance(event, Await):
                 self._start(event.token, event.awaitable, resume=event.step != ON_CLOSE)
             elif isinstance(event, CancelAwait):
-                future = self._pending.pop(event.token, None)
-                if future is not None:
-                    future.cancel()
+                if self._pending is not None:
+                    future = self._pending.pop(event.token, None)
+                    if future is not None:
+                        future.cancel()
             elif isinstance(event, AwaitHandshake):
                 self._start(_HOOK_TOKEN, event.awaitable, resume=True)
             elif isinstance(event, Opened):
@@ -579,9 +661,10 @@ class _Link:
                     self.wire.stepper.guard = self.lock
                     with _links_lock:
                         _links_by_conn[self.wire.stepper.conn] = self
-                self.opened.set()
-            elif isinstance(event, HandshakeFailed):
-                self.opened.set()
+                if self._opened is not None:
+                    self._opened.set()
+            elif isinstance(event, HandshakeFailed) and self._opened is not None:
+                self._opened.set()
 
     def _start(self, token: int, awaitable: Awaitable[object], *, resume: bool) -> None:
         try:
@@ -592,33 +675,50 @@ class _Link:
             future.set_exception(exc)
         if not resume:
             return
+        if self._pending is None:
+            self._pending = {}
         self._pending[token] = future
         future.add_done_callback(functools.partial(self._settled, token))
 
     def _settled(self, token: int, future: concurrent.futures.Future[object]) -> None:
         # Runs on the event loop's thread (or wherever the future was cancelled).
-        self._resumes.append((token, future))
-        self.waker.wake()
+        self.waker.post((_RESUME, token, future))
 
-    def _drain_resumes(self, now: float) -> None:
+    def _deliver(self, now: float) -> None:
+        """Act on what other threads posted (sends, closes, settled awaits), in order."""
+        mail = self.waker.take()
+        if mail is None:
+            return
         wire = self.wire
-        while self._resumes:
-            token, future = self._resumes.popleft()
-            if self._pending.get(token) is not future:
-                continue  # cancelled, or superseded
-            del self._pending[token]
-            error: BaseException | None
-            if future.cancelled():
-                error = asyncio.CancelledError("the awaited handler was cancelled")
+        for kind, first, second in mail:
+            if kind == _SEND:
+                if wire.is_open:
+                    wire.send(first, now)
+                else:
+                    logger.debug("socker: %s: dropped a send_threadsafe after close", self.name)
+            elif kind == _CLOSE:
+                wire.close(first, second, now)  # the first one wins; later ones are no-ops
             else:
-                error = future.exception()
-            if token == _HOOK_TOKEN:
-                if wire.phase is Phase.HOOK:
-                    wire.finish_handshake(error if error is not None else future.result(), now)
-            elif error is not None:
-                wire.resume_error(token, error, now)
-            else:
-                wire.resume(token, future.result(), now)
+                self._resume(first, second, now)
+
+    def _resume(self, token: int, future: concurrent.futures.Future[object], now: float) -> None:
+        wire = self.wire
+        pending = self._pending
+        if pending is None or pending.get(token) is not future:
+            return  # cancelled, or superseded
+        del pending[token]
+        error: BaseException | None
+        if future.cancelled():
+            error = asyncio.CancelledError("the awaited handler was cancelled")
+        else:
+            error = future.exception()
+        if token == _HOOK_TOKEN:
+            if wire.phase is Phase.HOOK:
+                wire.finish_handshake(error if error is not None else future.result(), now)
+        elif error is not None:
+            wire.resume_error(token, error, now)
+        else:
+            wire.resume(token, future.result(), now)
 
 
 #: Each live connection's link, for `send_threadsafe` (entries leave in `_Link._finish`).
@@ -639,7 +739,7 @@ def send_threadsafe(conn: Connection, data: bytes) -> None:
         raise TypeError(f"send_threadsafe() takes bytes, got {type(data).__name__}")
     with _links_lock:
         link = _links_by_conn.get(conn)
-    if not conn.is_open or (link is not None and link.done.is_set()):
+    if not conn.is_open or (link is not None and link.ended):
         raise ConnectionClosedError(
             "cannot send: the connection is not open", conn.close_code, conn.close_reason
         )
@@ -753,7 +853,7 @@ class Server:
         if (
             current is self._accept_thread
             or current is self._runner.thread
-            or any(link.thread is current for link in self._snapshot())
+            or any(link is current for link in self._snapshot())
         ):
             return
         self._accept_thread.join()
@@ -788,8 +888,8 @@ class Server:
         listener = self._listener
         waker = self._waker.fileno()
         while not self._closing:
-            _wait(listener.fileno(), True, False, waker, None)
-            self._waker.drain()
+            if _wait(listener.fileno(), True, False, waker, None)[3]:
+                self._waker.drain()
             while not self._closing:
                 try:
                     sock, address = listener.accept()
@@ -798,8 +898,8 @@ class Server:
                 except OSError as exc:
                     logger.warning("socker: accept failed: %s", exc)
                     # Back off (EMFILE and friends) without a sleep: until closing or 100 ms.
-                    _wait(None, False, False, waker, 0.1)
-                    self._waker.drain()
+                    if _wait(None, False, False, waker, 0.1)[3]:
+                        self._waker.drain()
                     break
                 self._start_link(sock, address)
 
@@ -811,14 +911,14 @@ class Server:
         grace = FALLBACK_TIMEOUT if grace is None else grace
         end = monotonic() + grace + 1.0
         for link in links:
-            link.thread.join(max(0.0, end - monotonic()))
-        late = [link for link in links if link.thread.is_alive()]
+            link.join(max(0.0, end - monotonic()))
+        late = [link for link in links if link.is_alive()]
         if late:
             logger.info("socker: aborting %d connection(s) after close_timeout", len(late))
         for link in late:
             link.kill()
         for link in late:
-            link.thread.join(grace)
+            link.join(grace)
         self._runner.close(grace)
         self._waker.close()
         self._stopped.set()
@@ -848,7 +948,7 @@ class Server:
         with self._lock:
             self._links.add(link)
         try:
-            link.thread.start()
+            link.start()
         except RuntimeError:  # pragma: no cover - cannot start a thread
             logger.exception("socker: cannot start a connection thread")
             with self._lock:
@@ -926,7 +1026,7 @@ class ClientConnection:
     @property
     def closed(self) -> bool:
         """True once the connection has ended (see `wait_closed`)."""
-        return self._link.done.is_set()
+        return self._link.ended
 
     def send(self, data: bytes) -> None:
         """Send one binary message; safe from any thread and never blocks (the
@@ -951,10 +1051,10 @@ class ClientConnection:
         """Wait until the connection ends (flow complete, closed or lost) and return
         how it ended. Raises TimeoutError after `timeout` seconds."""
         link = self._link
-        if not link.done.wait(timeout):
+        if not link.wait_ended(timeout):
             raise TimeoutError(f"the connection is still open after {timeout} s")
-        if link.thread is not threading.current_thread():
-            link.thread.join()
+        if link is not threading.current_thread():
+            link.join()
         assert link.result is not None
         return link.result
 
@@ -968,16 +1068,16 @@ class ClientConnection:
         tb: TracebackType | None,
     ) -> None:
         link = self._link
-        if not link.done.is_set():
+        if not link.ended:
             if exc_type is None:
                 self.close(1000, "")
             else:
                 self.close(1011, "client error")
-        if link.thread is threading.current_thread():
+        if link is threading.current_thread():
             return  # leaving the block from one of this connection's own handlers
-        if not link.done.wait(link.grace + 1.0):
+        if not link.wait_ended(link.grace + 1.0):
             link.kill()
-        link.thread.join()
+        link.join()
 
 
 def connect(
@@ -1030,23 +1130,24 @@ def connect(
             _AsyncRunner(f"socker-client-{peer}"),
             name=f"socker-client-{peer}",
             own_runner=True,
+            waitable=True,
         )
     except BaseException:
         sock.close()
         raise
-    link.thread.start()
+    link.start()
     try:
-        link.opened.wait()
+        link.wait_opened()
         if wire.handshake_status != 101:
-            link.done.wait()
-            link.thread.join()
+            link.wait_ended()
+            link.join()
             assert link.result is not None
             raise HandshakeError(link.result)
     except HandshakeError:
         raise
     except BaseException:  # Ctrl-C while waiting
         link.kill()
-        link.thread.join()
+        link.join()
         raise
     return ClientConnection(link)
 

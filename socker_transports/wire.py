@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import inspect
 import logging
 import os
+import re
 import struct
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
@@ -38,9 +40,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import Connection as WsprotoConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import (
-    AcceptConnection,
     BytesMessage,
     CloseConnection,
     Ping,
@@ -50,7 +52,7 @@ from wsproto.events import (
     TextMessage,
 )
 from wsproto.utilities import LocalProtocolError as WsprotoLocalError
-from wsproto.utilities import RemoteProtocolError as WsprotoRemoteError
+from wsproto.utilities import split_comma_header
 
 from socker_core import (
     Await,
@@ -164,6 +166,10 @@ class Options:
                 raise LocalProtocolError(f"invalid subprotocol {protocol!r}")
 
 
+#: The Options used when none are given (frozen, so one instance serves every wire).
+_DEFAULT_OPTIONS = Options()
+
+
 # -- events the wire gives its driver ------------------------------------------------
 
 
@@ -200,6 +206,9 @@ class Accept:
 
     def __post_init__(self) -> None:
         _check_headers(self.headers, "Accept")
+
+
+_DEFAULT_ACCEPT = Accept()
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,6 +392,11 @@ class _HeadGuard:
     def feed(self, data: bytes | bytearray) -> tuple[int, bytes | None, bytes]:
         """Returns (error status or 0, the complete head or None, bytes after it)."""
         buffer = self.buffer
+        if not buffer and data[:2] != b"\r\n":
+            # The common case: the whole head in the first read, within every limit.
+            end = data.find(b"\r\n\r\n")
+            if 0 < end <= self.max_line and data.count(b"\r\n", 0, end + 2) - 1 <= self.max_headers:
+                return 0, bytes(data[: end + 4]), bytes(data[end + 4 :])
         buffer += data
         while True:
             end = buffer.find(b"\r\n", self.pos)
@@ -407,17 +421,6 @@ class _HeadGuard:
             self.start = self.pos = end + 2
 
 
-def _parse_head(head: bytes) -> tuple[str, list[tuple[str, str]]]:
-    lines = head.split(b"\r\n")
-    headers = []
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, _, value = line.partition(b":")
-        headers.append((name.strip().lower().decode("latin-1"), value.strip().decode("latin-1")))
-    return lines[0].decode("latin-1"), headers
-
-
 def _valid_key(key: str | None) -> bool:
     if key is None:
         return False
@@ -425,6 +428,382 @@ def _valid_key(key: str | None) -> bool:
         return len(base64.b64decode(key.encode("ascii"), validate=True)) == 16
     except (binascii.Error, ValueError, UnicodeEncodeError):
         return False
+
+
+# -- the opening handshake, without h11 -------------------------------------------------
+# The wire has the whole head in hand (the guard above), so it validates and answers
+# the handshake itself and hands wsproto only the frames: `wsproto.connection.Connection`
+# once open. What is accepted and refused, with which status and reason, is what
+# h11 + wsproto's `H11Handshake` decided (tests/transports/test_wire_h11_parity.py
+# holds the two side by side).
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_WEBSOCKET_VERSION = b"13"
+# h11's grammar (h11/_abnf.py): every regex is used with fullmatch.
+_TOKEN = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
+_FIELD_VALUE = rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?"
+_HEADER_LINE = re.compile(b"(" + _TOKEN + b"):[ \t]*(" + _FIELD_VALUE + b")[ \t]*")
+# The same over a block of CRLF-terminated header lines, in two C calls: what follows
+# the colon is `OWS field-value OWS` exactly when it holds no NUL, CR, LF, VT or FF
+# (every other byte is a field-vchar, a space or a tab); stripped, it is the value.
+_LINE_REST = rb"[^\x00\r\n\x0b\x0c]*"
+_HEADER_BLOCK = re.compile(b"(?:" + _TOKEN + b":" + _LINE_REST + b"\r\n)*")
+_HEADER_PAIRS = re.compile(b"(" + _TOKEN + b"):(" + _LINE_REST + b")\r\n")
+_REQUEST_LINE = re.compile(_TOKEN + rb" [\x21-\x7e]+ HTTP/[0-9]\.[0-9]")
+_STATUS_LINE_101 = re.compile(rb"HTTP/[0-9]\.[0-9] 101(?: (?:[ \t]|[^\x00\s])*)?")
+_TARGET = re.compile(rb"[\x21-\x7e]+")
+_FIELD_NAME = re.compile(_TOKEN)
+_FIELD_VALUE_RE = re.compile(_FIELD_VALUE)
+_CONTENT_LENGTH = re.compile(rb"[0-9]+")
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+_OBS_FOLD = re.compile(rb"[ \t]+")
+
+#: h11 reports every malformed head as this (wsproto's RemoteProtocolError text).
+_BAD_HTTP = "Bad HTTP message"
+
+
+class _Refused(Exception):
+    """The handshake is refused: `status` (0 for a client), the reason, and headers for
+    the HTTP answer."""
+
+    def __init__(self, status: int, reason: str, headers: Sequence[tuple[str, str]] = ()) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+
+
+def _h11_head(head: bytes) -> tuple[bytes | None, bytes, int]:
+    """The head as h11 reads it: (start line, or None when h11 finds none; the header
+    lines, each ending with CRLF; where h11's head ends).
+
+    A head from `_HeadGuard` ends with CRLF CRLF; h11 also takes a bare LF as a line
+    end, so a head with one may end (for h11) before the guard's end."""
+    if head.count(b"\n") == head.count(b"\r\n"):
+        split = head.find(b"\r\n")
+        return head[:split], head[split + 2 : -2], len(head)
+    if head[:1] == b"\n":
+        return None, b"", 0  # h11: no start line
+    blank = _BLANK_LINE.search(head)
+    assert blank is not None  # the guard's CRLF CRLF matches
+    end = blank.end()
+    lines = [line[:-1] if line[-1:] == b"\r" else line for line in head[:end].split(b"\n")]
+    return lines[0], b"".join(line + b"\r\n" for line in lines[1:-2]), end
+
+
+def _h11_fields(block: bytes) -> list[tuple[bytes, bytes]]:
+    """(lowercased name, value) of each header line in `block`, validated as h11 reads
+    them, Content-Length and Transfer-Encoding included (`_Refused(400, _BAD_HTTP)`)."""
+    if _HEADER_BLOCK.fullmatch(block) is None:
+        return _h11_folded_fields(block.split(b"\r\n")[:-1])
+    fields = [(name.lower(), rest.strip(b" \t")) for name, rest in _HEADER_PAIRS.findall(block)]
+    for name, _ in fields:
+        if name == b"content-length" or name == b"transfer-encoding":
+            _h11_normalize([(name, name, value) for name, value in fields])
+            break
+    return fields
+
+
+def _h11_folded_fields(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
+    """`_h11_fields` for header lines with obsolete line folding or a bad line."""
+    unfolded: list[bytes] = []
+    for line in lines:
+        fold = _OBS_FOLD.match(line)
+        if fold is None:
+            unfolded.append(line)
+        elif not unfolded:
+            raise _Refused(400, _BAD_HTTP)  # a continuation line first
+        else:
+            unfolded[-1] = unfolded[-1] + b" " + line[fold.end() :]
+    fields = []
+    for line in unfolded:
+        found = _HEADER_LINE.fullmatch(line)
+        if found is None:
+            raise _Refused(400, _BAD_HTTP)
+        fields.append((found[1].lower(), found[2]))
+    _h11_normalize([(name, name, value) for name, value in fields])
+    return fields
+
+
+def _h11_normalize(
+    items: Iterable[tuple[bytes, bytes, bytes]],
+) -> list[tuple[bytes, bytes, bytes]]:
+    """h11's Content-Length / Transfer-Encoding rules (`normalize_and_validate`) over
+    (raw name, lowercased name, value): the headers as h11 keeps them, or
+    `_Refused(400, _BAD_HTTP)`."""
+    seen_length: bytes | None = None
+    chunked = False
+    kept = []
+    for raw_name, name, value in items:
+        if name == b"content-length":
+            lengths = {length.strip() for length in value.split(b",")}
+            if len(lengths) != 1:
+                raise _Refused(400, _BAD_HTTP)
+            value = lengths.pop()
+            if _CONTENT_LENGTH.fullmatch(value) is None or len(value) > 20:
+                raise _Refused(400, _BAD_HTTP)
+            if seen_length is None:
+                seen_length = value
+            elif seen_length != value:
+                raise _Refused(400, _BAD_HTTP)
+            else:
+                continue  # a repeat of the same length: h11 keeps one
+        elif name == b"transfer-encoding":
+            if chunked:
+                raise _Refused(400, _BAD_HTTP)
+            value = value.lower()
+            if value != b"chunked":
+                raise _Refused(400, _BAD_HTTP)
+            chunked = True
+        kept.append((raw_name, name, value))
+    return kept
+
+
+def _h11_write_headers(headers: Iterable[tuple[bytes, bytes]], *, request: bool = False) -> bytes:
+    """Header lines and the blank line, as h11 validates and writes them (Host first);
+    ValueError for what h11 refuses to send."""
+    items = []
+    framing = False
+    for raw_name, value in headers:
+        if _FIELD_NAME.fullmatch(raw_name) is None:
+            raise ValueError(f"Illegal header name {raw_name!r}")
+        if _FIELD_VALUE_RE.fullmatch(value) is None:
+            raise ValueError(f"Illegal header value {value!r}")
+        name = raw_name.lower()
+        if name == b"content-length" or name == b"transfer-encoding":
+            framing = True
+        items.append((raw_name, name, value))
+    if framing:
+        try:
+            items = _h11_normalize(items)
+        except _Refused:
+            raise ValueError("bad Content-Length or Transfer-Encoding header") from None
+    hosts = [item for item in items if item[1] == b"host"]
+    if request and len(hosts) > 1:
+        raise ValueError("Found multiple Host: headers")
+    out = [b"%s: %s\r\n" % (raw_name, value) for raw_name, _, value in hosts]
+    out += [b"%s: %s\r\n" % (raw_name, value) for raw_name, name, value in items if name != b"host"]
+    out.append(b"\r\n")
+    return b"".join(out)
+
+
+def _read_request(head: bytes) -> tuple[str, list[tuple[str, str]], bytes | _Refused]:
+    """The request line and headers as `HandshakeRequest` shows them (lenient: names
+    lowercased, values stripped, any line read as `name: value`), and the verdict
+    h11 and wsproto's H11Handshake gave: the Sec-WebSocket-Key, or a `_Refused`."""
+    start, block, _ = _h11_head(head)
+    fields: list[tuple[bytes, bytes]] | None = None
+    verdict: bytes | _Refused
+    try:
+        if start is None or _REQUEST_LINE.fullmatch(start) is None:
+            raise _Refused(400, _BAD_HTTP)
+        fields = _h11_fields(block)
+        verdict = _check_upgrade_request(start, fields)
+    except _Refused as refused:
+        verdict = refused
+    if (
+        fields is not None
+        and start is not None
+        and len(fields) == block.count(b"\r\n")  # no folded line
+        and head.count(b"\n") == head.count(b"\r\n")  # no bare LF: the guard's lines
+    ):
+        # h11 read the guard's lines, each one valid: the lenient reading is the same.
+        headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in fields]
+        return start.decode("latin-1"), headers, verdict
+    lines = head.split(b"\r\n")
+    headers = []
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(b":")
+            headers.append(
+                (name.strip().lower().decode("latin-1"), value.strip().decode("latin-1"))
+            )
+    return lines[0].decode("latin-1"), headers, verdict
+
+
+def _check_upgrade_request(start: bytes, fields: list[tuple[bytes, bytes]]) -> bytes:
+    """Validate an upgrade request (its request line, already matched against h11's
+    grammar, and its h11 header fields) as h11 and wsproto's H11Handshake did: return
+    its Sec-WebSocket-Key, or raise `_Refused` with the status they answered."""
+    hosts = 0
+    connection: list[str] | None = None
+    host = key = version = None
+    upgrade = b""
+    error: Exception | None = None
+    for name, value in fields:
+        if name == b"host":
+            hosts += 1
+        if error is not None:
+            continue  # wsproto stopped at the first header it could not decode
+        try:
+            if name == b"connection":
+                connection = split_comma_header(value)
+            elif name == b"host":
+                host = value
+                if b"xn--" in value or not value.isascii():
+                    value.decode("idna")  # as wsproto does (it may raise)
+            elif name == b"sec-websocket-extensions" or name == b"sec-websocket-protocol":
+                if not value.isascii():
+                    split_comma_header(value)  # raises, as in wsproto
+            elif name == b"sec-websocket-key":
+                key = value if key is None else key + b", " + value  # wsproto joins repeats
+            elif name == b"sec-websocket-version":
+                version = value
+            elif name == b"upgrade":
+                upgrade = value
+        except Exception as exc:  # a header wsproto could not decode
+            error = exc
+    # h11's checks first, then wsproto's, in their order.
+    if hosts > 1 or (hosts == 0 and start.endswith(b" HTTP/1.1")):
+        raise _Refused(400, _BAD_HTTP)
+    if not start.startswith(b"GET "):
+        raise _Refused(400, "Request method must be GET")
+    if error is not None:
+        raise _Refused(400, f"bad upgrade request: {error}")
+    if connection is None or not any(token.lower() == "upgrade" for token in connection):
+        raise _Refused(400, "Missing header, 'Connection: Upgrade'")
+    if version != _WEBSOCKET_VERSION:
+        raise _Refused(
+            426 if version else 400,
+            "Missing header, 'Sec-WebSocket-Version'",
+            [("Sec-WebSocket-Version", "13")],
+        )
+    if key is None:
+        raise _Refused(400, "Missing header, 'Sec-WebSocket-Key'")
+    if upgrade.lower() != b"websocket":
+        raise _Refused(400, "Missing header, 'Upgrade: websocket'")
+    if host is None:
+        raise _Refused(400, "Missing header, 'Host'")
+    return key
+
+
+def _accept_token(key: bytes) -> bytes:
+    """Sec-WebSocket-Accept for `key` (RFC 6455 section 4.2.2)."""
+    return base64.b64encode(hashlib.sha1(key + _GUID).digest())
+
+
+def _accept_response(
+    key: bytes, subprotocol: str | None, headers: Sequence[tuple[str, str]]
+) -> bytes:
+    """The 101 answer (no extensions: permessage-deflate is never accepted). ValueError
+    (or UnicodeError) for headers h11 would have refused to send."""
+    token = _accept_token(key)
+    if subprotocol is None and not headers:
+        return (
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + token + b"\r\n\r\n"
+        )
+    lines = [
+        (b"Upgrade", b"websocket"),
+        (b"Connection", b"Upgrade"),
+        (b"Sec-WebSocket-Accept", token),
+    ]
+    if subprotocol is not None:
+        lines.append((b"Sec-WebSocket-Protocol", subprotocol.encode("ascii")))
+    lines += [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+    return b"HTTP/1.1 101 Switching Protocols\r\n" + _h11_write_headers(lines)
+
+
+def _upgrade_request(
+    host: str,
+    target: str,
+    nonce: bytes,
+    subprotocols: Sequence[str],
+    extra: list[tuple[bytes, bytes]],
+) -> bytes:
+    """A client's opening request, as wsproto + h11 build it (ValueError/UnicodeError
+    for what they refuse)."""
+    headers = [
+        (b"Host", host.encode("idna")),
+        (b"Upgrade", b"websocket"),
+        (b"Connection", b"Upgrade"),
+        (b"Sec-WebSocket-Key", nonce),
+        (b"Sec-WebSocket-Version", _WEBSOCKET_VERSION),
+    ]
+    if subprotocols:
+        headers.append((b"Sec-WebSocket-Protocol", ", ".join(subprotocols).encode("ascii")))
+    headers += extra
+    path = target.encode("ascii")
+    if _TARGET.fullmatch(path) is None:
+        raise ValueError("Illegal target characters")
+    return b"GET " + path + b" HTTP/1.1\r\n" + _h11_write_headers(headers, request=True)
+
+
+def _check_accept_response(
+    fields: list[tuple[bytes, bytes]], nonce: bytes, offered: Sequence[str]
+) -> str | None:
+    """Validate a 101 answer's headers as wsproto's H11Handshake did; return the chosen
+    subprotocol, or raise (the message is the failure's reason)."""
+    connection: list[str] | None = None
+    accept = subprotocol = None
+    extensions: list[str] = []
+    upgrade = b""
+    for name, value in fields:
+        if name == b"connection":
+            connection = split_comma_header(value)
+        elif name == b"sec-websocket-extensions":
+            extensions = split_comma_header(value)
+        elif name == b"sec-websocket-accept":
+            accept = value
+        elif name == b"sec-websocket-protocol":
+            subprotocol = value.decode("ascii")
+        elif name == b"upgrade":
+            upgrade = value
+    if connection is None or not any(token.lower() == "upgrade" for token in connection):
+        raise ValueError("Missing header, 'Connection: Upgrade'")
+    if upgrade.lower() != b"websocket":
+        raise ValueError("Missing header, 'Upgrade: websocket'")
+    if accept != _accept_token(nonce):
+        raise ValueError("Bad accept token")
+    if subprotocol is not None and subprotocol not in offered:
+        raise ValueError(f"unrecognized subprotocol {subprotocol}")
+    for extension in extensions:  # none is ever offered
+        raise ValueError(f"unrecognized extension {extension.split(';', 1)[0].strip()}")
+    return subprotocol
+
+
+class _LazyDeque:
+    """Stands in for the event deque of a wsproto `Connection`, which costs ~760 bytes
+    even empty and which wsproto fills only in `receive_data(None)` (the wire handles
+    end of stream itself and never calls it): a real deque is made on first use."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self) -> None:
+        self._items: deque[Any] | None = None
+
+    def _real(self) -> deque[Any]:
+        if self._items is None:
+            self._items = deque()
+        return self._items
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+    def __len__(self) -> int:
+        return 0 if self._items is None else len(self._items)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._real())
+
+    def append(self, item: Any) -> None:
+        self._real().append(item)
+
+    def popleft(self) -> Any:
+        return self._real().popleft()
+
+    def __getattr__(self, name: str) -> Any:  # any other deque method
+        return getattr(self._real(), name)
+
+
+def _frame_connection(role: ConnectionType, trailing: bytes) -> WsprotoConnection:
+    """wsproto's frame-level connection once the handshake is done, fed the bytes that
+    followed the head (parsed lazily, like any later read)."""
+    ws = WsprotoConnection(role, None, trailing)
+    events = getattr(ws, "_events", None)
+    if type(events) is deque and not events:
+        ws._events = _LazyDeque()  # type: ignore[assignment]
+    return ws
 
 
 def _truncate_reason(reason: str, limit: int = 123) -> str:
@@ -510,7 +889,51 @@ class Wire:
        last `data_to_send()`); the connection is then `finished`.
 
     `receive_data`, `tick` and `events` never raise because of what the peer sent.
+
+    Slotted and lean: an idle open connection holds its Stepper, a frame-level
+    wsproto `Connection` and a few scalars; handshake-only state is dropped on open.
     """
+
+    __slots__ = (
+        "_client",
+        "_client_flow",
+        "_client_request",
+        "_close_deadline",
+        "_decoder",
+        "_eof",
+        "_events",
+        "_guard",
+        "_handshake_deadline",
+        "_held",
+        "_held_size",
+        "_key",
+        "_nonce",
+        "_out",
+        "_out_size",
+        "_part_size",
+        "_parts",
+        "_pending_after_head",
+        "_phase",
+        "_ping_due",
+        "_ping_payload",
+        "_pong_deadline",
+        "_request",
+        "_transport_done",
+        "_wakeup",
+        "_ws",
+        "close_code",
+        "close_reason",
+        "handshake_hook",
+        "handshake_status",
+        "http_handler",
+        "options",
+        "path",
+        "peer",
+        "role",
+        "routes",
+        "stepper",
+        "subprotocol",
+    )
 
     def __init__(
         self,
@@ -531,24 +954,20 @@ class Wire:
         self.handshake_hook = handshake_hook
         self.http_handler = http_handler
         self._client = role is ConnectionType.CLIENT
-        self._client_flow = flow
-        self._ws = WSConnection(role)
+        # wsproto's frame-level connection, from the moment the handshake succeeds.
+        self._ws: WsprotoConnection | None = None
         self._decoder: Any = None  # wsproto's frame decoder, for the announced-size check
-        self._guard: _HeadGuard | None = _HeadGuard(options.max_line, options.max_headers)
         self._phase = Phase.HANDSHAKE
         self._out: list[bytes | bytearray] = []
         self._out_size = 0
-        self._events: deque[WireEvent] = deque()
+        self._events: list[WireEvent] = []
         self.stepper: Stepper | None = None
         self.path = ""
         self.subprotocol: str | None = None
-        self._request: HandshakeRequest | None = None
-        self._parts: list[bytes | bytearray] = []
+        self._parts: list[bytes | bytearray] | None = None  # fragments, once one arrives
         self._part_size = 0
-        self._held: deque[bytes] = deque()
+        self._held: deque[bytes] | None = None  # messages the flow cannot take yet
         self._held_size = 0
-        self._pending_after_head = b""
-        self._opened_at = now
         self._handshake_deadline = (
             None if options.open_timeout is None else now + options.open_timeout
         )
@@ -561,10 +980,16 @@ class Wire:
         self.close_code: int | None = None
         self.close_reason = ""
         self.handshake_status = 0
-        #: Called with no arguments when there is output or an event to handle that
-        #: did not come from a call into the wire (for example a send by an async
-        #: handler or from application code): the driver should call `collect()`.
-        self.wakeup: Callable[[], None] | None = None
+        self._wakeup: Callable[[], None] | None = None
+        # Handshake-only state, all dropped (None/b"") once the handshake ends.
+        self._guard: _HeadGuard | None = _HeadGuard(options.max_line, options.max_headers)
+        self._request: HandshakeRequest | None = None  # server: for the hook's answer
+        self._key = b""
+        self._pending_after_head = b""  # server: bytes read while the hook runs
+        self._client_flow = flow
+        self._nonce = b""  # client: our Sec-WebSocket-Key
+        # client: (host, path, extra headers), to read a refusal with wsproto
+        self._client_request: tuple[str, str, list[tuple[bytes, bytes]]] | None = None
 
     # -- constructors ----------------------------------------------------------
 
@@ -593,7 +1018,7 @@ class Wire:
                 routed.validate()
         return cls(
             ConnectionType.SERVER,
-            options or Options(),
+            options or _DEFAULT_OPTIONS,
             now,
             routes=routes,
             handshake_hook=handshake_hook,
@@ -617,7 +1042,7 @@ class Wire:
         """A client connection; its opening request is already in `data_to_send()`.
         `host` is the Host header ("example.com:8000")."""
         flow.validate()
-        opts = options or Options()
+        opts = options or _DEFAULT_OPTIONS
         _check_headers(headers, "Wire.client")
         if origin is not None:
             _check_headers([("Origin", origin)], "Wire.client")
@@ -626,17 +1051,30 @@ class Wire:
         extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
         if origin is not None:
             extra.append((b"Origin", origin.encode("latin-1")))
+        nonce = base64.b64encode(os.urandom(16))
         try:
-            request = Request(
-                host=host, target=path, extra_headers=extra, subprotocols=list(opts.subprotocols)
-            )
-            data = wire._ws.send(request)
-        except Exception as exc:  # h11/wsproto/idna refusing the host, path or a header
+            data = _upgrade_request(host, path, nonce, opts.subprotocols, extra)
+        except Exception as exc:  # idna or the h11 rules refusing the host, path or a header
             raise LocalProtocolError(f"cannot build the opening request: {exc}") from exc
+        wire._nonce = nonce
+        wire._client_request = (host, path, extra)
         wire._write(data, now)
         return wire
 
     # -- state -----------------------------------------------------------------
+
+    @property
+    def wakeup(self) -> Callable[[], None] | None:
+        """Called with no arguments when there is output or an event to handle that did
+        not come from a call into the wire (for example a send by an async handler or
+        from application code): the driver should call `collect()`."""
+        return self._wakeup
+
+    @wakeup.setter
+    def wakeup(self, callback: Callable[[], None] | None) -> None:
+        self._wakeup = callback
+        if self.stepper is not None:
+            self.stepper.wakeup = callback  # the flow's outbox wakes the driver directly
 
     @property
     def phase(self) -> Phase:
@@ -707,8 +1145,10 @@ class Wire:
 
     def events(self) -> list[WireEvent]:
         """Take the events produced since the last call."""
-        events = list(self._events)
-        self._events.clear()
+        events = self._events
+        if not events:
+            return []
+        self._events = []
         return events
 
     def receive_data(self, data: bytes | bytearray | None, now: float) -> None:
@@ -725,8 +1165,10 @@ class Wire:
             return
         if phase is Phase.DRAINING:
             return  # the close handshake is over: only EOF matters now
+        ws = self._ws
+        assert ws is not None  # open or closing
         try:
-            self._ws.receive_data(data)  # type: ignore[arg-type]  # bytearray works
+            ws.receive_data(data)  # type: ignore[arg-type]  # bytearray works
         except WsprotoLocalError:
             return  # wsproto is already closed: nothing more to read
         self._pump(now)
@@ -742,16 +1184,20 @@ class Wire:
                 )
             return
         if self._close_deadline is not None and now >= self._close_deadline:
-            logger.info("%s: close handshake timed out", self._label())
+            if logger.isEnabledFor(logging.INFO):
+                logger.info("%s: close handshake timed out", self._label())
             self._finish_transport(now, CloseCode.ABNORMAL, "close handshake timed out")
             return
         if self._pong_deadline is not None and now >= self._pong_deadline:
-            logger.info("%s: %s", self._label(), KEEPALIVE_TIMEOUT_REASON)
+            if logger.isEnabledFor(logging.INFO):
+                logger.info("%s: %s", self._label(), KEEPALIVE_TIMEOUT_REASON)
             self._fail(now, CloseCode.INTERNAL_ERROR, KEEPALIVE_TIMEOUT_REASON)
             return
         if self._ping_due is not None and now >= self._ping_due and self._phase is Phase.OPEN:
+            ws = self._ws
+            assert ws is not None
             self._ping_payload = os.urandom(4)
-            self._write(self._ws.send(Ping(self._ping_payload)), now)
+            self._write(ws.send(Ping(self._ping_payload)), now)
             self._ping_due = None
             timeout = self.options.ping_timeout
             self._pong_deadline = None if timeout is None else now + timeout
@@ -822,10 +1268,11 @@ class Wire:
     # -- handshake -------------------------------------------------------------
 
     def _receive_handshake(self, data: bytes | bytearray, now: float) -> None:
-        if self._guard is None:  # head already complete; waiting on the hook
+        guard = self._guard
+        if guard is None:  # head already complete; waiting on the hook
             self._pending_after_head += data
             return
-        status, head, rest = self._guard.feed(data)
+        status, head, rest = guard.feed(data)
         if status:
             reason = "bad request" if status == 400 else "handshake exceeds header limits"
             self._fail_handshake(0 if self._client else status, reason, now, respond=True)
@@ -839,7 +1286,7 @@ class Wire:
             self._server_head(head, rest, now)
 
     def _server_head(self, head: bytes, rest: bytes, now: float) -> None:
-        request_line, headers = _parse_head(head)
+        request_line, headers, verdict = _read_request(head)
         parts = request_line.split(" ")
         target = parts[1] if len(parts) == 3 else ""
         if "://" in target and not target.startswith("/"):  # absolute-form (RFC 9112 3.2.2)
@@ -847,18 +1294,29 @@ class Wire:
             path, query = split.path or "/", split.query
         else:
             path, _, query = target.partition("?")
-        hmap: dict[str, str] = {}
+        origin = upgrade = None
+        protocols = []
+        keys = []
         for name, value in headers:
-            hmap.setdefault(name, value)
-        offered = tuple(
-            p.strip()
-            for p in ",".join(v for k, v in headers if k == "sec-websocket-protocol").split(",")
-            if p.strip()
+            if name == "origin":
+                if origin is None:
+                    origin = value
+            elif name == "upgrade":
+                if upgrade is None:
+                    upgrade = value
+            elif name == "sec-websocket-key":
+                keys.append(value)
+            elif name == "sec-websocket-protocol":
+                protocols.append(value)
+        offered = (
+            tuple(p.strip() for p in ",".join(protocols).split(",") if p.strip())
+            if protocols
+            else ()
         )
-        request = HandshakeRequest(path, query, tuple(headers), offered, hmap.get("origin"))
+        request = HandshakeRequest(path, query, tuple(headers), offered, origin)
         self._request = request
         self.path = path
-        is_upgrade = "websocket" in hmap.get("upgrade", "").lower()
+        is_upgrade = upgrade is not None and "websocket" in upgrade.lower()
         if not is_upgrade and self.http_handler is not None and parts[0] == "GET":
             try:
                 response = self.http_handler(request)
@@ -875,34 +1333,22 @@ class Wire:
                 )
                 self._fail_handshake(response.status, "plain HTTP request served", now)
                 return
-        try:
-            self._ws.receive_data(head)
-            first = next(self._ws.events(), None)
-        except WsprotoRemoteError as exc:
-            hint = exc.event_hint
-            if isinstance(hint, RejectConnection):
-                extra = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in hint.headers]
-                self._fail_handshake(hint.status_code, str(exc), now, respond=True, headers=extra)
-            else:
-                self._fail_handshake(400, str(exc), now, respond=True)
+        if isinstance(verdict, _Refused):
+            self._fail_handshake(
+                verdict.status, verdict.reason, now, respond=True, headers=verdict.headers
+            )
             return
-        except Exception as exc:  # wsproto decoding a non-ASCII header value, for example
-            self._fail_handshake(400, f"bad upgrade request: {exc}", now, respond=True)
-            return
-        if not isinstance(first, Request):
-            self._fail_handshake(400, "not a websocket upgrade request", now, respond=True)
-            return
-        keys = [v for k, v in headers if k == "sec-websocket-key"]
         if len(keys) != 1 or not _valid_key(keys[0]):
             self._fail_handshake(400, "invalid Sec-WebSocket-Key", now, respond=True)
             return
         origins = self.options.origins
-        if origins is not None and request.origin not in origins:
-            self._fail_handshake(403, f"origin {request.origin!r} not allowed", now, respond=True)
+        if origins is not None and origin not in origins:
+            self._fail_handshake(403, f"origin {origin!r} not allowed", now, respond=True)
             return
         if self._route(path) is None:
             self._fail_handshake(404, f"no flow at path {path!r}", now, respond=True)
             return
+        self._key = verdict
         self._pending_after_head = rest
         if self.handshake_hook is None:
             self._decide(None, now)
@@ -946,7 +1392,7 @@ class Wire:
                 500, "handshake hook returned an invalid answer", now, respond=True
             )
             return
-        accept = result if isinstance(result, Accept) else Accept()
+        accept = result if isinstance(result, Accept) else _DEFAULT_ACCEPT
         request = self._request
         assert request is not None
         flow = accept.flow or self._route(self.path)
@@ -963,57 +1409,86 @@ class Wire:
             )
             return
         try:
-            extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in accept.headers]
-            response = self._ws.send(AcceptConnection(subprotocol=subprotocol, extra_headers=extra))
-        except Exception as exc:  # wsproto/h11 refusing the answer
+            response = _accept_response(self._key, subprotocol, accept.headers)
+        except Exception as exc:  # a header the h11 rules refuse to send
             logger.error("%s: cannot accept: %s", self._label(), exc)
             self._fail_handshake(500, "cannot build the handshake response", now, respond=True)
             return
         self._write(response, now)
         self.subprotocol = subprotocol
-        self._start_flow(flow, now, accept.state)
         rest = self._pending_after_head
-        self._pending_after_head = b""
+        # Frames that came with (or after) the request: parsed lazily, like any later read.
+        self._ws = _frame_connection(ConnectionType.SERVER, rest)
+        self._start_flow(flow, now, accept.state)
         if rest and not self._transport_done:
-            self.receive_data(rest, now)
+            self._pump(now)
 
     def _client_head(self, head: bytes, rest: bytes, now: float) -> None:
-        ws = self._ws
+        start, block, end = _h11_head(head)
+        if start is None or _STATUS_LINE_101.fullmatch(start) is None:
+            self._client_refused(head + rest, now)
+            return
         try:
-            ws.receive_data(head + rest)
-            events = ws.events()
-            first = next(events, None)
+            fields = _h11_fields(block)
+            subprotocol = _check_accept_response(fields, self._nonce, self.options.subprotocols)
+        except Exception as exc:  # the message says why; a non-ASCII value, for example
+            self._fail_handshake(0, f"bad handshake response: {exc}", now)
+            return
+        self.subprotocol = subprotocol
+        flow = self._client_flow
+        assert flow is not None
+        # Frames that came with the response: parsed lazily, like any later read.
+        self._ws = _frame_connection(ConnectionType.CLIENT, head[end:] + rest)
+        self._start_flow(flow, now, {})
+        if not self._transport_done:
+            self._pump(now)
+
+    def _client_refused(self, data: bytes, now: float) -> None:
+        """Anything but a 101: read (the start of) the answer with wsproto, which gives
+        the refusal's status or the reason it is malformed."""
+        assert self._client_request is not None
+        host, path, extra = self._client_request
+        ws = WSConnection(ConnectionType.CLIENT)
+        try:
+            subprotocols = list(self.options.subprotocols)
+            ws.send(Request(host=host, target=path, extra_headers=extra, subprotocols=subprotocols))
+            ws.receive_data(data)
+            first = next(ws.events(), None)
         except Exception as exc:  # RemoteProtocolError, or a non-ASCII header value
             self._fail_handshake(0, f"bad handshake response: {exc}", now)
             return
         if isinstance(first, RejectConnection):
             self._fail_handshake(first.status_code, "server rejected the handshake", now)
             return
-        if not isinstance(first, AcceptConnection):
-            self._fail_handshake(0, "unexpected handshake response", now)
-            return
-        self.subprotocol = first.subprotocol
-        assert self._client_flow is not None
-        self._start_flow(self._client_flow, now, {})
-        if not self._transport_done:
-            # Frames that came with the response: parsed lazily, like any later read.
-            self._pump(now, events)
+        self._fail_handshake(0, "unexpected handshake response", now)
+
+    def _drop_handshake_state(self) -> None:
+        self._guard = None
+        self._request = None
+        self._key = b""
+        self._pending_after_head = b""
+        self._client_flow = None
+        self._nonce = b""
+        self._client_request = None
 
     def _start_flow(self, flow: Flow, now: float, state: Mapping[str, Any]) -> None:
         self._phase = Phase.OPEN
         self.handshake_status = 101
         self._handshake_deadline = None
-        proto = getattr(self._ws.connection, "_proto", None)
-        self._decoder = getattr(proto, "_frame_decoder", None)
+        self._drop_handshake_state()
+        self._decoder = getattr(getattr(self._ws, "_proto", None), "_frame_decoder", None)
         stepper = Stepper(flow, max_queue=self.options.max_queue)
-        for key, value in state.items():
-            setattr(stepper.conn.state, key, value)
-        stepper.wakeup = self._stepper_woke
+        if state:
+            conn_state = stepper.conn.state
+            for key, value in state.items():
+                setattr(conn_state, key, value)
+        stepper.wakeup = self._wakeup
         self.stepper = stepper
         if self.options.ping_interval is not None:
             self._ping_due = now + self.options.ping_interval
         self._events.append(Opened(self.path, self.subprotocol, flow.name))
-        logger.info("%s: open %s (flow %s)", self._label(), self.path, flow.name)
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("%s: open %s (flow %s)", self._label(), self.path, flow.name)
         self._stepper_events(stepper.open(now), now)
 
     def _fail_handshake(
@@ -1036,17 +1511,18 @@ class Wire:
         self.close_reason = reason
         self._phase = Phase.DONE
         self._transport_done = True
-        self._guard = None
-        self._pending_after_head = b""
-        logger.info("%s: handshake failed (%s): %s", self._label(), status or "-", reason)
+        self._drop_handshake_state()
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("%s: handshake failed (%s): %s", self._label(), status or "-", reason)
         self._events.append(HandshakeFailed(status, reason))
 
     # -- messages --------------------------------------------------------------
 
-    def _pump(self, now: float, events: Iterator[object] | None = None) -> None:
+    def _pump(self, now: float) -> None:
         ws = self._ws
+        assert ws is not None
         max_size = self.options.max_size
-        for event in ws.events() if events is None else events:
+        for event in ws.events():
             if self._transport_done:
                 return
             if isinstance(event, BytesMessage):
@@ -1082,17 +1558,21 @@ class Wire:
             if max_size is not None and size > max_size:
                 self._too_big(now)
                 continue
+            parts = self._parts
             if event.message_finished:
-                if self._parts:
-                    self._parts.append(chunk)
-                    message = b"".join(self._parts)
-                    self._parts.clear()
+                if parts:
+                    parts.append(chunk)
+                    message = b"".join(parts)
+                    self._parts = None
                     self._part_size = 0
                 else:
                     message = chunk if type(chunk) is bytes else bytes(chunk)
                 self._deliver(message, now)
             elif chunk:
-                self._parts.append(chunk)
+                if parts is None:
+                    self._parts = [chunk]
+                else:
+                    parts.append(chunk)
                 self._part_size = size
         if max_size is not None and self._phase is Phase.OPEN:
             self._check_announced_size(max_size, now)
@@ -1111,7 +1591,7 @@ class Wire:
             self._too_big(now)
 
     def _too_big(self, now: float) -> None:
-        self._parts.clear()
+        self._parts = None
         self._part_size = 0
         max_size = self.options.max_size
         self._close_flow(now, CloseCode.MESSAGE_TOO_BIG, f"message larger than {max_size} bytes")
@@ -1119,8 +1599,11 @@ class Wire:
     def _deliver(self, message: bytes, now: float) -> None:
         stepper = self.stepper
         assert stepper is not None
-        if self._held or not stepper.accepting:
-            self._held.append(message)
+        held = self._held
+        if held or not stepper.accepting:
+            if held is None:
+                held = self._held = deque()
+            held.append(message)
             self._held_size += len(message)
             return
         self._stepper_events(stepper.receive(message, now), now)
@@ -1128,13 +1611,18 @@ class Wire:
     def _feed_held(self, now: float) -> None:
         stepper = self.stepper
         held = self._held
+        if held is None:
+            return
         while held and stepper is not None and stepper.accepting and self._phase is Phase.OPEN:
             message = held.popleft()
             self._held_size -= len(message)
             self._stepper_events(stepper.receive(message, now), now)
+        if not held and self._held is held:
+            self._held = None
 
     def _peer_close(self, event: CloseConnection, now: float) -> None:
         ws = self._ws
+        assert ws is not None
         code = int(event.code)
         reason = event.reason or ""
         if ws.state is ConnectionState.REMOTE_CLOSING:
@@ -1151,7 +1639,8 @@ class Wire:
             # while still OPEN): fail the connection with its code, no waiting.
             if not is_sendable_close_code(code):
                 code = CloseCode.PROTOCOL_ERROR
-            logger.info("%s: protocol error %s: %s", self._label(), code, reason)
+            if logger.isEnabledFor(logging.INFO):
+                logger.info("%s: protocol error %s: %s", self._label(), code, reason)
             self._fail(now, code, reason or "protocol error")
 
     def _fail(self, now: float, code: int, reason: str) -> None:
@@ -1186,9 +1675,9 @@ class Wire:
 
     def _leave_open(self) -> None:
         """No more messages for the flow: drop what waits for it and stop keepalive."""
-        self._parts.clear()
+        self._parts = None
         self._part_size = 0
-        self._held.clear()
+        self._held = None
         self._held_size = 0
         self._ping_due = self._pong_deadline = None
 
@@ -1216,10 +1705,6 @@ class Wire:
 
     # -- stepper events --------------------------------------------------------
 
-    def _stepper_woke(self) -> None:
-        if self.wakeup is not None:
-            self.wakeup()
-
     def _stepper_events(self, events: list[Event], now: float) -> None:
         for event in events:
             if isinstance(event, Send):
@@ -1229,16 +1714,18 @@ class Wire:
                 self._send_close(event.code, event.reason, now)
             elif isinstance(event, Closed):
                 self.close_code, self.close_reason = event.code, event.reason
-                logger.info(
-                    "%s: closed %s %s (%s)",
-                    self._label(),
-                    event.code,
-                    event.reason,
-                    "local" if event.initiated_locally else "remote",
-                )
+                if logger.isEnabledFor(logging.INFO):
+                    logger.info(
+                        "%s: closed %s %s (%s)",
+                        self._label(),
+                        event.code,
+                        event.reason,
+                        "local" if event.initiated_locally else "remote",
+                    )
                 self._events.append(event)
             elif isinstance(event, StepChanged):
-                logger.debug("%s: step %s -> %s", self._label(), event.from_step, event.to_step)
+                if logger.isEnabledFor(logging.DEBUG):
+                    logger.debug("%s: step %s -> %s", self._label(), event.from_step, event.to_step)
                 self._events.append(event)
             elif isinstance(event, HandlerFailed):
                 logger.error("%s: %s raised", self._label(), event.step, exc_info=event.exception)
@@ -1278,6 +1765,7 @@ class Wire:
             return
         self.close_code, self.close_reason = code, reason
         ws = self._ws
+        assert ws is not None
         self._phase = Phase.CLOSING
         self._leave_open()
         timeout = self.options.close_timeout

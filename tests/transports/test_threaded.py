@@ -556,6 +556,26 @@ def test_server_conn_send_from_another_thread() -> None:
         threaded.send_threadsafe(conns[0], b"late")
 
 
+def test_an_idle_server_connection_keeps_no_queues_or_events() -> None:
+    """Memory per idle connection: a server link makes its mailbox, its awaited-handler
+    table and its Events only when something needs them (driver internals)."""
+    with threaded.serve(echo_flow()) as server:
+        sock = _raw_handshake(server.port)
+        try:
+            _wait_for(lambda: len(server.connections) == 1, 5, "the connection")
+            (link,) = server._snapshot()
+            assert link._opened is None and link._done is None
+            assert link._pending is None
+            _wait_for(lambda: link.waker._mail is None, 5, "the mailbox taken")
+            assert not hasattr(link, "thread")  # the link is its own thread
+            (conn,) = server.connections
+            threaded.send_threadsafe(conn, b"ping")  # posted, taken, gone again
+            assert sock.recv(64) == b"\x82\x04ping"
+            _wait_for(lambda: link.waker._mail is None, 5, "the mailbox taken")
+        finally:
+            sock.close()
+
+
 # -- shutdown -------------------------------------------------------------------------
 
 

@@ -259,7 +259,9 @@ def _async_hook(request: HandshakeRequest) -> Awaitable[Accept]:
     return _never()
 
 
-def _pending_hook_wire(extra: bytes = b"", **options: object) -> tuple[Wire, AwaitHandshake]:
+def _pending_hook_wire(
+    extra: bytes = b"", **options: object
+) -> tuple[Wire, AwaitHandshake, Record]:
     record = Record()
     wire = Wire.server(
         echo_flow(record),
@@ -267,17 +269,15 @@ def _pending_hook_wire(extra: bytes = b"", **options: object) -> tuple[Wire, Awa
         Options(**options),  # type: ignore[arg-type]
         handshake_hook=_async_hook,
     )
-    wire._test_record = record  # type: ignore[attr-defined]
     wire.receive_data(upgrade_request() + extra, 0.0)
     [pending] = wire.events()
     assert isinstance(pending, AwaitHandshake)
     pending.awaitable.close()  # type: ignore[attr-defined]
-    return wire, pending
+    return wire, pending, record
 
 
 def test_async_hook_accept_then_held_frames_are_processed_in_order() -> None:
-    wire, _ = _pending_hook_wire(frame(b"early"))
-    record: Record = wire._test_record  # type: ignore[attr-defined]
+    wire, _, record = _pending_hook_wire(frame(b"early"))
     assert wire.phase is Phase.HOOK
     assert not wire.wants_data  # nothing is read while the hook runs
     assert wire.data_to_send() == b""
@@ -292,19 +292,19 @@ def test_async_hook_accept_then_held_frames_are_processed_in_order() -> None:
 
 
 def test_async_hook_reject_and_exception() -> None:
-    wire, _ = _pending_hook_wire()
+    wire, _, _ = _pending_hook_wire()
     wire.finish_handshake(Reject(403), 1.0)
     refused(wire, 403)
-    wire, _ = _pending_hook_wire()
+    wire, _, _ = _pending_hook_wire()
     wire.finish_handshake(RuntimeError("db down"), 1.0)
     refused(wire, 500)
-    wire, _ = _pending_hook_wire()
+    wire, _, _ = _pending_hook_wire()
     wire.finish_handshake(None, 1.0)  # None accepts with the defaults
     assert wire.is_open
 
 
 def test_async_hook_outlived_by_open_timeout_then_finish_is_a_no_op() -> None:
-    wire, _ = _pending_hook_wire(open_timeout=2.0)
+    wire, _, _ = _pending_hook_wire(open_timeout=2.0)
     wire.tick(1.9)
     assert wire.phase is Phase.HOOK
     wire.tick(2.0)
@@ -321,7 +321,7 @@ def test_finish_handshake_without_a_pending_hook_is_misuse() -> None:
 
 
 def test_eof_while_the_hook_is_pending() -> None:
-    wire, _ = _pending_hook_wire()
+    wire, _, _ = _pending_hook_wire()
     wire.receive_data(None, 1.0)
     assert wire.finished and wire.handshake_status == 0
     assert [type(e) for e in wire.events()] == [HandshakeFailed]
