@@ -1,27 +1,41 @@
-"""One websocket connection driven by anyio: a thin loop around `Wire`.
+"""The connection machinery behind `socker_transports.anyio`.
 
-Internal to `socker_transports.anyio`. A `_Session` owns one byte stream and one
-`Wire` and runs, inside its own task groups:
+`_SessionBase` is what every connection shares, whatever moves its bytes: it
+owns one `Wire`, turns the wire's events into work (awaited handlers, hooks and
+on_close hooks run as tasks spawned into the owner's task group: the server's or
+the client's, never fire-and-forget) and reports when the connection is over
+(transport closed *and* every task it spawned finished).
 
-- a reader task: reads big chunks while `wire.wants_data` (backpressure otherwise),
-  feeds them to the wire and writes the answers at once (inline flush);
-- a writer task: writes what the wire produced outside the reader (timers, async
-  handlers, application sends) so a blocked write never stops the timers;
-- the ticker (the session's own task): sleeps until `wire.next_deadline` or a
-  wakeup, calls `tick` / `collect`, and ends the connection once the wire says so;
-- one task per pending async handler or hook (`Await`, `AwaitHandshake`).
+`_StreamSession` drives a connection on the trio backend (the asyncio backend
+uses `_asyncio_protocol._ProtocolSession`): one task per connection reads, keeps
+time and writes.
+
+- It waits inside one cancel scope whose deadline follows `wire.next_deadline`
+  (reset in place as it moves), for the next read while `wire.wants_data`, else
+  for a wakeup; a deadline or a wakeup (an application send, an awaited handler
+  finishing) cancels the scope, and the loop ticks or collects. Waits are
+  cancel-safe, so nothing is lost.
+- A plain TCP socket on trio is used directly: trio's `wait_readable`, then a
+  non-blocking `recv` / `send` (a trio server without TLS accepts bare sockets:
+  no stream objects at all). What a full socket buffer did not take is kept, and
+  a second task (the flusher) exists only while such a write waits for the socket
+  to be writable, so neither reads nor timers stop behind a slow peer (two peers
+  writing to each other must not deadlock).
+- Any other stream (TLS) is read with `receive` (cancel-safe) and gets one
+  writer task.
 
 Every wire call happens on the event loop thread, between awaits, so the wire
-needs no lock; writes are serialized by the `_writing` flag (whoever holds it
-drains everything, in order).
+needs no lock.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import socket
+import threading
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import anyio.abc
@@ -29,12 +43,46 @@ import anyio.abc
 from socker_core import ON_CLOSE as _ON_CLOSE
 from socker_core import Await, CancelAwait, Connection
 
-from .wire import AwaitHandshake, CloseResult, HandshakeFailed, Opened, Phase, Wire
+from .wire import (
+    SEND_BUFFER_OVERFLOW,
+    AwaitHandshake,
+    CloseResult,
+    HandshakeFailed,
+    Opened,
+    Phase,
+    Wire,
+)
 
 logger = logging.getLogger("socker")
 
-#: Bytes asked for per read: large, so one read can carry many small messages.
-READ_SIZE = 256 * 1024
+#: Bytes asked for per read of a stream (TLS): one read carries many small
+#: messages, and 64 KiB stays under glibc's mmap threshold (a `recv` of 256 KiB
+#: costs an mmap, an mremap and a munmap however little arrives).
+READ_SIZE = 64 * 1024
+
+#: Bytes per read of a bare socket (or asyncio's buffered protocol): read into a
+#: buffer of this size allocated once per thread, then only what arrived is
+#: copied out; while a big message arrives, `recv` of this size instead (see
+#: `_StreamSession._serve`).
+BIG_READ_SIZE = 256 * 1024
+
+#: A bare-socket read at least this big suggests more is already waiting: the
+#: next read is tried before waiting, at most _EAGER_STREAK times in a row.
+_EAGER_READ = 16 * 1024
+_EAGER_STREAK = 16
+
+_local = threading.local()
+
+
+def shared_read_buffer() -> memoryview:
+    """This thread's BIG_READ_SIZE buffer. Safe to share between all the
+    connections of an event loop (one thread): every read copies out what it got
+    at once."""
+    buffer: memoryview | None = getattr(_local, "buffer", None)
+    if buffer is None:
+        buffer = _local.buffer = memoryview(bytearray(BIG_READ_SIZE))
+    return buffer
+
 
 #: Errors a byte stream raises when the transport fails under us.
 STREAM_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
@@ -42,16 +90,39 @@ STREAM_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 #: Bound (seconds) for the last write and for on_close hooks when close_timeout is None.
 _FALLBACK_LINGER = 10.0
 
+#: What `_StreamSession._step` asks of the loop.
+_GO, _CLOSE, _BACKOFF = 0, 1, 2
+
+#: Starts a task in the owner's task group (`TaskGroup.start_soon`).
+Spawn = Callable[..., Any]
+
 
 class _Pending:
-    """An awaited handler or hook: its cancel scope, and whether it started."""
+    """An awaited handler or hook: its cancel scope, and whether it started.
 
-    __slots__ = ("awaitable", "scope", "started")
+    The scope is made by the task itself: anyio cannot tell its backend from an
+    asyncio protocol callback (no current task) under a plain `asyncio.run`."""
+
+    __slots__ = ("awaitable", "cancelled", "scope", "started")
 
     def __init__(self, awaitable: Awaitable[Any]) -> None:
         self.awaitable = awaitable
-        self.scope = anyio.CancelScope()
+        self.scope: anyio.CancelScope | None = None
         self.started = False
+        self.cancelled = False
+
+    def begin(self) -> anyio.CancelScope:
+        """In the task: mark started, and make the scope `cancel()` cancels."""
+        self.started = True
+        self.scope = scope = anyio.CancelScope()
+        return scope
+
+    def cancel(self) -> None:
+        """Cancel the awaitable: before it started (closed, never run) or while it runs."""
+        self.cancelled = True
+        if self.scope is not None:
+            self.scope.cancel()
+        self.discard()
 
     def discard(self) -> None:
         """Close a coroutine that never ran (no 'never awaited' warning)."""
@@ -62,39 +133,70 @@ class _Pending:
                 close()
 
 
-class _Session:
+class _SessionBase:
+    """One connection's wire and the tasks it spawned. Subclasses move the bytes:
+    they implement `_now`, `_after` (act on the wire after a call made outside the
+    I/O path), `_wakeup` and `abort`, and set `_ended` then call `_maybe_done()`
+    once the transport is closed."""
+
+    __slots__ = (
+        "_ended",
+        "_finished",
+        "_hook",
+        "_hook_bound",
+        "_linger",
+        "_on_done",
+        "_on_open",
+        "_pending",
+        "_spawn",
+        "_tasks",
+        "done",
+        "opened",
+        "wire",
+    )
+
     def __init__(
         self,
-        stream: anyio.abc.ByteStream,
         wire: Wire,
+        spawn: Spawn,
         *,
-        on_open: Callable[[_Session], None] | None = None,
+        on_open: Callable[[Any], None] | None = None,
+        on_done: Callable[[Any], None] | None = None,
+        opened: anyio.Event | None = None,
+        done: anyio.Event | None = None,
     ) -> None:
-        self.stream = stream
         self.wire = wire
+        self._spawn = spawn
         self._on_open = on_open
-        self.opened = anyio.Event()  # set once the handshake succeeded or failed
-        self.done = anyio.Event()  # set once the connection task has ended
+        self._on_done = on_done
+        #: Set once the handshake succeeded or failed (or the connection ended).
+        self.opened = opened
+        #: Set once the transport is closed and every spawned task has ended.
+        self.done = done
         timeout = wire.options.close_timeout
         self._linger = _FALLBACK_LINGER if timeout is None else timeout
         self._hook_bound = timeout
-        self._tg: anyio.abc.TaskGroup | None = None
-        self._pending: dict[int, _Pending] = {}
+        self._pending: dict[int, _Pending] | None = None
         self._hook: _Pending | None = None
-        # ticker
-        self._tick_event = anyio.Event()
-        self._tick_dirty = False
-        self._ticker_target = -math.inf  # what the ticker sleeps until (-inf: awake)
-        # writer
-        self._write_event = anyio.Event()
-        self._write_dirty = False
-        self._writing = False
-        self._drained: anyio.Event | None = None
-        self._broken = False
-        # reader
-        self._read_event = anyio.Event()
-        self._reader_waiting = False
+        self._tasks = 0
+        self._ended = False
+        self._finished = False
         wire.wakeup = self._wakeup
+
+    # -- what subclasses provide ------------------------------------------------
+
+    def _now(self) -> float:
+        raise NotImplementedError
+
+    def _after(self, now: float) -> None:
+        raise NotImplementedError
+
+    def _wakeup(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Drop the connection now (a server giving up after close_timeout)."""
+        raise NotImplementedError
 
     # -- public ----------------------------------------------------------------
 
@@ -109,63 +211,17 @@ class _Session:
 
     def send(self, data: bytes) -> None:
         """Application send from a task on this loop (not from a handler)."""
-        self.wire.send(data, anyio.current_time())
-        self.after()
+        now = self._now()
+        self.wire.send(data, now)
+        self._after(now)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Start closing (a no-op once the transport is done)."""
-        self.wire.close(code, reason, anyio.current_time())
-        self.after()
+        now = self._now()
+        self.wire.close(code, reason, now)
+        self._after(now)
 
-    async def run(self) -> CloseResult:
-        """Drive the connection to its end; closes the stream. Never raises for
-        anything the peer does."""
-        wire = self.wire
-        try:
-            async with anyio.create_task_group() as tg:
-                self._tg = tg
-                async with anyio.create_task_group() as io:
-                    io.start_soon(self._reader)
-                    io.start_soon(self._writer)
-                    self._wake_writer()  # a client's request is already waiting
-                    await self._ticker()
-                    with anyio.move_on_after(self._linger):
-                        await self._final_flush()
-                    io.cancel_scope.cancel()
-                await self._close_stream()
-                self._cancel_pending()
-                # The task group now waits only for on_close hooks (each bounded).
-        finally:
-            self._tg = None
-            if not wire.should_close_transport:
-                # Cancelled from outside (server abort) or a driver error.
-                wire.abort(anyio.current_time(), "connection task cancelled")
-                self._dispatch()
-            self._cancel_pending()
-            if self._hook is not None:
-                self._hook.discard()
-            await anyio.aclose_forcefully(self.stream)
-            self.opened.set()
-            self.done.set()
-        return wire.result
-
-    # -- after every wire call -------------------------------------------------
-
-    def after(self, *, flush: bool = True) -> None:
-        """Act on what the last wire call produced: run events, schedule the write
-        (unless the caller flushes inline), re-arm the ticker and the reader."""
-        self._dispatch()
-        wire = self.wire
-        if flush and wire.buffered_amount:
-            self._wake_writer()
-        if wire.should_close_transport:
-            self._tick_event.set()
-        else:
-            deadline = wire.next_deadline
-            if deadline is not None and deadline < self._ticker_target:
-                self._tick_event.set()
-        if self._reader_waiting and (wire.wants_data or wire.should_close_transport):
-            self._read_event.set()
+    # -- events ----------------------------------------------------------------
 
     def _dispatch(self) -> None:
         for event in self.wire.events():
@@ -175,230 +231,552 @@ class _Session:
                 self._start_await(event)
             elif kind is CancelAwait:
                 assert isinstance(event, CancelAwait)
-                entry = self._pending.get(event.token)
+                entry = None if self._pending is None else self._pending.get(event.token)
                 if entry is not None:
-                    entry.scope.cancel()
-                    entry.discard()
+                    entry.cancel()
             elif kind is AwaitHandshake:
                 assert isinstance(event, AwaitHandshake)
                 self._start_hook(event)
             elif kind is Opened:
-                self.opened.set()
+                if self.opened is not None:
+                    self.opened.set()
                 if self._on_open is not None:
                     self._on_open(self)
-            elif kind is HandshakeFailed:
+            elif kind is HandshakeFailed and self.opened is not None:
                 self.opened.set()
 
-    def _wakeup(self) -> None:
-        # The flow produced events outside a wire call (an async handler or
-        # application code sent or closed): the ticker collects them.
-        self._tick_dirty = True
-        self._tick_event.set()
+    def _maybe_done(self) -> None:
+        if self._ended and not self._tasks and not self._finished:
+            self._finished = True
+            if self.opened is not None:
+                self.opened.set()
+            if self.done is not None:
+                self.done.set()
+            if self._on_done is not None:
+                self._on_done(self)
 
-    def _wake_writer(self) -> None:
-        self._write_dirty = True
-        self._write_event.set()
+    # -- spawned tasks ---------------------------------------------------------
 
-    # -- tasks -----------------------------------------------------------------
-
-    async def _ticker(self) -> None:
-        wire = self.wire
-        while not wire.should_close_transport:
-            now = anyio.current_time()
-            deadline = wire.next_deadline
-            if deadline is not None and now >= deadline:
-                wire.tick(now)
-                self.after()
-                if wire.next_deadline == deadline and not wire.should_close_transport:
-                    # A deadline that tick() did not consume would spin: back off.
-                    logger.warning("%s: deadline %s not consumed by tick", wire.peer, deadline)
-                    await anyio.sleep(0.01)
-                continue
-            if self._tick_dirty:
-                self._tick_dirty = False
-                wire.collect(now)
-                self.after()
-                continue
-            event = anyio.Event()
-            self._tick_event = event
-            self._ticker_target = math.inf if deadline is None else deadline
-            try:
-                if deadline is None:
-                    await event.wait()
-                else:
-                    with anyio.move_on_after(deadline - now):
-                        await event.wait()
-            finally:
-                self._ticker_target = -math.inf
-
-    async def _reader(self) -> None:
-        wire = self.wire
-        stream = self.stream
-        while True:
-            if not wire.wants_data:
-                if wire.should_close_transport:
-                    return
-                event = anyio.Event()
-                self._read_event = event
-                self._reader_waiting = True
-                try:
-                    await event.wait()
-                finally:
-                    self._reader_waiting = False
-                continue
-            try:
-                data = await stream.receive(READ_SIZE)
-            except anyio.EndOfStream:
-                data = b""
-            except STREAM_ERRORS as exc:
-                wire.abort(anyio.current_time(), f"read failed: {exc!r}")
-                self.after()
-                return
-            wire.receive_data(data, anyio.current_time())
-            self.after(flush=False)
-            if wire.buffered_amount:
-                await self._drain()
-            if not data:
-                return
-
-    async def _writer(self) -> None:
-        while True:
-            if not self._write_dirty:
-                event = anyio.Event()
-                self._write_event = event
-                await event.wait()
-            self._write_dirty = False
-            await self._drain()
-
-    async def _drain(self) -> None:
-        """Write everything the wire has, in order; whoever holds `_writing` drains."""
-        if self._writing:
-            return
-        wire = self.wire
-        self._writing = True
+    def _start(self, entry: _Pending, func: Callable[..., Awaitable[None]], *args: Any) -> None:
+        self._tasks += 1
         try:
-            while True:
-                data = wire.data_to_send()
-                if not data:
-                    break
-                if self._broken:
-                    continue  # the transport failed: discard
-                if self._reader_waiting and wire.wants_data:
-                    self._read_event.set()
-                try:
-                    await self.stream.send(data if type(data) is bytes else bytes(data))
-                except STREAM_ERRORS as exc:
-                    self._broken = True
-                    wire.abort(anyio.current_time(), f"write failed: {exc!r}")
-                    self.after(flush=False)
-        finally:
-            self._writing = False
-            if self._drained is not None:
-                self._drained.set()
-        if self._reader_waiting and wire.wants_data:
-            self._read_event.set()
+            self._spawn(func, entry, *args)
+        except Exception:
+            # The owner's task group is gone (the connection outlived it).
+            self._tasks -= 1
+            logger.debug("%s: dropping an awaitable: no task group", self.wire.peer)
+            entry.discard()
 
-    async def _final_flush(self) -> None:
-        while True:
-            if self._writing:
-                self._drained = anyio.Event()
-                await self._drained.wait()
-                continue
-            if not self.wire.buffered_amount or self._broken:
-                return
-            await self._drain()
+    def _task_done(self) -> None:
+        self._tasks -= 1
+        self._maybe_done()
 
-    async def _close_stream(self) -> None:
-        try:
-            with anyio.move_on_after(self._linger):
-                await self.stream.aclose()
-        except STREAM_ERRORS:
-            pass
-
-    # -- awaited handlers and hooks --------------------------------------------
+    def _driver_error(self) -> None:
+        logger.exception("%s: driver error", self.wire.peer)
+        self.abort()
 
     def _start_await(self, event: Await) -> None:
         entry = _Pending(event.awaitable)
-        if self._tg is None:
-            # The connection task is over (aborted): nothing can run it any more.
-            logger.debug("%s: dropping %s awaitable after abort", self.wire.peer, event.step)
-            entry.discard()
-            return
         if event.step == _ON_CLOSE:
-            self._tg.start_soon(self._run_close_hook, entry, event.step)
-        else:
-            self._pending[event.token] = entry
-            self._tg.start_soon(self._run_await, entry, event.token)
+            self._start(entry, self._run_close_hook, event.step)
+            return
+        if self._pending is None:
+            self._pending = {}
+        self._pending[event.token] = entry
+        self._start(entry, self._run_await, event.token)
 
     async def _run_await(self, entry: _Pending, token: int) -> None:
-        if entry.started:  # discarded before it ran
-            self._pending.pop(token, None)
-            return
-        entry.started = True
-        result: object = None
-        error: Exception | None = None
         try:
-            with entry.scope:
+            if entry.started:  # discarded before it ran
+                return
+            result: object = None
+            error: Exception | None = None
+            with entry.begin():
                 try:
                     result = await entry.awaitable
                 except Exception as exc:
                     error = exc
+            if entry.cancelled or self._ended:
+                return
+            try:
+                now = self._now()
+                wire = self.wire
+                wire.collect(now)  # what the handler sent goes out before what follows it
+                if error is not None:
+                    wire.resume_error(token, error, now)
+                else:
+                    wire.resume(token, result, now)
+                self._after(now)
+            except Exception:
+                self._driver_error()
         finally:
-            self._pending.pop(token, None)
-        if entry.scope.cancel_called:
-            return
-        now = anyio.current_time()
-        wire = self.wire
-        wire.collect(now)  # what the handler sent goes out before what follows it
-        if error is not None:
-            wire.resume_error(token, error, now)
-        else:
-            wire.resume(token, result, now)
-        self.after()
+            if self._pending is not None:
+                self._pending.pop(token, None)
+            self._task_done()
 
     async def _run_close_hook(self, entry: _Pending, step: str) -> None:
-        entry.started = True
-        bound = self._hook_bound
         try:
+            entry.started = True
+            bound = self._hook_bound
             with anyio.move_on_after(math.inf if bound is None else bound) as scope:
                 await entry.awaitable
             if scope.cancelled_caught:
                 logger.warning("%s: on_close hook cancelled after %ss", self.wire.peer, bound)
         except Exception:
             logger.exception("%s: %s hook raised", self.wire.peer, step)
+        finally:
+            self._task_done()
 
     def _start_hook(self, event: AwaitHandshake) -> None:
         entry = _Pending(event.awaitable)
-        if self._tg is None:
-            entry.discard()
-            return
         self._hook = entry
-        self._tg.start_soon(self._run_hook, entry)
+        self._start(entry, self._run_hook)
 
     async def _run_hook(self, entry: _Pending) -> None:
-        if entry.started:
-            return
-        entry.started = True
-        result: object
         try:
-            with entry.scope:
+            if entry.started:
+                return
+            result: object
+            try:
+                with entry.begin():
+                    try:
+                        result = await entry.awaitable
+                    except Exception as exc:
+                        result = exc
+            finally:
+                self._hook = None
+            if entry.cancelled or self._ended:
+                return
+            wire = self.wire
+            if wire.phase is Phase.HOOK:  # not timed out or closed meanwhile
                 try:
-                    result = await entry.awaitable
-                except Exception as exc:
-                    result = exc
+                    now = self._now()
+                    wire.finish_handshake(result, now)
+                    self._after(now)
+                except Exception:
+                    self._driver_error()
         finally:
-            self._hook = None
-        if entry.scope.cancel_called:
-            return
-        wire = self.wire
-        if wire.phase is Phase.HOOK:  # not timed out or closed meanwhile
-            wire.finish_handshake(result, anyio.current_time())
-            self.after()
+            self._task_done()
 
     def _cancel_pending(self) -> None:
-        for entry in list(self._pending.values()):
-            entry.scope.cancel()
-            entry.discard()
-        self._pending.clear()
+        if self._pending:
+            for entry in list(self._pending.values()):
+                entry.cancel()
+            self._pending.clear()
         if self._hook is not None:
-            self._hook.scope.cancel()
+            self._hook.cancel()
+
+
+class RawIO(NamedTuple):
+    """The backend's own primitives for a plain socket (trio's), used instead of
+    anyio's stream wrappers on the hot path."""
+
+    wait_readable: Callable[[socket.socket], Awaitable[None]]
+    wait_writable: Callable[[socket.socket], Awaitable[None]]
+    cancel_scope: Callable[..., Any]  # (deadline=...) -> a scope with .cancel()
+    current_time: Callable[[], float]
+    close: Callable[[socket.socket], None]  # close a socket others may wait on
+
+
+def trio_raw_io() -> RawIO | None:
+    """trio's primitives when trio is the running backend, else None."""
+    try:
+        import sniffio
+        import trio
+    except ImportError:  # pragma: no cover
+        return None
+    try:
+        if sniffio.current_async_library() != "trio":
+            return None
+    except sniffio.AsyncLibraryNotFoundError:  # pragma: no cover
+        return None
+
+    def close(sock: socket.socket) -> None:
+        trio.lowlevel.notify_closing(sock)
+        sock.close()
+
+    return RawIO(
+        trio.lowlevel.wait_readable,
+        trio.lowlevel.wait_writable,
+        trio.CancelScope,
+        trio.current_time,
+        close,
+    )
+
+
+class _StreamSession(_SessionBase):
+    """A connection over an anyio byte stream, or over a bare socket (`stream`
+    None: a trio server without TLS accepts sockets itself), driven by `run()` (see
+    the module docstring). Used on trio; works on any anyio backend."""
+
+    __slots__ = (
+        "_broken",
+        "_clock",
+        "_closing",
+        "_dirty",
+        "_flush_done",
+        "_flush_scope",
+        "_io",
+        "_scope",
+        "_scope_factory",
+        "_sock",
+        "_stream_closed",
+        "_unsent",
+        "_waiting_idle",
+        "_writer_done",
+        "_writer_scope",
+        "_writer_wake",
+        "stream",
+    )
+
+    def __init__(
+        self,
+        stream: anyio.abc.ByteStream | None,
+        wire: Wire,
+        spawn: Spawn,
+        *,
+        sock: socket.socket | None = None,
+        raw_io: RawIO | None = None,
+        on_open: Callable[[Any], None] | None = None,
+        on_done: Callable[[Any], None] | None = None,
+        opened: anyio.Event | None = None,
+        done: anyio.Event | None = None,
+    ) -> None:
+        super().__init__(wire, spawn, on_open=on_open, on_done=on_done, opened=opened, done=done)
+        self.stream = stream
+        self._stream_closed = False
+        self._sock = sock if raw_io is not None else None  # plain TCP on trio: used directly
+        self._io = raw_io
+        self._clock: Callable[[], float] = anyio.current_time
+        self._scope_factory: Callable[..., Any] = anyio.CancelScope
+        if raw_io is not None:
+            self._clock = raw_io.current_time
+            self._scope_factory = raw_io.cancel_scope
+        self._scope: Any = None  # the cancel scope run() waits in
+        self._dirty = False  # the flow has events for collect()
+        self._unsent: bytes | bytearray | memoryview | None = None
+        self._broken = False
+        self._closing = False
+        self._writer_scope: anyio.CancelScope | None = None
+        self._writer_done: anyio.Event | None = None
+        self._writer_wake: anyio.Event | None = None
+        self._waiting_idle = False  # run() waits for a wakeup only (not reading)
+        self._flush_scope: Any = None  # set while the flusher task runs
+        self._flush_done: anyio.Event | None = None
+
+    def _now(self) -> float:
+        return self._clock()
+
+    def _poke(self) -> None:
+        scope = self._scope
+        if scope is not None:
+            scope.cancel()
+
+    def _wakeup(self) -> None:
+        # The flow produced events outside a wire call (an async handler or
+        # application code sent or closed): run() collects them.
+        self._dirty = True
+        self._poke()
+
+    def _after(self, now: float) -> None:
+        self._dispatch()
+        self._poke()
+
+    def abort(self) -> None:
+        """Nothing to do here: run() is a task in the owner's task group, and
+        cancelling that group ends it (its `finally` aborts the wire)."""
+
+    # -- the connection task ---------------------------------------------------
+
+    async def run(self) -> CloseResult:
+        """Drive the connection to its end and close the stream. Never raises for
+        anything the peer does."""
+        wire = self.wire
+        try:
+            if self._sock is None:
+                self._writer_scope = anyio.CancelScope()
+                self._writer_done = anyio.Event()
+                self._tasks += 1
+                self._spawn(self._writer)
+            await self._serve()
+            await self._finish()
+        except Exception:
+            logger.exception("%s: driver error", wire.peer)
+        finally:
+            self._scope = None
+            self._closing = True
+            if not wire.should_close_transport:
+                # Cancelled from outside (server abort, client cancelled) or a bug.
+                wire.abort(self._clock(), "connection task cancelled")
+            self._dispatch()
+            wire.data_to_send()  # nothing more can be written
+            self._cancel_pending()
+            if self._writer_scope is not None:
+                self._writer_scope.cancel()
+            if self._writer_wake is not None:
+                self._writer_wake.set()
+            if self._flush_scope is not None:
+                self._flush_scope.cancel()
+            if not self._stream_closed:
+                self._stream_closed = True
+                if self.stream is not None:
+                    await anyio.aclose_forcefully(self.stream)
+                elif self._sock is not None and self._io is not None:
+                    self._io.close(self._sock)
+            self._ended = True
+            self._maybe_done()
+        return wire.result
+
+    def _step(self, now: float) -> int:
+        """Everything but waiting: collect, tick, dispatch, write. Returns _GO, or
+        _CLOSE once the transport should close, or _BACKOFF (a stuck deadline)."""
+        wire = self.wire
+        if self._dirty:
+            self._dirty = False
+            wire.collect(now)
+        deadline = wire.next_deadline
+        if deadline is not None and now >= deadline:
+            wire.tick(now)
+            if wire.next_deadline == deadline and not wire.should_close_transport:
+                # A deadline that tick() did not consume would spin: back off.
+                logger.warning("%s: deadline %s not consumed by tick", wire.peer, deadline)
+                return _BACKOFF
+        self._dispatch()
+        if self._sock is not None:
+            if self._flush_done is None and not self._send_raw(now):
+                self._start_flusher()
+        elif wire.buffered_amount and self._writer_wake is not None:
+            self._writer_wake.set()
+        if wire.should_close_transport:
+            return _CLOSE
+        return _GO
+
+    async def _serve(self) -> None:
+        """Until the transport should close. One cancel scope serves many reads: its
+        deadline follows `wire.next_deadline`; a wakeup cancels it."""
+        wire = self.wire
+        stream = self.stream
+        sock = self._sock
+        io = self._io
+        clock = self._clock
+        new_scope = self._scope_factory
+        buffer = shared_read_buffer()
+        big = False  # reads of at least _EAGER_READ: a big message is arriving
+        data = b""
+        # Read before waiting: a new server connection's request has usually
+        # arrived by the time this task runs, and while a big read follows a big
+        # read more is likely there. Otherwise wait first (a checkpoint), and never
+        # more than _EAGER_STREAK reads in a row without one.
+        eager = sock is not None and not wire.buffered_amount
+        streak = 0
+        while True:
+            status = self._step(clock())
+            if status == _CLOSE:
+                return
+            if status == _BACKOFF:
+                await anyio.sleep(0.01)
+                continue
+            deadline = wire.next_deadline
+            with new_scope(deadline=math.inf if deadline is None else deadline) as scope:
+                self._scope = scope
+                try:
+                    while not self._dirty:
+                        if not wire.wants_data:
+                            self._waiting_idle = True
+                            await anyio.sleep_forever()
+                        if sock is not None:
+                            assert io is not None
+                            # Small reads go through the shared buffer (a copy of
+                            # what arrived); big ones are `recv`s of their own, and
+                            # while they follow each other `data` (the last one)
+                            # stays referenced until the next read returns: freeing
+                            # it first lets glibc trim the heap top under the next
+                            # read and grow it back (brk churn on every read).
+                            chunk = None
+                            if eager:
+                                streak += 1
+                                try:
+                                    if big:
+                                        chunk = sock.recv(BIG_READ_SIZE)
+                                    else:
+                                        chunk = buffer[: sock.recv_into(buffer)].tobytes()
+                                except (BlockingIOError, InterruptedError):
+                                    pass
+                                except OSError as exc:
+                                    wire.abort(clock(), f"read failed: {exc!r}")
+                                    break
+                            if chunk is None:
+                                streak = 0
+                                await io.wait_readable(sock)
+                                try:
+                                    if big:
+                                        chunk = sock.recv(BIG_READ_SIZE)
+                                    else:
+                                        chunk = buffer[: sock.recv_into(buffer)].tobytes()
+                                except (BlockingIOError, InterruptedError):
+                                    continue  # not readable after all
+                                except OSError as exc:
+                                    wire.abort(clock(), f"read failed: {exc!r}")
+                                    break
+                            data = chunk
+                            got = len(data)
+                            big = got >= _EAGER_READ
+                            eager = big and streak < _EAGER_STREAK
+                        else:
+                            assert stream is not None
+                            try:
+                                data = await stream.receive(READ_SIZE)
+                            except anyio.EndOfStream:
+                                data = b""
+                            except STREAM_ERRORS as exc:
+                                wire.abort(clock(), f"read failed: {exc!r}")
+                                break
+                        now = clock()
+                        wire.receive_data(data, now)
+                        if not big:
+                            data = b""  # nothing big is arriving: do not hold it
+                        if self._step(now) != _GO:
+                            break
+                        new_deadline = wire.next_deadline
+                        if new_deadline != deadline:
+                            deadline = new_deadline
+                            scope.deadline = math.inf if deadline is None else deadline
+                finally:
+                    self._scope = None
+                    self._waiting_idle = False
+
+    def _start_flusher(self) -> None:
+        """A write would block: a second task waits for the socket to be writable,
+        while run() keeps reading (a peer may be blocked writing to us too) and
+        keeping time. It ends once everything is written."""
+        self._flush_done = anyio.Event()
+        self._tasks += 1
+        self._spawn(self._flusher)
+
+    async def _flusher(self) -> None:
+        io = self._io
+        sock = self._sock
+        assert io is not None and sock is not None
+        try:
+            with self._scope_factory() as scope:
+                self._flush_scope = scope
+                while not self._send_raw(self._clock()):
+                    await io.wait_writable(sock)
+        except Exception as exc:  # the socket was closed under the wait
+            self._broken = True
+            self._unsent = None
+            self.wire.abort(self._clock(), f"write failed: {exc!r}")
+        finally:
+            self._flush_scope = None
+            done = self._flush_done
+            self._flush_done = None
+            if done is not None:
+                done.set()
+            self._poke()  # the wire may want data again, or be over (write failed)
+            self._task_done()
+
+    def _send_raw(self, now: float) -> bool:
+        """Write what the wire has without blocking; False if some must wait until
+        the socket is writable (kept in `_unsent`, so cancelling the wait is safe)."""
+        data = self._unsent
+        if data is None:
+            data = self.wire.data_to_send()
+            if not data:
+                return True
+        sock = self._sock
+        assert sock is not None
+        while True:
+            try:
+                sent = sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                self._unsent = data
+                return False
+            except OSError as exc:
+                self._unsent = None
+                self._broken = True
+                self.wire.abort(now, f"write failed: {exc!r}")
+                self.wire.data_to_send()
+                return True
+            if sent < len(data):
+                data = memoryview(data)[sent:]
+                continue
+            data = self.wire.data_to_send()
+            if not data:
+                self._unsent = None
+                return True
+
+    async def _writer(self) -> None:
+        """Writes for streams that are not plain sockets (TLS): a blocked write
+        must not stop the connection task's reads and timers."""
+        wire = self.wire
+        scope = self._writer_scope
+        assert scope is not None
+        try:
+            with scope:
+                while True:
+                    data = wire.data_to_send()
+                    if not data:
+                        if self._closing:
+                            return
+                        event = self._writer_wake = anyio.Event()
+                        await event.wait()
+                        continue
+                    if self._waiting_idle and wire.wants_data:
+                        self._poke()  # taking the wire's output lets run() read again
+                    assert self.stream is not None
+                    try:
+                        await self.stream.send(data if type(data) is bytes else bytes(data))
+                    except STREAM_ERRORS as exc:
+                        self._broken = True
+                        wire.abort(self._clock(), f"write failed: {exc!r}")
+                        wire.data_to_send()
+                        self._after(0.0)
+                        return
+        finally:
+            self._writer_wake = None
+            assert self._writer_done is not None
+            self._writer_done.set()
+            self._task_done()
+
+    async def _finish(self) -> None:
+        """The wire is done: write what is left (bounded), then close the stream."""
+        self._closing = True
+        if self.wire.close_code == SEND_BUFFER_OVERFLOW:
+            self._broken = True  # the peer reads nothing: flushing to it is pointless
+            self._unsent = None
+        sock = self._sock
+        if sock is not None:
+            if not self._broken and (
+                self._flush_done is not None or not self._send_raw(self._clock())
+            ):
+                assert self._io is not None
+                with anyio.move_on_after(self._linger):
+                    if self._flush_done is not None:
+                        await self._flush_done.wait()  # the flusher writes it all
+                    while not self._broken and not self._send_raw(self._clock()):
+                        await self._io.wait_writable(sock)
+            if self._flush_scope is not None:
+                self._flush_scope.cancel()
+            # A plain socket closes at once (the kernel sends what it holds).
+            self._stream_closed = True
+            if self.stream is None:
+                assert self._io is not None
+                self._io.close(sock)
+            else:
+                await self.stream.aclose()
+            return
+        if self._writer_done is not None and not self._broken:
+            with anyio.move_on_after(self._linger):
+                # The writer drains the wire, then ends (it sees _closing).
+                if self._writer_wake is not None:
+                    self._writer_wake.set()
+                await self._writer_done.wait()
+        if self._writer_scope is not None:
+            self._writer_scope.cancel()
+        self._stream_closed = True
+        assert self.stream is not None
+        try:
+            with anyio.move_on_after(self._linger):
+                await self.stream.aclose()
+        except STREAM_ERRORS:
+            pass

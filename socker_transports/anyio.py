@@ -4,6 +4,13 @@ A thin loop around `socker_transports.wire.Wire`: every protocol decision (the
 handshake, limits, keepalive, close codes) comes from the wire; this module
 only moves bytes, runs handlers and keeps time with `anyio.current_time()`.
 
+How bytes move depends on the running backend: on asyncio (and uvloop) each
+connection is an `asyncio.Protocol` with no task of its own
+(`_asyncio_protocol`); on trio each connection is one task reading, writing and
+keeping time (`_anyio_session._StreamSession`). Either way async handlers and
+hooks run as tasks in the server's (or client's) task group, and leaving the
+`async with` block leaves no task behind.
+
 Server::
 
     async with serve(flow, "127.0.0.1", 8765, max_size=2**16) as server:
@@ -35,10 +42,12 @@ the `OSError` itself (`ConnectionRefusedError`, `socket.gaierror`,
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+import socket
 import ssl as ssl_module
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Any
@@ -51,7 +60,15 @@ from anyio.streams.tls import TLSStream
 
 from socker_core import Connection, Flow
 
-from ._anyio_session import STREAM_ERRORS, _Session
+from ._anyio_session import (
+    STREAM_ERRORS,
+    RawIO,
+    Spawn,
+    _SessionBase,
+    _StreamSession,
+    trio_raw_io,
+)
+from ._asyncio_protocol import asyncio_spawner, peer_name, session_factory, ssl_timeouts
 from .wire import (
     SHUTDOWN_CODE,
     SHUTDOWN_REASON,
@@ -69,6 +86,24 @@ logger = logging.getLogger("socker")
 
 #: Bound (seconds) on a graceful shutdown when close_timeout is None.
 _SHUTDOWN_FALLBACK = 10.0
+
+#: Listen backlog (anyio's default); asyncio's create_server would set 100.
+_BACKLOG = 65536
+
+#: Connections accepted per wakeup of a trio accept loop.
+_ACCEPT_BATCH = 64
+
+
+def _on_asyncio() -> bool:
+    """True when the running anyio backend is asyncio (uvloop included)."""
+    try:
+        import sniffio
+    except ImportError:  # pragma: no cover - anyio without sniffio runs asyncio only
+        return True
+    try:
+        return bool(sniffio.current_async_library() == "asyncio")
+    except sniffio.AsyncLibraryNotFoundError:  # pragma: no cover
+        return False
 
 
 # -- server ----------------------------------------------------------------------------
@@ -102,10 +137,14 @@ class Server:
         self.http_handler = http_handler
         self._requested_port = port
         self.port = 0
-        self._sessions: set[_Session] = set()
-        self._open: dict[_Session, Connection] = {}
+        self._sessions: set[_SessionBase] = set()
+        self._open: dict[_SessionBase, Connection] = {}
         self._accepting: anyio.CancelScope | None = None
         self._closing = False
+        self._spawn: Spawn | None = None  # start_soon of the connections' task group
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._raw_io: RawIO | None = None
+        self._session_factory: Callable[..., asyncio.BaseProtocol] = asyncio.Protocol
         # Created on entry: anyio objects need a running event loop.
         self._stopped: anyio.Event | None = None
         self._idle: anyio.Event | None = None
@@ -126,7 +165,8 @@ class Server:
 
     @property
     def active(self) -> int:
-        """Every connection task still running, including those mid-handshake."""
+        """Every connection still being served, including those mid-handshake and
+        those whose on_close hooks are still running."""
         return len(self._sessions)
 
     def close(self) -> None:
@@ -139,7 +179,7 @@ class Server:
         await self._stopped_event().wait()
 
     async def shutdown(self) -> None:
-        """Graceful shutdown: returns when every connection task has ended."""
+        """Graceful shutdown: returns when every connection has ended."""
         self.close()
         await self._stopped_event().wait()
 
@@ -177,10 +217,11 @@ class Server:
             local_host=self.host, local_port=self._requested_port
         )
         self.port = listener.listeners[0].extra(SocketAttribute.local_port)
+        main = self._main_asyncio if _on_asyncio() else self._main_streams
         body_error: BaseException | None = None
         try:
             async with anyio.create_task_group() as tg:
-                await tg.start(self._main, listener)
+                await tg.start(main, listener)
                 try:
                     yield self
                 except BaseException as exc:
@@ -200,14 +241,101 @@ class Server:
         if body_error is not None:
             raise body_error
 
-    async def _main(
+    async def _main_asyncio(
         self,
         listener: anyio.streams.stapled.MultiListener[anyio.abc.SocketStream],
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
+        """asyncio: the loop accepts into `_ServerProtocol`s; this task owns the
+        task group their handlers run in, and shuts them down."""
+        self._loop = loop = asyncio.get_running_loop()
+        self._session_factory = session_factory(loop)
+        servers: list[asyncio.AbstractServer] = []
+        extra: dict[str, Any] = {}
+        if self.ssl is not None:
+            extra = {"ssl": self.ssl, **ssl_timeouts(self.options.open_timeout, self._linger())}
         try:
             async with anyio.create_task_group() as conns:
+                self._spawn = asyncio_spawner(conns.start_soon)
+                for sub in listener.listeners:
+                    sock = sub.extra(SocketAttribute.raw_socket)
+                    servers.append(
+                        await loop.create_server(
+                            self._new_protocol, sock=sock, backlog=_BACKLOG, **extra
+                        )
+                    )
+                with anyio.CancelScope() as accepting:
+                    self._accepting = accepting
+                    if self._closing:
+                        accepting.cancel()
+                    task_status.started()
+                    await anyio.sleep_forever()
+                for listening in servers:
+                    listening.close()
+                await self._close_all(conns)
+        finally:
+            for listening in servers:
+                listening.close()
+            self._spawn = None
+            self._stopped_event().set()
+
+    def _linger(self) -> float:
+        bound = self.options.close_timeout
+        return _SHUTDOWN_FALLBACK if bound is None else bound
+
+    def _new_protocol(self) -> asyncio.BaseProtocol:
+        loop = self._loop
+        assert loop is not None and self._spawn is not None
+        wire = Wire.server(
+            self.routes,
+            loop.time(),
+            self.options,
+            handshake_hook=self.handshake_hook,
+            http_handler=self.http_handler,
+        )
+        return self._session_factory(
+            loop,
+            wire,
+            self._spawn,
+            on_made=self._made,
+            on_open=self._opened,
+            on_done=self._done,
+        )
+
+    def _made(self, session: Any) -> None:
+        assert session.transport is not None
+        session.wire.peer = peer_name(session.transport)
+        self._sessions.add(session)
+        if self._closing:
+            session.close(SHUTDOWN_CODE, SHUTDOWN_REASON)
+
+    async def _close_all(self, conns: anyio.abc.TaskGroup) -> None:
+        """Close every connection with 1001, wait up to close_timeout, abort the rest."""
+        for session in list(self._sessions):
+            session.close(SHUTDOWN_CODE, SHUTDOWN_REASON)
+        bound = self.options.close_timeout
+        with anyio.move_on_after(math.inf if bound is None else bound):
+            while self._sessions:
+                self._idle = idle = anyio.Event()
+                await idle.wait()
+        if self._sessions:
+            logger.info("aborting %d connection(s) after close_timeout", len(self._sessions))
+            for session in list(self._sessions):
+                session.abort()
+        conns.cancel_scope.cancel()
+
+    async def _main_streams(
+        self,
+        listener: anyio.streams.stapled.MultiListener[anyio.abc.SocketStream],
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """trio (any backend but asyncio): accept loops, one task per connection."""
+        self._raw_io = trio_raw_io()
+        try:
+            async with anyio.create_task_group() as conns:
+                self._spawn = conns.start_soon
                 with anyio.CancelScope() as accepting:
                     self._accepting = accepting
                     if self._closing:
@@ -216,22 +344,16 @@ class Server:
                     async with anyio.create_task_group() as accept:
                         for sub in listener.listeners:
                             assert isinstance(sub, anyio.abc.SocketListener)
-                            accept.start_soon(self._accept_loop, sub, conns)
+                            if self._raw_io is not None and self.ssl is None:
+                                sock = sub.extra(SocketAttribute.raw_socket)
+                                accept.start_soon(self._raw_accept_loop, sock, conns)
+                            else:
+                                accept.start_soon(self._accept_loop, sub, conns)
                 # Stop accepting, then close every connection with 1001.
                 await anyio.aclose_forcefully(listener)
-                for session in list(self._sessions):
-                    session.close(SHUTDOWN_CODE, SHUTDOWN_REASON)
-                bound = self.options.close_timeout
-                with anyio.move_on_after(math.inf if bound is None else bound):
-                    while self._sessions:
-                        self._idle = idle = anyio.Event()
-                        await idle.wait()
-                if self._sessions:
-                    logger.info(
-                        "aborting %d connection(s) after close_timeout", len(self._sessions)
-                    )
-                conns.cancel_scope.cancel()
+                await self._close_all(conns)
         finally:
+            self._spawn = None
             self._stopped_event().set()
 
     async def _accept_loop(
@@ -248,11 +370,63 @@ class Server:
                 continue
             conns.start_soon(self._connection, stream)
 
+    async def _raw_accept_loop(self, listening: socket.socket, conns: anyio.abc.TaskGroup) -> None:
+        """trio without TLS: accept bare sockets (no stream objects: the session
+        reads and writes the socket itself)."""
+        raw_io = self._raw_io
+        assert raw_io is not None
+        while True:
+            await raw_io.wait_readable(listening)  # the checkpoint between batches
+            for _ in range(_ACCEPT_BATCH):
+                try:
+                    sock, address = listening.accept()
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:  # EMFILE and friends: keep the server up
+                    logger.error("accept failed: %s", exc)
+                    await anyio.sleep(0.1)
+                    break
+                try:
+                    sock.setblocking(False)
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                except OSError:
+                    sock.close()
+                    continue
+                conns.start_soon(self._raw_connection, sock, address)
+
+    async def _raw_connection(self, sock: socket.socket, address: Any) -> None:
+        raw_io = self._raw_io
+        assert raw_io is not None and self._spawn is not None
+        peer = f"{format_host(address[0])}:{address[1]}" if isinstance(address, tuple) else "?"
+        wire = Wire.server(
+            self.routes,
+            raw_io.current_time(),
+            self.options,
+            handshake_hook=self.handshake_hook,
+            http_handler=self.http_handler,
+            peer=peer,
+        )
+        session = _StreamSession(
+            None,
+            wire,
+            self._spawn,
+            sock=sock,
+            raw_io=raw_io,
+            on_open=self._opened,
+            on_done=self._done,
+        )
+        self._sessions.add(session)
+        if self._closing:
+            session.close(SHUTDOWN_CODE, SHUTDOWN_REASON)
+        await session.run()
+
     async def _connection(self, raw: anyio.abc.SocketStream) -> None:
-        started = anyio.current_time()
+        raw_io = self._raw_io
+        started = anyio.current_time() if raw_io is None else raw_io.current_time()
+        sock = raw.extra(SocketAttribute.raw_socket)
         try:
-            address = raw.extra(SocketAttribute.remote_address)
-        except (OSError, anyio.TypedAttributeLookupError):
+            address = sock.getpeername()
+        except OSError:
             address = "?"
         peer = f"{format_host(address[0])}:{address[1]}" if isinstance(address, tuple) else address
         stream: anyio.abc.ByteStream = raw
@@ -279,24 +453,31 @@ class Server:
             http_handler=self.http_handler,
             peer=peer,
         )
-        session = _Session(stream, wire, on_open=self._opened)
+        assert self._spawn is not None
+        session = _StreamSession(
+            stream,
+            wire,
+            self._spawn,
+            sock=sock if stream is raw else None,
+            raw_io=raw_io,
+            on_open=self._opened,
+            on_done=self._done,
+        )
         self._sessions.add(session)
-        try:
-            if self._closing:
-                session.close(SHUTDOWN_CODE, SHUTDOWN_REASON)
-            await session.run()
-        except Exception:
-            logger.exception("server %s: driver error", peer)
-        finally:
-            self._sessions.discard(session)
-            self._open.pop(session, None)
-            if not self._sessions and self._idle is not None:
-                self._idle.set()
+        if self._closing:
+            session.close(SHUTDOWN_CODE, SHUTDOWN_REASON)
+        await session.run()
 
-    def _opened(self, session: _Session) -> None:
+    def _opened(self, session: _SessionBase) -> None:
         conn = session.conn
         if conn is not None:
             self._open[session] = conn
+
+    def _done(self, session: _SessionBase) -> None:
+        self._sessions.discard(session)
+        self._open.pop(session, None)
+        if not self._sessions and self._idle is not None:
+            self._idle.set()
 
 
 def serve(
@@ -359,7 +540,7 @@ class Client:
         self.origin = origin
         self.headers = tuple(headers)
         self.options = options
-        self._session: _Session | None = None
+        self._session: _SessionBase | None = None
         self._cm: AbstractAsyncContextManager[Client] | None = None
 
     @property
@@ -385,12 +566,14 @@ class Client:
         """Close with `code` and wait for the connection to end."""
         session = self._live()
         session.close(code, reason)
+        assert session.done is not None
         await session.done.wait()
         return session.result
 
     async def wait_closed(self) -> CloseResult:
         """Wait until the connection ends (flow complete, closed, or lost)."""
         session = self._live()
+        assert session.done is not None
         await session.done.wait()
         return session.result
 
@@ -409,7 +592,7 @@ class Client:
         assert self._cm is not None
         return await self._cm.__aexit__(exc_type, exc, tb)
 
-    def _live(self) -> _Session:
+    def _live(self) -> _SessionBase:
         if self._session is None:
             raise RuntimeError("the client is not connected: use `async with connect(...)`")
         return self._session
@@ -432,47 +615,101 @@ class Client:
                 raise exc.__cause__ from None
             raise
 
+    def _wire(self, started: float) -> Wire:
+        return Wire.client(
+            self.flow,
+            self.host_header,
+            started,
+            self.options,
+            path=self.path,
+            origin=self.origin,
+            headers=self.headers,
+            peer=f"{format_host(self.host)}:{self.port}",
+        )
+
     @asynccontextmanager
     async def _lifecycle(self) -> AsyncIterator[Client]:
-        started = anyio.current_time()
+        opened, done = anyio.Event(), anyio.Event()
         timeout = self.options.open_timeout
+        body_error: BaseException | None = None
+        connect_error: Exception | None = None
+        async with anyio.create_task_group() as tg:
+            session: _SessionBase | None = None
+            try:
+                if _on_asyncio():
+                    session = await self._connect_asyncio(tg.start_soon, opened, done)
+                else:
+                    session = await self._connect_stream(tg.start_soon, opened, done, timeout)
+            except Exception as exc:
+                # Re-raised below, unwrapped (OSError, TimeoutError...).
+                connect_error = exc
+            if session is not None:
+                self._session = session
+                try:
+                    await opened.wait()
+                    if session.wire.handshake_status == 101:
+                        try:
+                            yield self
+                        except BaseException as exc:
+                            # Re-raised below, outside the task group (which would
+                            # wrap it in an exception group).
+                            body_error = exc
+                        session.close(1000 if body_error is None else 1011, "")
+                    # The connection ends within the wire's close_timeout.
+                    await done.wait()
+                finally:
+                    session.abort()  # a no-op unless cancelled
+        if connect_error is not None:
+            raise connect_error
+        if body_error is not None:
+            raise body_error
+        assert session is not None
+        if session.wire.handshake_status != 101:
+            raise HandshakeError(session.result)
+
+    async def _connect_asyncio(
+        self, spawn: Spawn, opened: anyio.Event, done: anyio.Event
+    ) -> _SessionBase:
+        loop = asyncio.get_running_loop()
+        wire = self._wire(loop.time())
+        session = session_factory(loop)(
+            loop, wire, asyncio_spawner(spawn), opened=opened, done=done
+        )
+        extra: dict[str, Any] = {}
+        if self.ssl is not None:
+            bound = self.options.close_timeout
+            extra = {
+                "ssl": self.ssl,
+                "server_hostname": self.host,
+                **ssl_timeouts(
+                    self.options.open_timeout, _SHUTDOWN_FALLBACK if bound is None else bound
+                ),
+            }
+        timeout = self.options.open_timeout
+        with anyio.fail_after(math.inf if timeout is None else timeout):
+            await loop.create_connection(lambda: session, self.host, self.port, **extra)
+        return session
+
+    async def _connect_stream(
+        self, spawn: Spawn, opened: anyio.Event, done: anyio.Event, timeout: float | None
+    ) -> _SessionBase:
+        started = anyio.current_time()
         with anyio.fail_after(math.inf if timeout is None else timeout):
             stream = await self._open_stream()
         try:
-            peer = f"{format_host(self.host)}:{self.port}"
-            wire = Wire.client(
-                self.flow,
-                self.host_header,
-                started,
-                self.options,
-                path=self.path,
-                origin=self.origin,
-                headers=self.headers,
-                peer=peer,
-            )
+            wire = self._wire(started)
         except BaseException:
             await anyio.aclose_forcefully(stream)
             raise
-        session = _Session(stream, wire)
-        self._session = session
-        body_error: BaseException | None = None
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(session.run)
-            await session.opened.wait()
-            if wire.handshake_status == 101:
-                try:
-                    yield self
-                except BaseException as exc:
-                    # Re-raised below, outside the task group (which would wrap it
-                    # in an exception group).
-                    body_error = exc
-                session.close(1000 if body_error is None else 1011, "")
-            # The task group waits for the connection to end (bounded by the wire's
-            # close_timeout).
-        if body_error is not None:
-            raise body_error
-        if wire.handshake_status != 101:
-            raise HandshakeError(session.result)
+        raw_io = trio_raw_io()
+        sock = None
+        if raw_io is not None and isinstance(stream, anyio.abc.SocketStream):
+            sock = stream.extra(SocketAttribute.raw_socket)
+        session = _StreamSession(
+            stream, wire, spawn, sock=sock, raw_io=raw_io, opened=opened, done=done
+        )
+        spawn(session.run)
+        return session
 
 
 def connect(

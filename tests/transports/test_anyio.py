@@ -249,7 +249,13 @@ async def test_backpressure_stops_reading_while_the_queue_is_full() -> None:
                 # The queue is full and the wire holds at most one read's worth.
                 assert not session.wire.wants_data
                 assert session.wire._held_size < 300 * 1024
+                transport = getattr(session, "transport", None)
+                if transport is not None:  # asyncio: the protocol paused its transport
+                    assert not transport.is_reading()
                 release.set()
+                if transport is not None:
+                    while not transport.is_reading() and session in server._sessions:
+                        await anyio.sleep(0.005)
     assert len(handled) == count and handled[-1] == b"last"
 
 
@@ -318,24 +324,56 @@ async def test_server_shutdown_from_a_handler() -> None:
 
 
 async def test_no_task_left_behind() -> None:
+    """Handler tasks, on_close hooks and connections all end with the server."""
     before = len(anyio.get_running_tasks())
+    events: list[str] = []
+    flow = Flow("stuck")
+
+    @flow.on_open
+    def hello(conn: Connection) -> None:
+        conn.send(b"welcome")
+
+    @flow.step
+    async def forever(conn: Connection, message: bytes) -> bool:
+        events.append("handler started")
+        try:
+            await anyio.sleep_forever()
+        finally:
+            events.append("handler cancelled")
+        return True  # pragma: no cover
+
+    @flow.on_close
+    async def cleanup(conn: Connection) -> None:
+        await anyio.sleep(0.01)
+        events.append(f"on_close {conn.close_code}")
+
+    poke = Flow("poke")
+
+    @poke.step
+    def answer(conn: Connection, message: bytes) -> bool:
+        conn.send(b"go")
+        return False
+
     with anyio.fail_after(deadline(5)):
-        async with serve(make_greeter()) as server:
-            async with connect(server.url, make_sink()) as client:
-                client.send(b"ping")
+        async with serve(make_greeter()) as other, connect(other.url, make_sink()) as client:
+            client.send(b"ping")
+        assert len(anyio.get_running_tasks()) == before
+        async with serve(flow) as server:
             results = []
 
             async def live_client() -> None:
-                results.append(await run_client(server.url, make_sink()))
+                results.append(await run_client(server.url, poke))
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(live_client)
-                while not server.connections:
+                while "handler started" not in events:
                     await anyio.sleep(0.005)
-                assert len(anyio.get_running_tasks()) > before + 4
+                # server main, live_client and the pending handler at least
+                assert len(anyio.get_running_tasks()) >= before + 3
                 await server.shutdown()
             assert server.active == 0
     assert results[0].code == 1001
+    assert events == ["handler started", "handler cancelled", "on_close 1001"]
     assert len(anyio.get_running_tasks()) == before
 
 
@@ -414,3 +452,150 @@ async def test_handler_exception_is_logged_not_sent(caplog: pytest.LogCaptureFix
     assert result.code == 1011
     assert "secret" not in result.reason
     assert any("secret detail" in str(r.exc_info) for r in caplog.records)
+
+
+def test_plain_asyncio_run_with_async_handlers() -> None:
+    """Under `asyncio.run` (not anyio's runner) handler tasks start from protocol
+    callbacks, where anyio cannot sniff its backend by itself."""
+    import asyncio
+
+    flow = Flow("slow-echo")
+
+    @flow.step
+    async def echo(conn: Connection, message: bytes) -> bool:
+        await asyncio.sleep(0.001)
+        conn.send(message)
+        return message == b"last"
+
+    got: list[bytes] = []
+    client = Flow("talk")
+
+    @client.on_open
+    def talk(conn: Connection) -> None:
+        conn.send(b"one")
+        conn.send(b"last")
+
+    @client.step
+    def hear(conn: Connection, message: bytes) -> bool:
+        got.append(message)
+        return message == b"last"
+
+    async def main() -> Any:
+        async with serve(flow) as server:
+            return await asyncio.wait_for(run_client(server.url, client), deadline(5))
+
+    result = asyncio.run(main())
+    assert result.ok, result
+    assert got == [b"one", b"last"]
+
+
+async def test_write_backpressure_then_4503_for_a_peer_that_stops_reading() -> None:
+    """A peer that reads nothing: the server's writes back up (the transport stops
+    taking them, the wire keeps them) until max_send_buffer, then 4503; sends from
+    another task keep working until then and the timers keep running."""
+    flow = Flow("firehose")
+    closes: list[int | None] = []
+
+    @flow.step
+    def listen(conn: Connection, message: bytes) -> bool:
+        return False
+
+    @flow.on_close
+    def closed(conn: Connection) -> None:
+        closes.append(conn.close_code)
+
+    with anyio.fail_after(deadline(10)):
+        async with serve(flow, max_send_buffer=1 << 20) as server:
+            sock = socket.create_connection(("127.0.0.1", server.port))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            try:
+                sock.sendall(
+                    b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                    b"Sec-WebSocket-Version: 13\r\n\r\n"
+                )
+                while not server.connections:
+                    await anyio.sleep(0.005)
+                (conn,) = server.connections
+                chunk = b"x" * 65536
+                sent = 0
+                while conn.is_open and sent < 4096:  # bounded: 256 MiB at most
+                    conn.send(chunk)
+                    sent += 1
+                    await anyio.sleep(0)  # let the driver write (or not)
+                assert not conn.is_open, "the server buffered without limit"
+                while server.active:
+                    await anyio.sleep(0.005)
+            finally:
+                sock.close()
+    assert closes == [4503]
+
+
+async def test_on_close_hook_is_bounded_by_close_timeout() -> None:
+    """A stuck on_close hook is cancelled after close_timeout; the connection then
+    ends and the server shuts down with no task left."""
+    before = len(anyio.get_running_tasks())
+    events: list[str] = []
+    flow = Flow("stuck-cleanup")
+
+    @flow.step
+    def done(conn: Connection, message: bytes) -> bool:
+        return True  # completes the flow
+
+    @flow.on_close
+    async def cleanup(conn: Connection) -> None:
+        events.append("cleanup started")
+        try:
+            await anyio.sleep_forever()
+        finally:
+            events.append("cleanup cancelled")
+
+    poke = Flow("poke")
+
+    @poke.on_open
+    def go(conn: Connection) -> None:
+        conn.send(b"go")
+
+    @poke.step
+    def wait(conn: Connection, message: bytes) -> bool:
+        return False
+
+    with anyio.fail_after(deadline(5)):
+        async with serve(flow, close_timeout=0.2) as server:
+            result = await run_client(server.url, poke)
+            assert result.ok, result
+            while server.active:  # the hook holds the connection until cancelled
+                await anyio.sleep(0.01)
+    assert events == ["cleanup started", "cleanup cancelled"]
+    assert len(anyio.get_running_tasks()) == before
+
+
+async def test_client_cancelled_from_outside_leaves_nothing_behind() -> None:
+    """Cancelling the code around `connect()` drops the connection at once (the
+    server sees 1011 if the close frame made it out first, else 1006) and ends the
+    client's handler tasks."""
+    before = len(anyio.get_running_tasks())
+    log = Log()
+    events: list[str] = []
+    client = Flow("busy")
+
+    @client.step
+    async def busy(conn: Connection, message: bytes) -> bool:
+        events.append("handler started")
+        try:
+            await anyio.sleep_forever()
+        finally:
+            events.append("handler cancelled")
+        return True  # pragma: no cover
+
+    with anyio.fail_after(deadline(5)):
+        async with serve(make_greeter(log=log)) as server:
+            with anyio.move_on_after(0.2) as scope:
+                async with connect(server.url, client):
+                    await anyio.sleep_forever()
+            assert scope.cancelled_caught
+            while not log:
+                await anyio.sleep(0.005)
+    assert events == ["handler started", "handler cancelled"]
+    assert log[0].code in (1006, 1011)
+    assert len(anyio.get_running_tasks()) == before

@@ -1,0 +1,304 @@
+"""The asyncio (and uvloop) fast path of `socker_transports.anyio`.
+
+A connection is an `asyncio.Protocol` around one `Wire`, with no task of its own:
+
+- `data_received` feeds the wire and writes its output at once (`transport.write`);
+  on asyncio's own loops the connection is a `BufferedProtocol` reading into one
+  256 KiB buffer shared by every connection on the thread, copying out what
+  arrived: asyncio's plain reads allocate 256 KiB each, past glibc's mmap
+  threshold, which costs an mmap/mremap/munmap per read however little arrives
+  (uvloop already reads into one shared buffer);
+- one `loop.call_at` timer, armed at `wire.next_deadline` or earlier (it is moved
+  only to an earlier deadline; firing early just re-arms it);
+- reading is paused while `wire.wants_data` is False (backpressure) and resumed
+  when it flips back; while the transport's write buffer is above `write_limit`
+  (`pause_writing`) the wire keeps its output, so its own limits apply;
+- application sends and finished handlers from other tasks flush right away;
+  a `wakeup` (events the flow made outside a wire call) is collected in a
+  `call_soon` callback, once per burst;
+- awaited handlers, hooks and on_close hooks run as tasks in the owner's anyio
+  task group (see `_anyio_session._SessionBase`);
+- closing: `transport.close()` (which flushes) with a timer that aborts the
+  transport if it is still open after `close_timeout`.
+
+Time is `loop.time()` (what `anyio.current_time()` returns on asyncio), read once
+per callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any, cast
+
+import anyio
+
+from ._anyio_session import Spawn, _SessionBase, shared_read_buffer
+from .wire import SEND_BUFFER_OVERFLOW, Wire, format_host
+
+logger = logging.getLogger("socker")
+
+#: asyncio's default high-water mark for a transport's write buffer.
+_DEFAULT_HIGH_WATER = 64 * 1024
+
+
+def peer_name(transport: asyncio.BaseTransport) -> str:
+    address = transport.get_extra_info("peername")
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{format_host(str(address[0]))}:{address[1]}"
+    return "?" if address is None else str(address)
+
+
+def ssl_timeouts(handshake: float | None, shutdown: float) -> dict[str, float]:
+    """`create_server` / `create_connection` keyword arguments bounding TLS."""
+    options = {"ssl_handshake_timeout": 1e9 if handshake is None else handshake}
+    if sys.version_info >= (3, 11):
+        options["ssl_shutdown_timeout"] = shutdown
+    return options
+
+
+def asyncio_spawner(start_soon: Spawn) -> Spawn:
+    """`start_soon` callable from protocol callbacks. anyio finds its backend with
+    sniffio, which sees no asyncio task in a callback: outside `anyio.run` (a plain
+    `asyncio.run`, say) it would fail, so say it explicitly for the call."""
+    try:
+        from sniffio import current_async_library_cvar
+    except ImportError:  # pragma: no cover - anyio then assumes asyncio
+        return start_soon
+
+    def spawn(func: Callable[..., Any], *args: Any) -> None:
+        token = current_async_library_cvar.set("asyncio")
+        try:
+            start_soon(func, *args)
+        finally:
+            current_async_library_cvar.reset(token)
+
+    return spawn
+
+
+class _ProtocolSession(_SessionBase, asyncio.Protocol):
+    __slots__ = (
+        "_armed",
+        "_closing",
+        "_collect_soon",
+        "_linger_timer",
+        "_on_made",
+        "_paused",
+        "_timer",
+        "_write_paused",
+        "loop",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        wire: Wire,
+        spawn: Spawn,
+        *,
+        on_made: Callable[[Any], None] | None = None,
+        on_open: Callable[[Any], None] | None = None,
+        on_done: Callable[[Any], None] | None = None,
+        opened: anyio.Event | None = None,
+        done: anyio.Event | None = None,
+    ) -> None:
+        super().__init__(wire, spawn, on_open=on_open, on_done=on_done, opened=opened, done=done)
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self._on_made = on_made
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed: float | None = None  # the deadline _timer is armed for
+        self._linger_timer: asyncio.TimerHandle | None = None
+        self._paused = False  # reading paused
+        self._write_paused = False
+        self._closing = False  # transport.close() called
+        self._collect_soon = False
+
+    # -- the session API -------------------------------------------------------
+
+    def _now(self) -> float:
+        return self.loop.time()
+
+    def _wakeup(self) -> None:
+        if not self._collect_soon:
+            self._collect_soon = True
+            self.loop.call_soon(self._collect)
+
+    def _collect(self) -> None:
+        self._collect_soon = False
+        if self._ended:
+            return
+        now = self.loop.time()
+        self.wire.collect(now)
+        self._after(now)
+
+    def abort(self) -> None:
+        if self._ended:
+            return
+        if self.transport is not None:
+            self.transport.abort()  # its connection_lost comes later: ignored
+        self._lost("connection aborted")
+
+    def _after(self, now: float) -> None:
+        """Act on what the last wire call produced: run events, write, close,
+        re-arm the timer and pause or resume reading."""
+        wire = self.wire
+        self._dispatch()
+        transport = self.transport
+        if self._closing or transport is None:
+            return
+        if wire.should_close_transport:
+            data = wire.data_to_send()
+            if data:
+                transport.write(data)
+            self._close_transport(transport)
+            return
+        if not self._write_paused:
+            data = wire.data_to_send()
+            if data:
+                transport.write(data)
+        deadline = wire.next_deadline
+        if deadline is not None and (self._armed is None or deadline < self._armed):
+            # Re-armed only for an earlier deadline: a later one (the handshake
+            # deadline giving way to keepalive, say) waits for the timer to fire.
+            self._arm(deadline)
+        wants = wire.wants_data
+        if wants is self._paused:
+            self._paused = not wants
+            if wants:
+                transport.resume_reading()
+            else:
+                transport.pause_reading()
+
+    def _arm(self, deadline: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._armed = deadline
+        self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        armed = self._armed
+        self._armed = None
+        if self._ended:
+            return
+        now = self.loop.time()
+        if armed is not None and now < armed:
+            now = armed  # the loop may run a timer a clock tick early
+        wire = self.wire
+        wire.tick(now)
+        if armed is not None and wire.next_deadline == armed and not wire.should_close_transport:
+            # A deadline that tick() did not consume would spin: back off.
+            logger.warning("%s: deadline %s not consumed by tick", wire.peer, armed)
+            self._armed = armed
+            self._timer = self.loop.call_at(now + 0.01, self._on_timer)
+        self._after(now)
+
+    def _close_transport(self, transport: asyncio.Transport) -> None:
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.wire.close_code == SEND_BUFFER_OVERFLOW:
+            transport.abort()  # the peer reads nothing: flushing to it is pointless
+            return
+        if transport.get_write_buffer_size() or transport.get_extra_info("sslcontext"):
+            # close() waits for the buffer to drain (and TLS for its shutdown):
+            # bounded, like every other wait.
+            self._linger_timer = self.loop.call_later(self._linger, transport.abort)
+        transport.close()
+
+    def _lost(self, reason: str) -> None:
+        """The transport is gone: end the wire, cancel what waits, report."""
+        self._ended = True
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
+        wire = self.wire
+        if not wire.should_close_transport:
+            wire.abort(self.loop.time(), reason)
+        self._dispatch()  # on_close hooks start here
+        wire.data_to_send()  # nothing more can be written
+        self._cancel_pending()
+        self._maybe_done()
+
+    # -- asyncio.Protocol ------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses.
+        self.transport = transport = cast(asyncio.Transport, transport)
+        if self._on_made is not None:
+            self._on_made(self)
+        limit = self.wire.options.write_limit
+        if limit != _DEFAULT_HIGH_WATER:
+            transport.set_write_buffer_limits(high=limit)
+        try:
+            self._after(self.loop.time())
+        except Exception:
+            self._driver_error()
+
+    def data_received(self, data: bytes) -> None:
+        now = self.loop.time()
+        try:
+            self.wire.receive_data(data, now)
+            self._after(now)
+        except Exception:
+            self._driver_error()
+
+    def eof_received(self) -> bool:
+        now = self.loop.time()
+        try:
+            self.wire.receive_data(None, now)
+            self._after(now)
+        except Exception:
+            self._driver_error()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._ended:
+            self._lost("connection lost" if exc is None else f"connection lost: {exc!r}")
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if not self._ended:
+            self._after(self.loop.time())
+
+
+class _BufferedSession(_ProtocolSession, asyncio.BufferedProtocol):
+    """`_ProtocolSession` reading into one BIG_READ_SIZE buffer shared by every
+    connection on the thread: the transport calls `get_buffer` then
+    `buffer_updated` in one callback, and what arrived is copied out at once."""
+
+    __slots__ = ("_buffer",)
+
+    def __init__(self, buffer: memoryview, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._buffer = buffer
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._buffer[:nbytes].tobytes())
+
+
+def session_factory(loop: asyncio.AbstractEventLoop) -> Callable[..., _ProtocolSession]:
+    """Makes the loop's kind of session: buffered on asyncio's own loops, plain on
+    others (uvloop reads into its own shared buffer)."""
+    if type(loop).__module__.startswith("asyncio"):
+        buffer = shared_read_buffer()
+
+        def buffered(*args: Any, **kwargs: Any) -> _ProtocolSession:
+            return _BufferedSession(buffer, *args, **kwargs)
+
+        return buffered
+    return _ProtocolSession
