@@ -81,6 +81,7 @@ class Flow:
         self.name = name
         self.step_timeout = step_timeout
         self._steps: list[Step] = []
+        self._steps_view: tuple[Step, ...] | None = None  # shared by every Stepper
         self._index: dict[str, int] = {}
         self.open_hooks: list[Hook] = []
         self.close_hooks: list[Hook] = []
@@ -105,6 +106,7 @@ class Flow:
         step = Step(step_name, handler, effective)
         self._index[step_name] = len(self._steps)
         self._steps.append(step)
+        self._steps_view = None
         return step
 
     @overload
@@ -141,7 +143,11 @@ class Flow:
 
     @property
     def steps(self) -> tuple[Step, ...]:
-        return tuple(self._steps)
+        """The steps in order; one tuple shared until a step is added."""
+        view = self._steps_view
+        if view is None:
+            view = self._steps_view = tuple(self._steps)
+        return view
 
     def index_of(self, name: str) -> int | None:
         return self._index.get(name)

@@ -106,16 +106,6 @@ class Connection:
         )
 
 
-def _steps_of(flow: Flow) -> tuple[Step, ...]:
-    """`flow.steps`, one tuple shared by every Stepper of the flow until a step is added
-    (steps are only ever appended, so a length change is the one invalidation)."""
-    cached: tuple[Step, ...] | None = getattr(flow, "_stepper_steps", None)
-    if cached is None or len(cached) != len(flow):
-        cached = flow.steps
-        flow._stepper_steps = cached  # type: ignore[attr-defined]
-    return cached
-
-
 class Stepper:
     """One connection's state machine: pure, deterministic, no I/O, no clock.
 
@@ -162,7 +152,7 @@ class Stepper:
         #: `conn.close` hold, so application code on another thread never races a
         #: call in progress. The core only enters it; it creates no threads.
         self.guard: AbstractContextManager[Any] | None = None
-        self._steps: tuple[Step, ...] = _steps_of(flow)
+        self._steps: tuple[Step, ...] = flow.steps
         self._phase = State.IDLE
         self._index = 0
         self._handler = self._steps[0].handler
