@@ -1047,7 +1047,7 @@ class Wire:
         if origin is not None:
             _check_headers([("Origin", origin)], "Wire.client")
         wire = cls(ConnectionType.CLIENT, opts, now, flow=flow, peer=peer)
-        wire.path = path
+        wire.path = path.partition("?")[0]  # like the server's: the query is not part of it
         extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
         if origin is not None:
             extra.append((b"Origin", origin.encode("latin-1")))

@@ -526,7 +526,7 @@ def test_client_request_carries_path_origin_headers_and_subprotocols() -> None:
     assert headers[b"authorization"] == b"Bearer t"
     wire.receive_data(server.send(AcceptConnection(subprotocol="v2")), 1.0)
     assert wire.is_open and wire.subprotocol == "v2" and wire.handshake_status == 101
-    assert Opened("/room?id=7", "v2", "echo") in wire.events()
+    assert Opened("/room", "v2", "echo") in wire.events()  # the path, as on the server
 
 
 def test_client_rejects_bad_options_locally() -> None:
@@ -642,3 +642,19 @@ def test_absolute_form_target_routes_by_its_path() -> None:
     wire = serve(upgrade_request("ws://example.test/a?x=1"), {"/a": echo_flow(record)})
     assert status_of(wire.data_to_send()) == 101
     assert wire.path == "/a"
+
+
+def test_client_opened_path_leaves_out_the_query_like_the_server() -> None:
+    from socker_core import Flow as _Flow
+    from socker_transports.wire import Opened as _Opened
+    from socker_transports.wire import Wire as _Wire
+
+    server_flow, client_flow = _Flow("s"), _Flow("c")
+    server_flow.add(lambda conn, message: False, name="stay")
+    client_flow.add(lambda conn, message: False, name="stay")
+    client = _Wire.client(client_flow, "127.0.0.1:1", 0.0, path="/game?room=7")
+    server = _Wire.server(server_flow, 0.0)
+    server.receive_data(client.data_to_send(), 0.0)
+    client.receive_data(server.data_to_send(), 0.0)
+    opened = [e for e in client.events() + server.events() if isinstance(e, _Opened)]
+    assert [o.path for o in opened] == ["/game", "/game"]
