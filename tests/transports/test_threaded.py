@@ -556,6 +556,99 @@ def test_server_conn_send_from_another_thread() -> None:
         threaded.send_threadsafe(conns[0], b"late")
 
 
+def test_plain_conn_send_from_another_thread_races_no_handler() -> None:
+    """`conn.send` (not send_threadsafe) from a foreign thread while the connection's
+    own thread is busy handling messages: the Stepper's guard (the connection's lock)
+    keeps every push and every echo, each stream in order."""
+    conns: list[Connection] = []
+    opened = threading.Event()
+    flow = Flow("echo-and-push")
+
+    @flow.on_open
+    def remember(conn: Connection) -> None:
+        conns.append(conn)
+        opened.set()
+
+    @flow.step
+    def echo(conn: Connection, message: bytes) -> bool:
+        conn.send(b"echo " + message)
+        return False
+
+    received: list[bytes] = []
+    done = threading.Event()
+    client_flow = Flow("count")
+
+    @client_flow.step
+    def count(conn: Connection, message: bytes) -> bool:
+        received.append(message)
+        if len(received) == 600:
+            done.set()
+        return False
+
+    with threaded.serve(flow) as server, threaded.connect(server.url, client_flow) as client:
+        assert opened.wait(deadline(5))
+
+        def push() -> None:
+            for i in range(300):
+                conns[0].send(b"push %d" % i)
+
+        pusher = threading.Thread(target=push)
+        pusher.start()
+        for i in range(300):
+            client.send(b"%d" % i)
+        pusher.join(deadline(10))
+        assert not pusher.is_alive()
+        assert done.wait(deadline(10)), f"only {len(received)} of 600 messages arrived"
+    assert [m for m in received if m.startswith(b"push")] == [b"push %d" % i for i in range(300)]
+    assert [m for m in received if m.startswith(b"echo")] == [b"echo %d" % i for i in range(300)]
+
+
+def test_foreign_conn_send_waits_for_a_running_handler() -> None:
+    """The Stepper's guard is the connection's lock: a `conn.send` from another thread
+    while a handler runs waits for it to finish, so it can never slip into (or be lost
+    from) the handler's own call."""
+    conns: list[Connection] = []
+    in_handler = threading.Event()
+    release = threading.Event()
+    flow = Flow("hold")
+
+    @flow.on_open
+    def remember(conn: Connection) -> None:
+        conns.append(conn)
+
+    @flow.step
+    def hold(conn: Connection, message: bytes) -> bool:
+        in_handler.set()
+        assert release.wait(deadline(10))
+        conn.send(b"from the handler")
+        return False
+
+    received: list[bytes] = []
+    both = threading.Event()
+    client_flow = Flow("two")
+
+    @client_flow.step
+    def two(conn: Connection, message: bytes) -> bool:
+        received.append(message)
+        if len(received) == 2:
+            both.set()
+        return False
+
+    with threaded.serve(flow) as server, threaded.connect(server.url, client_flow) as client:
+        client.send(b"go")
+        assert in_handler.wait(deadline(5))
+        pusher = threading.Thread(target=lambda: conns[0].send(b"from outside"))
+        pusher.start()
+        pusher.join(0.2)  # a bounded look: the push must still be waiting for the lock
+        still_waiting = pusher.is_alive()
+        release.set()
+        pusher.join(deadline(5))
+        assert not pusher.is_alive()
+        assert both.wait(deadline(5))
+    assert still_waiting
+    assert received == [b"from the handler", b"from outside"]
+
+
 def test_an_idle_server_connection_keeps_no_queues_or_events() -> None:
     """Memory per idle connection: a server link makes its mailbox, its awaited-handler
     table and its Events only when something needs them (driver internals)."""
