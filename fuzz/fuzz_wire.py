@@ -19,7 +19,6 @@ Run (needs the `fuzz` extra: `pip install -e '.[fuzz]'`):
 from __future__ import annotations
 
 import os
-import struct
 import sys
 from typing import Any
 
@@ -36,83 +35,23 @@ with atheris.instrument_imports():
         Await,
         Close,
         Closed,
-        Connection,
         ConnectionClosedError,
-        Flow,
         Goto,
     )
     from socker_transports.wire import Accept, AwaitHandshake, Options, Phase, Reject, Wire
 
-KEY = "MDEyMzQ1Njc4OWFiY2RlZg=="
-REQUEST = (
-    "GET / HTTP/1.1\r\nHost: fuzz\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    f"Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-).encode()
+# The flow and frame builders are the hypothesis suite's own (tests/transports/wire_peer.py),
+# so both fuzzers exercise the same thing; they are test helpers, not instrumented.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.transports.wire_peer import (
+    Tally,
+    frame,
+    make_fuzz_flow,
+    pending_awaitable,
+    upgrade_request,
+)
 
-
-async def _pending() -> object:  # closed, never awaited
-    return None
-
-
-class Tally:
-    def __init__(self) -> None:
-        self.opened = self.closed = 0
-        self.closed_events: list[Closed] = []
-
-
-def make_flow(tally: Tally) -> Flow:
-    flow = Flow("fuzz")
-
-    @flow.on_open
-    def opened(conn: Connection) -> None:
-        tally.opened += 1
-
-    @flow.step(timeout=30.0)
-    def first(conn: Connection, message: bytes) -> Any:
-        kind = message[0] % 8 if message else 0
-        if kind == 0:
-            conn.send(message)
-            return False
-        if kind == 1:
-            return _pending()
-        if kind == 2:
-            return True
-        if kind == 3:
-            return Close(4000, "fuzz close")
-        if kind == 4:
-            raise ValueError("handler error")
-        if kind == 5:
-            return Goto("second")
-        conn.send(message * 3)
-        return None
-
-    @flow.step
-    def second(conn: Connection, message: bytes) -> Any:
-        if message[:1] == b"\x00":
-            return True
-        return _pending() if message[:1] == b"\x01" else False
-
-    @flow.on_close
-    def closed(conn: Connection) -> None:
-        tally.closed += 1
-
-    return flow
-
-
-def frame(payload: bytes, opcode: int, fin: bool, rsv: int, mask: bool) -> bytes:
-    n = len(payload)
-    first = (0x80 if fin else 0) | (rsv << 4) | opcode
-    bit = 0x80 if mask else 0
-    if n < 126:
-        header = bytes((first, bit | n))
-    elif n < 65536:
-        header = struct.pack("!BBH", first, bit | 126, n)
-    else:
-        header = struct.pack("!BBQ", first, bit | 127, n)
-    if not mask:
-        return header + payload
-    key = b"\x01\x02\x03\x04"
-    return header + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+REQUEST = upgrade_request()
 
 
 class Driver:
@@ -173,7 +112,9 @@ class Driver:
             rsv = fdp.ConsumeIntInRange(0, 7) if fdp.ConsumeProbability() < 0.1 else 0
             mask = (not client) != (fdp.ConsumeProbability() < 0.05)
             payload = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 300))
-            wire.receive_data(frame(payload, opcode, fdp.ConsumeBool(), rsv, mask), self.now)
+            wire.receive_data(
+                frame(payload, opcode, fin=fdp.ConsumeBool(), rsv=rsv, mask=mask), self.now
+            )
         elif op == 6:
             self.now += fdp.ConsumeFloatInRange(0.0, 40.0)
             deadline = wire.next_deadline
@@ -236,7 +177,7 @@ def test_one_input(data: bytes) -> None:
         write_limit=100,
         max_send_buffer=2000,
     )
-    flow = make_flow(tally)
+    flow = make_fuzz_flow(tally)
     valid_start = fdp.ConsumeBool()
     if client:
         wire = Wire.client(flow, "fuzz", 0.0, options)
@@ -249,7 +190,7 @@ def test_one_input(data: bytes) -> None:
         hook = fdp.ConsumeIntInRange(0, 2)
 
         def async_hook(request: object) -> Any:
-            return _pending()
+            return pending_awaitable()
 
         wire = Wire.server(
             flow,

@@ -17,7 +17,6 @@ import itertools
 import os
 import struct
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -31,9 +30,7 @@ from socker_core import (
     Await,
     Close,
     Closed,
-    Connection,
     ConnectionClosedError,
-    Flow,
     Goto,
 )
 from socker_transports.wire import (
@@ -45,7 +42,7 @@ from socker_transports.wire import (
     Reject,
     Wire,
 )
-from tests.transports.wire_peer import frame, upgrade_request
+from tests.transports.wire_peer import Tally, frame, make_fuzz_flow, upgrade_request
 
 #: SOCKER_FUZZ_EXAMPLES=20000 for a long local run; the default keeps `make test` fast.
 SETTINGS = settings(
@@ -57,61 +54,6 @@ SETTINGS = settings(
 
 def peer_valid(code: int) -> bool:
     return 1000 <= code <= 1014 or 3000 <= code <= 4999
-
-
-@dataclass
-class Tally:
-    opened: int = 0
-    closed: int = 0
-    messages: int = 0
-    closed_events: list[Closed] = field(default_factory=list)
-
-
-async def _pending() -> object:  # pragma: no cover - closed, never awaited
-    return None
-
-
-def make_flow(tally: Tally) -> Flow:
-    """Two steps: an echo that sometimes goes async, sometimes advances, sometimes
-    closes or raises (depending on the first byte); then a staying step."""
-    flow = Flow("fuzz")
-
-    @flow.on_open
-    def opened(conn: Connection) -> None:
-        tally.opened += 1
-
-    @flow.step(timeout=30.0)
-    def first(conn: Connection, message: bytes) -> Any:
-        tally.messages += 1
-        kind = message[0] % 8 if message else 0
-        if kind == 0:
-            conn.send(message)
-            return False
-        if kind == 1:
-            return _pending()
-        if kind == 2:
-            return True
-        if kind == 3:
-            return Close(4000, "fuzz close")
-        if kind == 4:
-            raise ValueError("handler error")
-        if kind == 5:
-            return Goto("second")
-        conn.send(message * 3)
-        return None
-
-    @flow.step
-    def second(conn: Connection, message: bytes) -> Any:
-        tally.messages += 1
-        if message[:1] == b"\x00":
-            return True  # completes the flow
-        return _pending() if message[:1] == b"\x01" else False
-
-    @flow.on_close
-    def closed(conn: Connection) -> None:
-        tally.closed += 1
-
-    return flow
 
 
 # -- the driver ----------------------------------------------------------------------------
@@ -385,7 +327,7 @@ def test_server_before_the_handshake(
     results: st.DataObject,
 ) -> None:
     tally = Tally()
-    wire = Wire.server(make_flow(tally), 0.0, options, handshake_hook=hook_for(hook))
+    wire = Wire.server(make_fuzz_flow(tally), 0.0, options, handshake_hook=hook_for(hook))
     run(Driver(wire, tally, results), mutate(prefix, mutations) + garbage, cuts, actions)
 
 
@@ -407,12 +349,12 @@ def test_server_after_the_handshake(
     results: st.DataObject,
 ) -> None:
     tally = Tally()
-    wire = Wire.server(make_flow(tally), 0.0, options, handshake_hook=hook_for(hook))
+    wire = Wire.server(make_fuzz_flow(tally), 0.0, options, handshake_hook=hook_for(hook))
     run(Driver(wire, tally, results), upgrade_request() + b"".join(body), cuts, actions)
 
 
 def _client_wire(tally: Tally, options: Options) -> tuple[Wire, WSConnection]:
-    wire = Wire.client(make_flow(tally), "fuzz.test", 0.0, options)
+    wire = Wire.client(make_fuzz_flow(tally), "fuzz.test", 0.0, options)
     server = WSConnection(ConnectionType.SERVER)
     server.receive_data(bytes(wire.data_to_send()))
     assert isinstance(next(server.events()), Request)

@@ -14,7 +14,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Event, Request
 from wsproto.frame_protocol import FrameDecoder, Opcode
 
-from socker_core import Closed, Connection, Flow
+from socker_core import Close, Closed, Connection, Flow, Goto
 from socker_transports.wire import Options, Wire
 
 KEY = base64.b64encode(b"0123456789abcdef").decode()
@@ -154,3 +154,63 @@ def to_peer(wire: Wire, peer: WSConnection) -> list[Event]:
 
 def closed_events(events: Iterable[object]) -> list[Closed]:
     return [e for e in events if isinstance(e, Closed)]
+
+
+# -- the fuzzed flow (tests/transports/test_wire_fuzz.py and fuzz/fuzz_wire.py) ---------
+
+
+@dataclass
+class Tally:
+    opened: int = 0
+    closed: int = 0
+    messages: int = 0
+    closed_events: list[Closed] = field(default_factory=list)
+
+
+async def pending_awaitable() -> object:  # pragma: no cover - closed, never awaited
+    return None
+
+
+def make_fuzz_flow(tally: Tally) -> Flow:
+    """The flow both the hypothesis suite and the atheris harness fuzz the wire with.
+
+    Two steps: an echo that sometimes goes async, sometimes advances, sometimes
+    closes or raises (depending on the first byte); then a staying step."""
+    flow = Flow("fuzz")
+
+    @flow.on_open
+    def opened(conn: Connection) -> None:
+        tally.opened += 1
+
+    @flow.step(timeout=30.0)
+    def first(conn: Connection, message: bytes) -> Any:
+        tally.messages += 1
+        kind = message[0] % 8 if message else 0
+        if kind == 0:
+            conn.send(message)
+            return False
+        if kind == 1:
+            return pending_awaitable()
+        if kind == 2:
+            return True
+        if kind == 3:
+            return Close(4000, "fuzz close")
+        if kind == 4:
+            raise ValueError("handler error")
+        if kind == 5:
+            return Goto("second")
+        conn.send(message * 3)
+        return None
+
+    @flow.step
+    def second(conn: Connection, message: bytes) -> Any:
+        tally.messages += 1
+        if message[:1] == b"\x00":
+            return True  # completes the flow
+        return pending_awaitable() if message[:1] == b"\x01" else False
+
+    @flow.on_close
+    def closed(conn: Connection) -> None:
+        tally.closed += 1
+
+    return flow
