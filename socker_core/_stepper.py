@@ -6,6 +6,7 @@ import inspect
 from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from itertools import count
 from types import SimpleNamespace
 from typing import Any
 
@@ -38,6 +39,10 @@ ON_CLOSE = "<on_close>"
 
 _OPEN = State.OPEN
 _BYTES_LIKE = (bytes, bytearray, memoryview)
+
+# Deterministic default ids for embedded use and the test kit ("c1", "c2", ...).
+# Drivers pass their own (random, unique across processes) ids instead.
+_next_default_id = count(1).__next__
 
 
 class Connection:
@@ -84,6 +89,11 @@ class Connection:
                 stepper._close(code, reason)
 
     @property
+    def id(self) -> str:
+        """This connection's unique id (kept across a resume, once resume exists)."""
+        return self._stepper.id
+
+    @property
     def step(self) -> str:
         """The current step's name."""
         return self._stepper.step
@@ -102,7 +112,8 @@ class Connection:
 
     def __repr__(self) -> str:
         return (
-            f"<Connection flow={self.flow.name!r} step={self.step!r} {self._stepper.phase.value}>"
+            f"<Connection {self.id} flow={self.flow.name!r} step={self.step!r} "
+            f"{self._stepper.phase.value}>"
         )
 
 
@@ -135,14 +146,21 @@ class Stepper:
         "conn",
         "flow",
         "guard",
+        "id",
         "max_queue",
         "wakeup",
     )
 
-    def __init__(self, flow: Flow, *, max_queue: int = DEFAULT_MAX_QUEUE) -> None:
+    def __init__(
+        self, flow: Flow, *, max_queue: int = DEFAULT_MAX_QUEUE, id: str | None = None
+    ) -> None:
         flow.validate()
         if max_queue < 1:
             raise LocalProtocolError(f"max_queue must be at least 1, got {max_queue}")
+        if id is not None and (not isinstance(id, str) or not id):
+            raise LocalProtocolError(f"id must be a non-empty string, got {id!r}")
+        #: Unique per connection; `c<n>` by default, a random token when a driver makes it.
+        self.id: str = id if id is not None else f"c{_next_default_id()}"
         self.flow = flow
         self.max_queue = max_queue
         self.conn = Connection(self, flow)

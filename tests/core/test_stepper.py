@@ -838,3 +838,17 @@ def test_same_calls_give_the_same_events() -> None:
         return log
 
     assert run() == run()
+
+
+def test_connection_id_defaults_unique_and_can_be_given() -> None:
+    from socker_core import Flow, LocalProtocolError, Stepper
+
+    flow = Flow("ids")
+    flow.add(lambda conn, message: False)
+    ids = {Stepper(flow).conn.id for _ in range(1000)}
+    assert len(ids) == 1000
+    given = Stepper(flow, id="player-7")
+    assert given.id == given.conn.id == "player-7"
+    assert "player-7" in repr(given.conn)
+    with pytest.raises(LocalProtocolError):
+        Stepper(flow, id="")
