@@ -27,6 +27,7 @@ from ._events import (
 from ._flow import Close, Flow, Goto, Handler, Hook, Result, Step
 from ._state import State
 from ._stepper import DEFAULT_MAX_QUEUE, ON_CLOSE, ON_OPEN, Connection, Stepper
+from ._version import __version__
 
 __all__ = [
     "CLOSE_CODES",
@@ -60,5 +61,6 @@ __all__ = [
     "Step",
     "StepChanged",
     "Stepper",
+    "__version__",
     "is_sendable_close_code",
 ]

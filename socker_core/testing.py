@@ -1175,7 +1175,7 @@ def fuzz_flow(
     except ImportError as exc:  # pragma: no cover - hypothesis is a dev dependency
         raise ImportError(
             "socker_core.testing.fuzz_flow needs hypothesis: `pip install hypothesis` "
-            "(it is part of socker[dev]); run_pair and the rest of socker_core need nothing"
+            "(it is part of socker-steps[dev]); run_pair and the rest of socker_core need nothing"
         ) from exc
 
     flow.validate()

@@ -1,5 +1,7 @@
 """socker_transports: the wsproto wire layer and the drivers around it."""
 
+from socker_core import __version__
+
 from .wire import (
     Accept,
     CloseResult,
@@ -10,4 +12,13 @@ from .wire import (
     Wire,
 )
 
-__all__ = ["Accept", "CloseResult", "HandshakeRequest", "HttpResponse", "Options", "Reject", "Wire"]
+__all__ = [
+    "Accept",
+    "CloseResult",
+    "HandshakeRequest",
+    "HttpResponse",
+    "Options",
+    "Reject",
+    "Wire",
+    "__version__",
+]

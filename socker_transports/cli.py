@@ -371,7 +371,7 @@ def cmd_demo(ns: argparse.Namespace) -> int:
         from . import demo
     except ImportError as exc:  # aiortc is the optional `webrtc` extra
         raise CliError(
-            f"the demo needs the webrtc extra (pip install 'socker[webrtc]'): {exc}"
+            f"the demo needs the webrtc extra (pip install 'socker-steps[webrtc]'): {exc}"
         ) from None
     return int(demo.main(list(ns.demo_args)))
 
