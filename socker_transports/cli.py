@@ -9,6 +9,10 @@
 MODULE:ATTR names a `Flow` (or, for `serve`, a mapping of path to Flow), like
 `uvicorn module:app`; the current directory is importable. Every `wire.Options`
 field is an option (`--max-size`, `--ping-interval none`, `--origin` repeatable...).
+`-v` / `-vv` go before or after the command.
+
+Every mistake is reported as one line on stderr (`socker: error: ...`) with one of
+the exit statuses in `EXIT_STATUSES`; `-vv` adds the traceback.
 """
 
 from __future__ import annotations
@@ -16,27 +20,60 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import importlib.util
 import logging
 import os
 import signal
 import ssl as ssl_module
 import sys
+import textwrap
 import threading
+import time
+import traceback
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
-from socker_core import Flow, LocalProtocolError
+from socker_core import Flow, FlowDefinitionError, LocalProtocolError, __version__
 
-from .wire import CloseResult, Options
+from .wire import ClientTarget, CloseResult, Options
 
 logger = logging.getLogger("socker")
 
-#: Exit statuses of `socker connect` (and `serve` for start-up failures).
+#: The distribution name on the package index (the import packages and the
+#: command are called socker; the name `socker` on the index is someone else's).
+DISTRIBUTION = "socker-steps"
+
 EXIT_OK = 0
-EXIT_CLOSED = 1  # the connection ended with a code other than 1000
-EXIT_USAGE = 2  # bad arguments or MODULE:ATTR
-EXIT_HANDSHAKE = 3  # the opening handshake failed (HTTP status printed)
-EXIT_NETWORK = 4  # could not connect (refused, DNS, TLS) or listen
+EXIT_CLOSED = 1
+EXIT_USAGE = 2
+EXIT_HANDSHAKE = 3
+EXIT_NETWORK = 4
+EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+
+#: Every exit status of the `socker` command (the README and `socker --help` show it).
+EXIT_STATUSES: dict[int, str] = {
+    EXIT_OK: "success: the flow completed or the peer closed with 1000; serve stopped on a signal",
+    EXIT_CLOSED: "connect: the connection ended with another close code (printed)",
+    EXIT_USAGE: (
+        "usage error: bad arguments or option values, a URL that is not ws:// or wss://, "
+        "a MODULE:ATTR that cannot be imported, is not a Flow or fails to define, "
+        "a missing TLS file, or a feature whose extra is not installed"
+    ),
+    EXIT_HANDSHAKE: "connect: the server refused the opening handshake (HTTP status printed)",
+    EXIT_NETWORK: "connect: the server cannot be reached (refused, DNS, TLS); serve: cannot listen",
+    EXIT_INTERNAL: "an unexpected error inside socker (a bug: run with -vv for the traceback)",
+    EXIT_INTERRUPTED: "interrupted by Ctrl-C (SIGINT) outside serve",
+    EXIT_BROKEN_PIPE: "the reader of standard output went away (socker graph ... | head)",
+}
+
+#: Optional features and the extra that installs each.
+EXTRAS: dict[str, tuple[str, str]] = {
+    "trio": ("trio", "the trio backend"),
+    "uvloop": ("uvloop", "the uvloop backend"),
+    "aiortc": ("webrtc", "socker demo"),
+}
 
 BACKENDS: dict[str, tuple[str, dict[str, Any]]] = {
     "asyncio": ("asyncio", {}),
@@ -48,6 +85,37 @@ DRIVERS = ("anyio", "threaded")
 
 class CliError(Exception):
     """A usage problem reported as one line and exit status 2."""
+
+
+def missing_extra(module: str) -> str | None:
+    """One line naming the extra to install when `module` cannot be imported, else None."""
+    if importlib.util.find_spec(module) is not None:
+        return None
+    extra, what = EXTRAS[module]
+    return f"{what} needs the {extra} extra: pip install '{DISTRIBUTION}[{extra}]'"
+
+
+def _require(module: str) -> None:
+    problem = missing_extra(module)
+    if problem is not None:
+        raise CliError(problem)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with every error on one line (argparse prints the usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0-65535, got {port}")
+    return port
 
 
 # -- options ---------------------------------------------------------------------------
@@ -134,13 +202,24 @@ def load_target(spec: str) -> object:
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
             raise CliError(f"cannot import module {module_name!r}: {exc}") from None
-        raise
+        raise _TargetFailed(module_name, exc) from exc
+    except FlowDefinitionError as exc:
+        raise _TargetFailed(module_name, exc, "a flow in it fails to define") from exc
+    except Exception as exc:  # the user's module raised while importing
+        raise _TargetFailed(module_name, exc) from exc
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
             raise CliError(f"module {module_name!r} has no attribute {attr!r}") from None
     return obj
+
+
+class _TargetFailed(CliError):
+    """Importing the user's module raised: a usage error whose traceback -vv shows."""
+
+    def __init__(self, module: str, exc: BaseException, what: str = "it raised") -> None:
+        super().__init__(f"importing {module!r} failed ({what}): {type(exc).__name__}: {exc}")
 
 
 def load_flow(spec: str) -> Flow:
@@ -184,6 +263,8 @@ def _driver_module(name: str) -> Any:
 def _backend(ns: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     if ns.driver != "anyio" and ns.backend is not None:
         raise CliError("--backend applies to the anyio driver only")
+    if ns.backend in ("trio", "uvloop"):
+        _require(ns.backend)
     return BACKENDS[ns.backend or "asyncio"]
 
 
@@ -196,7 +277,10 @@ def _server_ssl(ns: argparse.Namespace) -> ssl_module.SSLContext | None:
             raise CliError("--ssl-keyfile needs --ssl-certfile")
         return None
     context = ssl_module.create_default_context(ssl_module.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(ns.ssl_certfile, ns.ssl_keyfile)
+    try:
+        context.load_cert_chain(ns.ssl_certfile, ns.ssl_keyfile)
+    except (OSError, ssl_module.SSLError) as exc:
+        raise CliError(f"cannot load the certificate {ns.ssl_certfile!r}: {exc}") from None
     return context
 
 
@@ -234,7 +318,7 @@ def cmd_serve(ns: argparse.Namespace) -> int:
             backend_options=backend_options,
         )
     except OSError as exc:
-        print(f"socker: cannot serve on {ns.host}:{ns.port}: {exc}", file=sys.stderr, flush=True)
+        _error(f"cannot serve on {ns.host}:{ns.port}: {exc}")
         return EXIT_NETWORK
 
 
@@ -311,14 +395,24 @@ def _serve_threaded(
 
 
 def cmd_connect(ns: argparse.Namespace) -> int:
+    try:
+        target = ClientTarget.parse(ns.url)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     flow = load_flow(ns.target)
     options = _checked_options(ns)
     ssl = None
     if ns.ssl_cafile is not None:
-        ssl = ssl_module.create_default_context(cafile=ns.ssl_cafile)
+        if not target.secure:
+            raise CliError("--ssl-cafile needs a wss:// URL")
+        try:
+            ssl = ssl_module.create_default_context(cafile=ns.ssl_cafile)
+        except (OSError, ssl_module.SSLError) as exc:
+            raise CliError(f"cannot load the CA file {ns.ssl_cafile!r}: {exc}") from None
     kwargs: dict[str, Any] = {"ssl": ssl, "origin": ns.origin, **options}
     backend, backend_options = _backend(ns)
     module = _driver_module(ns.driver)
+    started = time.monotonic()
     try:
         if ns.driver == "threaded":
             result = module.run_client(ns.url, flow, **kwargs)
@@ -331,22 +425,34 @@ def cmd_connect(ns: argparse.Namespace) -> int:
 
             result = anyio.run(run, backend=backend, backend_options=backend_options)
     except (OSError, TimeoutError) as exc:
-        print(f"socker: cannot connect to {ns.url}: {exc}", file=sys.stderr, flush=True)
+        _error(f"cannot connect to {ns.url}: {exc or type(exc).__name__}")
         return EXIT_NETWORK
-    return report(result)
+    return report(result, url=ns.url, flow=flow, seconds=time.monotonic() - started)
 
 
-def report(result: CloseResult) -> int:
-    """Print how a client connection ended; return the exit status."""
+def report(
+    result: CloseResult, *, url: str = "", flow: Flow | None = None, seconds: float | None = None
+) -> int:
+    """Print how a client connection ended (one line); return the exit status.
+
+    Success goes to stdout (`socker: <url>: flow 'x' ended 1000 'flow complete' in
+    0.05 s`); a refused handshake or another close code goes to stderr."""
     if result.handshake_status != 101:
         status = f"HTTP {result.handshake_status}" if result.handshake_status else "no response"
-        print(f"socker: handshake failed: {status} ({result.reason})", file=sys.stderr, flush=True)
+        _error(f"handshake failed: {status} ({result.reason})")
         return EXIT_HANDSHAKE
     if result.code == 1000:
-        logger.info("closed 1000 %s", result.reason)
+        where = f"{url}: " if url else ""
+        name = f"flow {flow.name!r} " if flow is not None else ""
+        took = f" in {seconds:.2f} s" if seconds is not None else ""
+        print(f"socker: {where}{name}ended 1000 {result.reason!r}{took}", flush=True)
         return EXIT_OK
-    print(f"socker: connection closed: {result.code} {result.reason}", file=sys.stderr, flush=True)
+    _error(f"connection closed: {result.code} {result.reason}")
     return EXIT_CLOSED
+
+
+def _error(message: str) -> None:
+    print(f"socker: error: {message}", file=sys.stderr, flush=True)
 
 
 # -- graph and demo --------------------------------------------------------------------
@@ -367,59 +473,71 @@ def cmd_graph(ns: argparse.Namespace) -> int:
 
 def cmd_demo(ns: argparse.Namespace) -> int:
     """Run the WebRTC game demo (socker_transports.demo; `socker demo --help`)."""
-    try:
-        from . import demo
-    except ImportError as exc:  # aiortc is the optional `webrtc` extra
-        raise CliError(
-            f"the demo needs the webrtc extra (pip install 'socker-steps[webrtc]'): {exc}"
-        ) from None
+    if not {"-h", "--help"} & set(ns.demo_args):
+        _require("aiortc")  # checked here, before a child process can fail on it
+    from . import demo
+
     return int(demo.main(list(ns.demo_args)))
 
 
 # -- parser ----------------------------------------------------------------------------
 
 
+def _exit_table() -> str:
+    rows = (
+        textwrap.fill(meaning, 79, initial_indent=f"  {code:>3}  ", subsequent_indent=" " * 7)
+        for code, meaning in EXIT_STATUSES.items()
+    )
+    return "exit statuses:\n" + "\n".join(rows)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
+    """The argument parser of the `socker` command."""
+    parser = _Parser(
+        prog="socker",
+        description=(
+            "Ordered step chains over binary websockets "
+            f"(the {DISTRIBUTION} distribution, version {__version__})."
+        ),
+        epilog=_exit_table(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    # -v counts before the command (dest verbose) and after it (dest sub_verbose):
+    # two dests, so neither parser's default can overwrite the other's count.
+    parser.add_argument(
         "-v",
         "--verbose",
         action="count",
-        default=argparse.SUPPRESS,
-        help="log to stderr: -v open/close (INFO), -vv every step (DEBUG)",
+        default=0,
+        help="log to stderr: -v open/close (INFO), -vv every step (DEBUG) and tracebacks",
     )
-    parser = argparse.ArgumentParser(
-        prog="socker",
-        description="Ordered step chains over binary websockets.",
-        parents=[common],
-        epilog=(
-            "connect exits 0 when the flow completes or the server closes with 1000, "
-            "1 for any other close code, 2 for usage errors, 3 when the handshake "
-            "fails, 4 when the server cannot be reached (serve: cannot listen)."
-        ),
-    )
-    parser.set_defaults(verbose=0)
+    parser.add_argument("--version", action="version", version=f"socker {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def driver_flags(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--driver", choices=DRIVERS, default="anyio", help="default anyio")
-        sub.add_argument(
+    def sub(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        command: argparse.ArgumentParser = commands.add_parser(name, **kwargs)
+        command.add_argument(
+            "-v", "--verbose", action="count", default=0, dest="sub_verbose", help="as socker -v"
+        )
+        return command
+
+    def driver_flags(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--driver", choices=DRIVERS, default="anyio", help="default anyio")
+        command.add_argument(
             "--backend", choices=list(BACKENDS), default=None, help="anyio backend (asyncio)"
         )
 
-    serve = commands.add_parser(
-        "serve", parents=[common], help="serve a Flow (or mapping path -> Flow)"
-    )
+    serve = sub("serve", help="serve a Flow (or mapping path -> Flow)")
     serve.add_argument("target", metavar="MODULE:ATTR")
     serve.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")
-    serve.add_argument("--port", type=int, default=8765, help="default 8765; 0 picks one")
+    serve.add_argument("--port", type=_port, default=8765, help="default 8765; 0 picks one")
     serve.add_argument("--ssl-certfile", default=None, help="serve wss:// with this certificate")
     serve.add_argument("--ssl-keyfile", default=None)
     driver_flags(serve)
     _add_option_flags(serve, client=False)
     serve.set_defaults(func=cmd_serve)
 
-    connect = commands.add_parser("connect", parents=[common], help="run a client Flow")
+    connect = sub("connect", help="run a client Flow; one summary line when it ends")
     connect.add_argument("url", metavar="URL")
     connect.add_argument("target", metavar="MODULE:ATTR")
     connect.add_argument("--origin", default=None, help="the Origin header to send")
@@ -428,33 +546,75 @@ def build_parser() -> argparse.ArgumentParser:
     _add_option_flags(connect, client=True)
     connect.set_defaults(func=cmd_connect)
 
-    graph = commands.add_parser("graph", parents=[common], help="print a Flow as Mermaid")
+    graph = sub("graph", help="print a Flow as Mermaid")
     graph.add_argument("target", metavar="MODULE:ATTR")
     graph.set_defaults(func=cmd_graph)
 
     demo = commands.add_parser(
-        "demo", help="run the WebRTC game demo (socker demo --help for its options)", add_help=False
+        "demo",
+        help="run the WebRTC game demo (extra webrtc; socker demo --help for its options)",
+        add_help=False,
     )
     demo.add_argument("demo_args", nargs=argparse.REMAINDER)
     demo.set_defaults(func=cmd_demo)
     return parser
 
 
+def _leading_verbosity(args: list[str]) -> tuple[int, int]:
+    """How many -v come before the command, and where the command starts."""
+    count = 0
+    for index, arg in enumerate(args):
+        if arg == "--verbose":
+            count += 1
+        elif len(arg) > 1 and arg.startswith("-") and set(arg[1:]) == {"v"}:
+            count += len(arg) - 1
+        else:
+            return count, index
+    return count, len(args)
+
+
+def _quiet_stdout() -> None:
+    """The reader of stdout went away: send the rest (and the exit flush) nowhere."""
+    with_devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(with_devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    finally:
+        os.close(with_devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `socker` command with `argv` (default `sys.argv[1:]`); return its exit
+    status. Usage errors raise SystemExit(2) after printing one line."""
     parser = build_parser()
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["demo"]:
+    verbose, command_at = _leading_verbosity(args)
+    if args[command_at : command_at + 1] == ["demo"]:
         # The demo has its own options: hand them over untouched.
-        ns = argparse.Namespace(func=cmd_demo, demo_args=args[1:], verbose=0)
+        ns = argparse.Namespace(func=cmd_demo, demo_args=args[command_at + 1 :], verbose=verbose)
     else:
         ns = parser.parse_args(args)
+        ns.verbose += getattr(ns, "sub_verbose", 0)
     level = {0: logging.WARNING, 1: logging.INFO}.get(ns.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("socker").setLevel(level)
+    tracebacks = ns.verbose >= 2
     try:
         status: int = ns.func(ns)
+        sys.stdout.flush()  # here, so a closed pipe is caught below and not at exit
     except CliError as exc:
+        if tracebacks:
+            traceback.print_exc()
         parser.exit(EXIT_USAGE, f"socker: error: {exc}\n")
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        _quiet_stdout()
+        return EXIT_BROKEN_PIPE
+    except Exception as exc:
+        if tracebacks:
+            traceback.print_exc()
+        _error(f"internal error: {type(exc).__name__}: {exc} (socker -vv shows the traceback)")
+        return EXIT_INTERNAL
     return status

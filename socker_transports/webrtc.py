@@ -118,15 +118,21 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import aioice.ice
-import aioice.mdns
-from aiortc import (
-    RTCConfiguration,
-    RTCDataChannel,
-    RTCPeerConnection,
-    RTCSessionDescription,
-)
-from aiortc.sdp import candidate_from_sdp
+try:
+    import aioice.ice
+    import aioice.mdns
+    from aiortc import (
+        RTCConfiguration,
+        RTCDataChannel,
+        RTCPeerConnection,
+        RTCSessionDescription,
+    )
+    from aiortc.sdp import candidate_from_sdp
+except ModuleNotFoundError as exc:  # one line that names the extra
+    raise ModuleNotFoundError(
+        "socker_transports.webrtc needs the webrtc extra: pip install 'socker-steps[webrtc]'",
+        name=exc.name,
+    ) from exc
 
 from socker_core import Close, Connection, Flow, Result, SockerError
 
