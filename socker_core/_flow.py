@@ -5,13 +5,23 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from ._codes import is_sendable_close_code
 from ._errors import FlowDefinitionError
 
 if TYPE_CHECKING:
+    # A default (PEP 696) keeps a bare `Flow` / `Connection` meaning `...[Any]`, so
+    # code written before the generics still type-checks unchanged. Only the type
+    # checker sees typing_extensions: at run time this module is stdlib-only.
+    from typing_extensions import TypeVar as _TypeVarWithDefault
+
     from ._stepper import Connection
+
+    StateT = _TypeVarWithDefault("StateT", default=Any)
+else:
+    StateT = TypeVar("StateT")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,14 +47,20 @@ class Close:
 
 #: What a handler may return: True advances, False/None stays.
 Result = bool | Goto | Close | None
+#: A step handler: `handler(conn, message)`, plain or `async def`, returning a `Result`.
 Handler = Callable[["Connection", bytes], Result | Awaitable[Result]]
+#: An `on_open` / `on_close` hook: `hook(conn)`, plain or `async def`.
 Hook = Callable[["Connection"], Close | Awaitable[Any] | None]
-H = TypeVar("H", bound=Handler)
-K = TypeVar("K", bound=Hook)
+# What a decorated handler or hook returns, kept so the decorators give back the
+# function's own return type.
+_R = TypeVar("_R", bound=Result | Awaitable[Result])
+_HookR = TypeVar("_HookR", bound=Close | Awaitable[Any] | None)
 
 
 @dataclass(frozen=True, slots=True)
 class Step:
+    """One step of a flow: its name, its handler and its timeout (seconds or None)."""
+
     name: str
     handler: Handler
     timeout: float | None
@@ -67,7 +83,7 @@ def _check_signature(func: Callable[..., Any], args: tuple[Any, ...], what: str)
         ) from None
 
 
-class Flow:
+class Flow(Generic[StateT]):
     """An ordered chain of steps. One Flow serves any number of connections.
 
     >>> flow = Flow("echo")
@@ -75,23 +91,50 @@ class Flow:
     ... def echo(conn, message):
     ...     conn.send(message)
     ...     return False  # stay: every message comes here
+
+    `state` is a factory (a class, or any callable with no arguments) that makes
+    each connection's `conn.state` on first use; the default makes a
+    `types.SimpleNamespace`. Giving one also tells a type checker what
+    `conn.state` is: `Flow("game", state=GameState)` is a `Flow[GameState]`,
+    whose handlers take a `Connection[GameState]`.
     """
 
-    def __init__(self, name: str = "flow", *, step_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        name: str = "flow",
+        *,
+        step_timeout: float | None = None,
+        state: Callable[[], StateT] | None = None,
+    ) -> None:
         self.name = name
         self.step_timeout = step_timeout
+        #: Makes a connection's `conn.state` the first time it is used.
+        self.state_factory: Callable[[], StateT] = (
+            state if state is not None else SimpleNamespace  # type: ignore[assignment]
+        )
         self._steps: list[Step] = []
         self._steps_view: tuple[Step, ...] | None = None  # shared by every Stepper
         self._index: dict[str, int] = {}
+        #: `on_open` hooks, in the order they were added.
         self.open_hooks: list[Hook] = []
+        #: `on_close` hooks, in the order they were added.
         self.close_hooks: list[Hook] = []
 
     # -- definition ---------------------------------------------------------
 
     def add(
-        self, handler: Handler, *, name: str | None = None, timeout: float | None = None
+        self,
+        handler: Callable[[Connection[StateT], bytes], Result | Awaitable[Result]],
+        *,
+        name: str | None = None,
+        timeout: float | None = None,
     ) -> Step:
-        """Append a step (the original's `connection.Add(handler)`)."""
+        """Append a step (the original's `connection.Add(handler)`).
+
+        `name` defaults to the handler's `__name__`; `timeout` (seconds, default the
+        flow's `step_timeout`) closes the connection with 4408 if the step is not
+        left in time. Raises `FlowDefinitionError` for a duplicate name, a handler
+        that cannot take `(conn, message)` or a non-positive timeout."""
         _check_signature(handler, (None, b""), "step handler")
         step_name = name if name is not None else getattr(handler, "__name__", None)
         if not step_name or step_name == "<lambda>":
@@ -110,11 +153,15 @@ class Flow:
         return step
 
     @overload
-    def step(self, handler: H, /) -> H: ...
+    def step(
+        self, handler: Callable[[Connection[StateT], bytes], _R], /
+    ) -> Callable[[Connection[StateT], bytes], _R]: ...
     @overload
     def step(
         self, *, name: str | None = None, timeout: float | None = None
-    ) -> Callable[[H], H]: ...
+    ) -> Callable[
+        [Callable[[Connection[StateT], bytes], _R]], Callable[[Connection[StateT], bytes], _R]
+    ]: ...
 
     def step(
         self, handler: Any = None, *, name: str | None = None, timeout: float | None = None
@@ -127,13 +174,17 @@ class Flow:
 
         return register(handler) if handler is not None else register
 
-    def on_open(self, hook: K) -> K:
+    def on_open(
+        self, hook: Callable[[Connection[StateT]], _HookR]
+    ) -> Callable[[Connection[StateT]], _HookR]:
         """Run `hook(conn)` once when the connection opens (lets a server speak first)."""
         _check_signature(hook, (None,), "on_open hook")
         self.open_hooks.append(hook)
         return hook
 
-    def on_close(self, hook: K) -> K:
+    def on_close(
+        self, hook: Callable[[Connection[StateT]], _HookR]
+    ) -> Callable[[Connection[StateT]], _HookR]:
         """Run `hook(conn)` exactly once when an opened connection ends, whatever the cause."""
         _check_signature(hook, (None,), "on_close hook")
         self.close_hooks.append(hook)
@@ -150,6 +201,7 @@ class Flow:
         return view
 
     def index_of(self, name: str) -> int | None:
+        """The position of the step called `name`, or None."""
         return self._index.get(name)
 
     def validate(self) -> None:

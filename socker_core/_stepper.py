@@ -7,8 +7,7 @@ from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from itertools import count
-from types import SimpleNamespace
-from typing import Any
+from typing import Any, Generic
 
 from ._codes import CloseCode, is_sendable_close_code
 from ._errors import (
@@ -28,7 +27,7 @@ from ._events import (
     Send,
     StepChanged,
 )
-from ._flow import Close, Flow, Goto, Step
+from ._flow import Close, Flow, Goto, StateT, Step
 from ._state import CALLS, IGNORE, TRANSITIONS, Happening, State
 
 #: Default number of messages that may wait while an async handler is pending.
@@ -45,27 +44,33 @@ _BYTES_LIKE = (bytes, bytearray, memoryview)
 _next_default_id = count(1).__next__
 
 
-class Connection:
-    """The per-connection context every handler and hook receives as `conn`."""
+class Connection(Generic[StateT]):
+    """The per-connection context every handler and hook receives as `conn`.
+
+    Generic over the type of `conn.state` (`Connection[GameState]` for a
+    `Flow("game", state=GameState)`); a bare `Connection` is `Connection[Any]`.
+    The parameter exists only for the type checker: it costs nothing at run time.
+    """
 
     __slots__ = ("__weakref__", "_state", "_stepper", "flow")
 
-    def __init__(self, stepper: Stepper, flow: Flow) -> None:
+    def __init__(self, stepper: Stepper[StateT], flow: Flow[StateT]) -> None:
         self._stepper = stepper
+        #: The flow this connection runs.
         self.flow = flow
         self._state: Any = None  # made on first use: most connections never need one
 
     @property
-    def state(self) -> Any:
-        """A namespace (`types.SimpleNamespace`) for the application's own
-        per-connection objects."""
+    def state(self) -> StateT:
+        """The application's own per-connection objects: made on first use by the
+        flow's `state` factory (a `types.SimpleNamespace` by default)."""
         state = self._state
         if state is None:
-            state = self._state = SimpleNamespace()
-        return state
+            state = self._state = self.flow.state_factory()
+        return state  # type: ignore[no-any-return]
 
     @state.setter
-    def state(self, value: Any) -> None:
+    def state(self, value: StateT) -> None:
         self._state = value
 
     def send(self, data: bytes) -> None:
@@ -100,14 +105,17 @@ class Connection:
 
     @property
     def is_open(self) -> bool:
+        """True while the connection is open (also while an async handler runs)."""
         return self._stepper.phase in (State.OPEN, State.AWAITING)
 
     @property
     def close_code(self) -> int | None:
+        """The close code once the connection is closing or closed, else None."""
         return self._stepper.close_code
 
     @property
     def close_reason(self) -> str:
+        """The close reason once the connection is closing or closed, else ''."""
         return self._stepper.close_reason
 
     def __repr__(self) -> str:
@@ -117,7 +125,7 @@ class Connection:
         )
 
 
-class Stepper:
+class Stepper(Generic[StateT]):
     """One connection's state machine: pure, deterministic, no I/O, no clock.
 
     Every public call takes `now` (seconds, any monotonic origin) and returns the
@@ -152,7 +160,7 @@ class Stepper:
     )
 
     def __init__(
-        self, flow: Flow, *, max_queue: int = DEFAULT_MAX_QUEUE, id: str | None = None
+        self, flow: Flow[StateT], *, max_queue: int = DEFAULT_MAX_QUEUE, id: str | None = None
     ) -> None:
         flow.validate()
         if max_queue < 1:
@@ -163,7 +171,7 @@ class Stepper:
         self.id: str = id if id is not None else f"c{_next_default_id()}"
         self.flow = flow
         self.max_queue = max_queue
-        self.conn = Connection(self, flow)
+        self.conn: Connection[StateT] = Connection(self, flow)
         #: Called (no arguments) whenever events land in the outbox outside a call.
         self.wakeup: Callable[[], None] | None = None
         #: A re-entrant context manager (a driver's lock) that `conn.send` and

@@ -47,6 +47,7 @@ import logging
 import math
 import socket
 import ssl as ssl_module
+import sys
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
@@ -78,9 +79,16 @@ from .wire import (
     HandshakeHook,
     HttpHandler,
     Options,
+    OptionsDict,
     Wire,
     format_host,
 )
+
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+else:  # a dependency on 3.10 only
+    from typing_extensions import Unpack
+
 
 logger = logging.getLogger("socker")
 
@@ -488,7 +496,7 @@ def serve(
     ssl: ssl_module.SSLContext | None = None,
     handshake_hook: HandshakeHook | None = None,
     http_handler: HttpHandler | None = None,
-    **options: Any,
+    **options: Unpack[OptionsDict],
 ) -> Server:
     """A websocket server for `routes` (one Flow, or a mapping path -> Flow: 404
     for other paths). Use as `async with serve(...) as server:`; port 0 picks a
@@ -719,7 +727,7 @@ def connect(
     ssl: ssl_module.SSLContext | None = None,
     origin: str | None = None,
     headers: Sequence[tuple[str, str]] = (),
-    **options: Any,
+    **options: Unpack[OptionsDict],
 ) -> Client:
     """Connect to `url` (ws:// or wss://) and run `flow` on the connection.
     Use as `async with connect(...) as client:`."""
@@ -733,7 +741,7 @@ async def run_client(
     ssl: ssl_module.SSLContext | None = None,
     origin: str | None = None,
     headers: Sequence[tuple[str, str]] = (),
-    **options: Any,
+    **options: Unpack[OptionsDict],
 ) -> CloseResult:
     """Connect, run `flow` to its end, and return how the connection ended.
 

@@ -98,11 +98,18 @@ from .wire import (
     HttpHandler,
     Opened,
     Options,
+    OptionsDict,
     Phase,
     Wire,
     WireEvent,
     format_host,
 )
+
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+else:  # a dependency on 3.10 only
+    from typing_extensions import Unpack
+
 
 logger = logging.getLogger("socker")
 
@@ -970,7 +977,7 @@ def serve(
     handshake_hook: HandshakeHook | None = None,
     http_handler: HttpHandler | None = None,
     backlog: int = socket.SOMAXCONN,
-    **options: Any,
+    **options: Unpack[OptionsDict],
 ) -> Server:
     """Listen on `host:port` (0: an ephemeral port) and serve `routes` (one Flow for
     every path, or a mapping of path to Flow) until `Server.shutdown()`.
@@ -1087,7 +1094,7 @@ def connect(
     ssl: ssl_module.SSLContext | None = None,
     origin: str | None = None,
     headers: Sequence[tuple[str, str]] = (),
-    **options: Any,
+    **options: Unpack[OptionsDict],
 ) -> ClientConnection:
     """Connect to `url` (ws:// or wss://) and run `flow` on a background thread.
 
@@ -1152,7 +1159,15 @@ def connect(
     return ClientConnection(link)
 
 
-def run_client(url: str, flow: Flow, **kw: Any) -> CloseResult:
+def run_client(
+    url: str,
+    flow: Flow,
+    *,
+    ssl: ssl_module.SSLContext | None = None,
+    origin: str | None = None,
+    headers: Sequence[tuple[str, str]] = (),
+    **options: Unpack[OptionsDict],
+) -> CloseResult:
     """Connect to `url`, run `flow` to its end and return how the connection ended.
 
     Keywords are those of `connect`. A rejected handshake is a result
@@ -1160,7 +1175,7 @@ def run_client(url: str, flow: Flow, **kw: Any) -> CloseResult:
     raises OSError.
     """
     try:
-        client = connect(url, flow, **kw)
+        client = connect(url, flow, ssl=ssl, origin=origin, headers=headers, **options)
     except HandshakeError as exc:
         return exc.result
     with client:

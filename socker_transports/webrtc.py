@@ -113,10 +113,11 @@ import inspect
 import ipaddress
 import json
 import logging
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 try:
     import aioice.ice
@@ -136,6 +137,11 @@ except ModuleNotFoundError as exc:  # one line that names the extra
 
 from socker_core import Close, Connection, Flow, Result, SockerError
 
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+else:  # a dependency on 3.10 only
+    from typing_extensions import Unpack
+
 __all__ = [
     "CHANNEL_TIMEOUT",
     "SIGNALING_ERROR",
@@ -143,6 +149,8 @@ __all__ = [
     "Answerer",
     "ChannelCallback",
     "Offerer",
+    "OffererOptions",
+    "RoleOptions",
     "Session",
     "Signal",
     "SignalingError",
@@ -177,6 +185,28 @@ _LOOPBACK = frozenset({"127.0.0.1", "::1"})
 
 ChannelCallback = Callable[[Connection, RTCDataChannel], "Awaitable[Any] | None"]
 ConfigurationFactory = Callable[[], RTCConfiguration]
+
+
+class RoleOptions(TypedDict, total=False):
+    """Keywords every installer takes (both sides). See `server_offers` for each;
+    they mirror `Answerer`'s keyword parameters (tests/typing checks it)."""
+
+    open_timeout: float
+    step_timeout: float | None
+    on_channel: ChannelCallback | None
+    configuration: ConfigurationFactory | None
+    step_prefix: str
+
+
+class OffererOptions(RoleOptions, total=False):
+    """The keywords of the offering side's installers (`server_offers`,
+    `client_offers`): `RoleOptions` plus the data channel's own settings."""
+
+    label: str
+    ordered: bool
+    max_retransmits: int | None
+    max_packet_life_time: int | None
+    protocol: str
 
 
 class SignalingError(SockerError):
@@ -528,7 +558,7 @@ class Offerer(_Role):
         max_retransmits: int | None = None,
         max_packet_life_time: int | None = None,
         protocol: str = "",
-        **options: Any,
+        **options: Unpack[RoleOptions],
     ) -> None:
         super().__init__(**options)
         if max_retransmits is not None and max_packet_life_time is not None:
@@ -656,7 +686,7 @@ class Answerer(_Role):
 # -- installers: the four sides of the two directions -------------------------------
 
 
-def server_offers(flow: Flow, **options: Any) -> Offerer:
+def server_offers(flow: Flow, **options: Unpack[OffererOptions]) -> Offerer:
     """Server side, server offers: adds ``webrtc-offer`` (waits for `hello`, sends the
     offer) and ``webrtc-connect`` (answer; advances when the channel opens).
 
@@ -670,7 +700,7 @@ def server_offers(flow: Flow, **options: Any) -> Offerer:
     return offerer
 
 
-def client_answers(flow: Flow, **options: Any) -> Answerer:
+def client_answers(flow: Flow, **options: Unpack[RoleOptions]) -> Answerer:
     """Client side, server offers: adds ``webrtc-connect`` (offer -> answer; advances
     when the channel opens). An earlier step of yours sends `hello()`."""
     answerer = Answerer(**options)
@@ -678,7 +708,7 @@ def client_answers(flow: Flow, **options: Any) -> Answerer:
     return answerer
 
 
-def client_offers(flow: Flow, **options: Any) -> Offerer:
+def client_offers(flow: Flow, **options: Unpack[OffererOptions]) -> Offerer:
     """Client side, client offers: sends the offer from an ``on_open`` hook and adds
     ``webrtc-connect`` (answer; advances when the channel opens)."""
     offerer = Offerer(**options)
@@ -686,7 +716,7 @@ def client_offers(flow: Flow, **options: Any) -> Offerer:
     return offerer
 
 
-def server_answers(flow: Flow, **options: Any) -> Answerer:
+def server_answers(flow: Flow, **options: Unpack[RoleOptions]) -> Answerer:
     """Server side, client offers: adds ``webrtc-connect``, which stays while it handles
     the offer and candidates and advances when the channel opens."""
     answerer = Answerer(**options)

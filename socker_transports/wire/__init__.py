@@ -39,6 +39,7 @@ from .options import (
     SHUTDOWN_CODE,
     SHUTDOWN_REASON,
     Options,
+    OptionsDict,
 )
 from .target import ClientTarget, format_host
 
@@ -59,6 +60,7 @@ __all__ = [
     "HttpResponse",
     "Opened",
     "Options",
+    "OptionsDict",
     "Phase",
     "Reject",
     "Wire",

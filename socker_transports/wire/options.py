@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypedDict
 
 from socker_core import LocalProtocolError
 from socker_core._codes import CloseCode
@@ -80,6 +81,30 @@ class Options:
         for protocol in self.subprotocols:
             if not protocol or not protocol.isascii() or any(c in protocol for c in ", \r\n"):
                 raise LocalProtocolError(f"invalid subprotocol {protocol!r}")
+
+
+class OptionsDict(TypedDict, total=False):
+    """The `Options` fields as keyword arguments, for the type checker.
+
+    Drivers declare `**options: Unpack[OptionsDict]`, so `serve(flow, max_sise=1)`
+    fails `mypy --strict` instead of failing at run time. Every field of `Options`
+    must be here with the same type (tests/typing/test_options_sync.py checks):
+    a branch that adds an `Options` field adds it here too.
+    """
+
+    max_size: int | None
+    max_queue: int
+    open_timeout: float | None
+    close_timeout: float | None
+    ping_interval: float | None
+    ping_timeout: float | None
+    max_line: int
+    max_headers: int
+    origins: Sequence[str | None] | None
+    subprotocols: Sequence[str]
+    accept_text: bool
+    write_limit: int
+    max_send_buffer: int
 
 
 #: The Options used when none are given (frozen, so one instance serves every wire).
