@@ -1179,7 +1179,7 @@ def fuzz_flow(
         ) from exc
 
     flow.validate()
-    timeouts = sorted({s.timeout for s in flow.steps if s.timeout is not None})
+    timeouts = sorted({float(s.timeout) for s in flow.steps if s.timeout is not None})
     interesting = [0.0, 1e-9, 1.0, 1e9]
     for t in timeouts:
         interesting += [t, max(t - 1e-6, 0.0), t + 1e-6]
