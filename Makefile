@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install browser node-deps lint typecheck pytest bench fuzz clean
+.PHONY: demo test install browser node-deps lint typecheck pytest docs docs-strict bench fuzz clean
 
 install: $(STAMP)
 
@@ -38,13 +38,22 @@ typecheck: $(STAMP)
 pytest: $(STAMP) browser node-deps
 	tools/loopback-only $(BIN)/python -m pytest
 
-test: lint typecheck pytest
+# The documentation site (MkDocs + mkdocstrings, extra `docs`) in site/. make test
+# builds it with warnings as errors, so a broken reference or table fails CI.
+export NO_MKDOCS_2_WARNING := 1
+docs: $(STAMP)
+	$(BIN)/mkdocs build
+
+docs-strict: $(STAMP)
+	$(BIN)/mkdocs build --strict
+
+test: lint typecheck docs-strict pytest
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis site
 
 # Long fuzzing runs (atheris, extra `fuzz`): FUZZ_SECONDS per harness, corpus kept in fuzz/corpus.
 FUZZ_SECONDS ?= 1800

@@ -10,6 +10,8 @@ from enum import Enum
 
 
 class State(Enum):
+    """The phase of a Stepper: idle, open, awaiting an async handler, closing, closed."""
+
     IDLE = "idle"  # created, `open` not called yet
     OPEN = "open"  # waiting for the next message
     AWAITING = "awaiting"  # an async handler or hook is pending; messages queue

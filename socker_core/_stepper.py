@@ -200,14 +200,17 @@ class Stepper(Generic[StateT]):
 
     @property
     def phase(self) -> State:
+        """The current phase (`State`)."""
         return self._phase
 
     @property
     def step(self) -> str:
+        """The current step's name."""
         return self._steps[self._index].name
 
     @property
     def step_index(self) -> int:
+        """The current step's position in the flow (0-based)."""
         return self._index
 
     @property
@@ -220,6 +223,7 @@ class Stepper(Generic[StateT]):
 
     @property
     def queued(self) -> int:
+        """How many messages wait for a pending async handler."""
         queue = self._queue
         return 0 if queue is None else len(queue)
 
@@ -230,14 +234,17 @@ class Stepper(Generic[StateT]):
 
     @property
     def close_code(self) -> int | None:
+        """The close code once closing or closed, else None."""
         return self._close_code
 
     @property
     def close_reason(self) -> str:
+        """The close reason once closing or closed, else ''."""
         return self._close_reason
 
     @property
     def is_closed(self) -> bool:
+        """True once `transport_closed` ended the connection."""
         return self._phase is State.CLOSED
 
     def pending_events(self) -> list[Event]:

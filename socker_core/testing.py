@@ -166,6 +166,7 @@ class Entry:
     step: str = ""
 
     def describe(self, markdown: bool = False) -> str:
+        """This entry as one line of text (`markdown=True`: with code spans)."""
         return _describe(self, markdown)
 
     def __str__(self) -> str:
@@ -193,25 +194,31 @@ class Transcript(list[Entry]):
         self.outcome = "running"
 
     def stepper(self, side: Side) -> Stepper:
+        """The Stepper of `side` ("server" or "client")."""
         return self.server if side == SERVER else self.client
 
     # -- queries -------------------------------------------------------------
 
     def entries(self, side: Side | None = None, kind: str | None = None) -> list[Entry]:
+        """The entries of `side` (both when None) and `kind` (all when None)."""
         return [
             e for e in self if (side is None or e.side == side) and (kind is None or e.kind == kind)
         ]
 
     def sent(self, side: Side) -> list[bytes]:
+        """The messages `side` sent, in order."""
         return [e.payload for e in self.entries(side, "send") if isinstance(e.payload, bytes)]
 
     def received(self, side: Side) -> list[bytes]:
+        """The messages `side` received, in order."""
         return [e.payload for e in self.entries(side, "recv") if isinstance(e.payload, bytes)]
 
     def steps(self, side: Side) -> list[str]:
+        """The steps `side` entered, in order."""
         return [str(e.payload) for e in self.entries(side, "step")]
 
     def failures(self, side: Side | None = None) -> list[BaseException]:
+        """The exceptions handlers raised on `side` (both when None)."""
         return [
             e.payload for e in self.entries(side, "failed") if isinstance(e.payload, BaseException)
         ]
@@ -225,20 +232,24 @@ class Transcript(list[Entry]):
 
     @property
     def server_code(self) -> int | None:
+        """The server's close code, or None if it did not close."""
         close = self.close_of(SERVER)
         return None if close is None else close[0]
 
     @property
     def client_code(self) -> int | None:
+        """The client's close code, or None if it did not close."""
         close = self.close_of(CLIENT)
         return None if close is None else close[0]
 
     @property
     def closed(self) -> bool:
+        """True when both sides ended."""
         return self.outcome == "closed"
 
     @property
     def stalled(self) -> bool:
+        """True when both sides were left waiting for a message."""
         return self.outcome == "stalled"
 
     # -- rendering -----------------------------------------------------------

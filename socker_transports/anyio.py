@@ -162,6 +162,7 @@ class Server:
 
     @property
     def url(self) -> str:
+        """The ws:// (or wss://) URL the server listens on."""
         scheme = "wss" if self.ssl is not None else "ws"
         return f"{scheme}://{format_host(self.host)}:{self.port}"
 
@@ -184,6 +185,7 @@ class Server:
             self._accepting.cancel()
 
     async def wait_closed(self) -> None:
+        """Wait until the server has stopped and every connection ended."""
         await self._stopped_event().wait()
 
     async def shutdown(self) -> None:
@@ -560,10 +562,12 @@ class Client:
 
     @property
     def wire(self) -> Wire:
+        """The connection's `Wire` (sans-I/O protocol state)."""
         return self._live().wire
 
     @property
     def subprotocol(self) -> str | None:
+        """The subprotocol the server chose, or None."""
         return self._live().wire.subprotocol
 
     def send(self, data: bytes) -> None:

@@ -223,6 +223,7 @@ class _TargetFailed(CliError):
 
 
 def load_flow(spec: str) -> Flow:
+    """Import MODULE:ATTR and check it is a Flow (CliError otherwise)."""
     obj = load_target(spec)
     if not isinstance(obj, Flow):
         raise CliError(f"{spec} is a {type(obj).__name__}, not a socker Flow")
@@ -230,6 +231,7 @@ def load_flow(spec: str) -> Flow:
 
 
 def load_routes(spec: str) -> Flow | Mapping[str, Flow]:
+    """Import MODULE:ATTR: a Flow, or a mapping of path to Flow (CliError otherwise)."""
     obj = load_target(spec)
     if isinstance(obj, Flow):
         return obj
@@ -298,6 +300,7 @@ def _checked_options(ns: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_serve(ns: argparse.Namespace) -> int:
+    """`socker serve`: serve until SIGINT/SIGTERM; return the exit status."""
     routes = load_routes(ns.target)
     options = _checked_options(ns)
     ssl = _server_ssl(ns)
@@ -395,6 +398,7 @@ def _serve_threaded(
 
 
 def cmd_connect(ns: argparse.Namespace) -> int:
+    """`socker connect`: run a client flow once; return the exit status."""
     try:
         target = ClientTarget.parse(ns.url)
     except ValueError as exc:
@@ -459,6 +463,7 @@ def _error(message: str) -> None:
 
 
 def cmd_graph(ns: argparse.Namespace) -> int:
+    """`socker graph`: print the flow (or each routed flow) as a Mermaid diagram."""
     routes = load_routes(ns.target)
     if isinstance(routes, Flow):
         print(routes.mermaid())

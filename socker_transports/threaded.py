@@ -814,10 +814,12 @@ class Server:
 
     @property
     def url(self) -> str:
+        """The ws:// (or wss://) URL the server listens on."""
         scheme = "wss" if self.ssl is not None else "ws"
         return f"{scheme}://{format_host(self.host)}:{self.port}"
 
     def active_connections(self) -> int:
+        """How many connections are open now."""
         with self._lock:
             return len(self._links)
 
@@ -1024,10 +1026,12 @@ class ClientConnection:
 
     @property
     def wire(self) -> Wire:
+        """The connection's `Wire` (sans-I/O protocol state)."""
         return self._link.wire
 
     @property
     def subprotocol(self) -> str | None:
+        """The subprotocol the server chose, or None."""
         return self._link.wire.subprotocol
 
     @property

@@ -379,6 +379,7 @@ class Session:
 
     @property
     def is_open(self) -> bool:
+        """True while the data channel is open."""
         return self.channel is not None and self.channel.readyState == "open"
 
     def _fail(self, why: str) -> None:

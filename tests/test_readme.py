@@ -55,6 +55,13 @@ def python_blocks(text: str) -> list[Block]:
     return blocks
 
 
+def check_servers_bind_loopback_port_0(block: Block) -> None:
+    """A block that starts a server binds 127.0.0.1 on port 0 (no fixed port, no
+    other interface), so it can run anywhere, any number of times at once."""
+    for call in re.finditer(r"\bserve\(([^)]*)\)", block.code):
+        assert '"127.0.0.1", 0' in call.group(1), f"line {block.line}: bind 127.0.0.1 port 0"
+
+
 BLOCKS = python_blocks(README.read_text())
 
 
@@ -67,8 +74,7 @@ def test_the_readme_has_python_blocks_and_few_fragments() -> None:
     "block", [b for b in BLOCKS if not b.fragment], ids=lambda b: f"README.md:{b.line}"
 )
 def test_block_runs(block: Block, tmp_path: Path) -> None:
-    for call in re.finditer(r"\bserve\(([^)]*)\)", block.code):
-        assert '"127.0.0.1", 0' in call.group(1), f"line {block.line}: bind 127.0.0.1 port 0"
+    check_servers_bind_loopback_port_0(block)
     done = subprocess.run(
         [sys.executable, "-c", block.code],
         cwd=tmp_path,

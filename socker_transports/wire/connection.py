@@ -133,10 +133,12 @@ class Wire(_HandshakePhase):
 
     @property
     def phase(self) -> Phase:
+        """The connection's phase (`Phase`): handshake, hook, open, closing, closed."""
         return self._phase
 
     @property
     def is_open(self) -> bool:
+        """True once the opening handshake succeeded and until closing starts."""
         return self._phase is Phase.OPEN
 
     @property
@@ -179,6 +181,7 @@ class Wire(_HandshakePhase):
 
     @property
     def result(self) -> CloseResult:
+        """How the connection ended so far, as a `CloseResult`."""
         return CloseResult(self.close_code, self.close_reason, self.handshake_status)
 
     @property

@@ -50,6 +50,7 @@ class HandshakeError(SockerError):
 
     @property
     def status(self) -> int:
+        """The HTTP status the server answered (0 when there was no answer)."""
         return self.result.handshake_status
 
 
@@ -93,6 +94,8 @@ WireEvent = (
 
 
 class Phase(Enum):
+    """The phase of a `Wire`: handshake, hook (an async hook runs), open, closing, closed."""
+
     HANDSHAKE = "handshake"
     HOOK = "hook"  # waiting for an async handshake hook
     OPEN = "open"

@@ -23,6 +23,7 @@ class ClientTarget:
 
     @classmethod
     def parse(cls, url: str) -> ClientTarget:
+        """Split a ws:// or wss:// URL; ValueError for any other scheme or no host."""
         parts = urlsplit(url)
         if parts.scheme not in ("ws", "wss"):
             raise ValueError(f"not a websocket URL (ws:// or wss://): {url!r}")
