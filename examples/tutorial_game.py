@@ -22,6 +22,7 @@ from socker_transports.anyio import run_client, serve
 
 # --8<-- [start:state]
 SIZE = 16  # the map is SIZE x SIZE squares
+MOVES = {b"n": (0, -1), b"s": (0, 1), b"e": (1, 0), b"w": (-1, 0)}
 
 
 @dataclass
@@ -59,7 +60,7 @@ def join(conn: Connection[Player], message: bytes) -> Result:
 def play(conn: Connection[Player], message: bytes) -> Result:
     if message == b"quit":
         return True  # past the last step: the flow completes, close 1000
-    step = {b"n": (0, -1), b"s": (0, 1), b"e": (1, 0), b"w": (-1, 0)}.get(message)
+    step = MOVES.get(message)
     if step is None:
         return False  # stay: an unknown command is ignored
     player = conn.state

@@ -86,11 +86,12 @@ def _check_signature(func: Callable[..., Any], args: tuple[Any, ...], what: str)
 class Flow(Generic[StateT]):
     """An ordered chain of steps. One Flow serves any number of connections.
 
-    >>> flow = Flow("echo")
-    >>> @flow.step
-    ... def echo(conn, message):
-    ...     conn.send(message)
-    ...     return False  # stay: every message comes here
+    Examples:
+        >>> flow = Flow("echo")
+        >>> @flow.step
+        ... def echo(conn, message):
+        ...     conn.send(message)
+        ...     return False  # stay: every message comes here
 
     `state` is a factory (a class, or any callable with no arguments) that makes
     each connection's `conn.state` on first use; the default makes a
