@@ -306,3 +306,12 @@ def test_importing_webrtc_without_the_extra_names_it() -> None:
     assert done.stdout == (
         "socker_transports.webrtc needs the webrtc extra: pip install 'socker-steps[webrtc]'\n"
     )
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from socker_core import __version__
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out == f"socker {__version__}\n"
