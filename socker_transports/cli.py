@@ -565,6 +565,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _OneLineFormatter(logging.Formatter):
+    """Log records with an exception (a handler that raised, say) on one line,
+    `ExcType: message`; the traceback only at -vv."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not record.exc_info:
+            return super().format(record)
+        exc = record.exc_info[1]
+        plain = logging.makeLogRecord(
+            {**record.__dict__, "exc_info": None, "exc_text": None, "stack_info": None}
+        )
+        return f"{super().format(plain)}: {type(exc).__name__}: {exc} (-vv for the traceback)"
+
+
+def _configure_logging(verbose: int) -> None:
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    handler = logging.StreamHandler()
+    style = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    handler.setFormatter(logging.Formatter(style) if verbose >= 2 else _OneLineFormatter(style))
+    root = logging.getLogger()
+    if not root.handlers:  # as logging.basicConfig: a host that configured logging keeps it
+        root.addHandler(handler)
+        root.setLevel(level)
+    logging.getLogger("socker").setLevel(level)
+
+
 def _leading_verbosity(args: list[str]) -> tuple[int, int]:
     """How many -v come before the command, and where the command starts."""
     count = 0
@@ -601,9 +627,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         ns = parser.parse_args(args)
         ns.verbose += getattr(ns, "sub_verbose", 0)
-    level = {0: logging.WARNING, 1: logging.INFO}.get(ns.verbose, logging.DEBUG)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("socker").setLevel(level)
+    _configure_logging(ns.verbose)
     tracebacks = ns.verbose >= 2
     try:
         status: int = ns.func(ns)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import select
 import socket
 import subprocess
 import sys
@@ -315,3 +316,67 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         cli.main(["--version"])
     assert info.value.code == 0
     assert capsys.readouterr().out == f"socker {__version__}\n"
+
+
+def test_a_handler_that_raises_is_logged_on_one_line(tmp_path: Path) -> None:
+    """A bug in the user's handler is logged by `socker serve` as one line (the
+    connection closes with 1011); -vv shows the traceback."""
+    (tmp_path / "buggy.py").write_text(
+        textwrap.dedent(
+            """
+            from socker_core import Flow
+
+            flow = Flow("buggy")
+
+            @flow.step
+            def divide(conn, message):
+                return 1 / 0
+            """
+        )
+    )
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect as ws_connect
+
+    for verbosity, traceback_shown in (((), False), (("-vv",), True)):
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "socker_transports",
+                *verbosity,
+                "serve",
+                "buggy:flow",
+                "--port=0",
+            ],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert proc.stdout is not None
+            ready, _, _ = select.select([proc.stdout], [], [], deadline(15))
+            assert ready, "socker serve printed nothing in time"
+            line = proc.stdout.readline()
+            url = next(word for word in line.split() if word.startswith("ws://"))
+            with ws_connect(url, open_timeout=deadline(5)) as ws:
+                ws.send(b"x")
+                with pytest.raises(ConnectionClosed) as info:
+                    ws.recv(timeout=deadline(5))
+            assert info.value.rcvd is not None and info.value.rcvd.code == 1011
+            proc.terminate()
+            _, err = proc.communicate(timeout=deadline(15))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=deadline(5))
+        assert proc.returncode == 0, err
+        assert ("Traceback (most recent call last)" in err) is traceback_shown, err
+        if not traceback_shown:
+            [failure] = [line for line in err.splitlines() if "ZeroDivisionError" in line]
+            assert re.search(
+                r" ERROR socker: server 127\.0\.0\.1:\d+: divide raised: "
+                r"ZeroDivisionError: division by zero \(-vv for the traceback\)$",
+                failure,
+            ), failure
