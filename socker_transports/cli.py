@@ -101,7 +101,7 @@ def _require(module: str) -> None:
         raise CliError(problem)
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineErrorParser(argparse.ArgumentParser):
     """argparse, with every error on one line (argparse prints the usage first)."""
 
     def error(self, message: str) -> NoReturn:
@@ -498,7 +498,7 @@ def _exit_table() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `socker` command."""
-    parser = _Parser(
+    parser = OneLineErrorParser(
         prog="socker",
         description=(
             "Ordered step chains over binary websockets "

@@ -582,7 +582,9 @@ def _serve_main(host: str, port: int, scene_kib: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``socker demo``: run the game scenario end to end; ``--serve`` for the browser."""
-    parser = argparse.ArgumentParser(
+    from .cli import OneLineErrorParser, missing_extra
+
+    parser = OneLineErrorParser(
         prog="socker demo",
         description="The original socker README's game scenario, end to end on 127.0.0.1.",
     )
@@ -598,8 +600,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.scene_kib < 1:
         parser.error("--rounds and --scene-kib must be positive")
-    from .cli import missing_extra
-
     problem = missing_extra("aiortc")
     if problem is not None:  # before any child process could fail on it
         print(f"socker demo: error: {problem}", file=sys.stderr)

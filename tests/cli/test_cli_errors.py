@@ -148,6 +148,15 @@ def test_a_module_that_raises_is_one_line_and_vv_shows_the_traceback(
             "socker: error: --ssl-cafile needs a wss:// URL",
         ),
         (
+            ["demo", "--rounds", "0"],
+            "socker demo: error: --rounds and --scene-kib must be positive "
+            "(see socker demo --help)",
+        ),
+        (
+            ["-v", "demo", "--bogus"],
+            "socker demo: error: unrecognized arguments: --bogus (see socker demo --help)",
+        ),
+        (
             ["graph", "no_colon"],
             "socker: error: expected MODULE:ATTR (like game.flows:server), got 'no_colon'",
         ),
