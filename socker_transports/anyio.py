@@ -11,13 +11,13 @@ keeping time (`_anyio_session._StreamSession`). Either way async handlers and
 hooks run as tasks in the server's (or client's) task group, and leaving the
 `async with` block leaves no task behind.
 
-Server::
+Server:
 
     async with serve(flow, "127.0.0.1", 8765, max_size=2**16) as server:
         print(server.url)
         await server.serve_forever()   # until server.close() / shutdown()
 
-Client::
+Client:
 
     result = await run_client("ws://127.0.0.1:8765/", client_flow)
     # or, to send from outside the flow:
@@ -26,7 +26,8 @@ Client::
         result = await client.wait_closed()
 
 `**options` are exactly the fields of `wire.Options`, with the same defaults
-(a misspelt name raises TypeError, a bad value `LocalProtocolError`).
+(typed as `Unpack[wire.OptionsDict]`: a misspelt name fails `mypy --strict`, and
+raises TypeError at run time; a bad value raises `LocalProtocolError`).
 
 Threads: the driver, its handlers and `Connection.send` / `close` must be used
 from the event loop's thread (any task on it: broadcasting from another task is

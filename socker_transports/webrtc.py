@@ -8,7 +8,7 @@ directions the original socker supports:
   `hello()`; the server's ``webrtc-offer`` step creates the peer connection and
   data channel and sends an offer; the client's ``webrtc-connect`` step answers;
   the server's ``webrtc-connect`` step sets the remote description and advances
-  when the data channel opens. Then both sides are in their control steps::
+  when the data channel opens. Then both sides are in their control steps:
 
       server = Flow("game")
       server.on_open(send_scene)
@@ -30,7 +30,7 @@ Wire format, version 1
 
 Each signaling message is one *binary* websocket message holding a UTF-8 JSON
 object with ``"v": 1`` and a ``"type"`` (a browser builds it with
-``new TextEncoder().encode(JSON.stringify(obj))``)::
+``new TextEncoder().encode(JSON.stringify(obj))``):
 
     {"v": 1, "type": "hello"}                  the answering side is ready for an offer
     {"v": 1, "type": "offer",  "sdp": "v=0..."[, "trickle": true]}
