@@ -222,24 +222,34 @@ class _TargetFailed(CliError):
         super().__init__(f"importing {module!r} failed ({what}): {type(exc).__name__}: {exc}")
 
 
+def _validated(spec: str, flow: Flow) -> Flow:
+    try:
+        flow.validate()
+    except FlowDefinitionError as exc:
+        raise CliError(f"{spec} cannot run: {exc}") from None
+    return flow
+
+
 def load_flow(spec: str) -> Flow:
-    """Import MODULE:ATTR and check it is a Flow (CliError otherwise)."""
+    """Import MODULE:ATTR and check it is a Flow that can run (CliError otherwise)."""
     obj = load_target(spec)
     if not isinstance(obj, Flow):
         raise CliError(f"{spec} is a {type(obj).__name__}, not a socker Flow")
-    return obj
+    return _validated(spec, obj)
 
 
 def load_routes(spec: str) -> Flow | Mapping[str, Flow]:
     """Import MODULE:ATTR: a Flow, or a mapping of path to Flow (CliError otherwise)."""
     obj = load_target(spec)
     if isinstance(obj, Flow):
-        return obj
+        return _validated(spec, obj)
     if (
         isinstance(obj, Mapping)
         and obj
         and all(isinstance(k, str) and isinstance(v, Flow) for k, v in obj.items())
     ):
+        for path, flow in obj.items():
+            _validated(f"{spec}[{path!r}]", flow)
         return obj
     raise CliError(f"{spec} is a {type(obj).__name__}, not a Flow or a mapping path -> Flow")
 

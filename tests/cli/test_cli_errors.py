@@ -75,6 +75,9 @@ def user_modules(tmp_path: Path) -> Path:
         )
     )
     (tmp_path / "boom.py").write_text("flow = 1 / 0\n")
+    (tmp_path / "empty.py").write_text(
+        "from socker_core import Flow\n\nflow = Flow('empty')\nroutes = {'/a': flow}\n"
+    )
     return tmp_path
 
 
@@ -114,6 +117,30 @@ def test_a_module_that_raises_is_one_line_and_vv_shows_the_traceback(
     assert loud.stderr.endswith(
         "socker: error: importing 'boom' failed (it raised): ZeroDivisionError: division by zero\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["serve", "empty:flow"],
+            "socker: error: empty:flow cannot run: flow 'empty' has no steps",
+        ),
+        (
+            ["connect", "ws://127.0.0.1:1/", "empty:flow"],
+            "socker: error: empty:flow cannot run: flow 'empty' has no steps",
+        ),
+        (
+            ["serve", "empty:routes"],
+            "socker: error: empty:routes['/a'] cannot run: flow 'empty' has no steps",
+        ),
+    ],
+)
+def test_a_flow_that_cannot_run_is_a_usage_error(
+    args: list[str], line: str, user_modules: Path
+) -> None:
+    done = socker(*args, cwd=user_modules)
+    assert (done.returncode, done.stderr) == (cli.EXIT_USAGE, line + "\n")
 
 
 @pytest.mark.parametrize(
