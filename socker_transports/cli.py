@@ -121,12 +121,21 @@ def _port(text: str) -> int:
 # -- options ---------------------------------------------------------------------------
 
 
-def _int_or_none(text: str) -> int | None:
-    return None if text.lower() == "none" else int(text)
+def _number(convert: Callable[[str], Any], what: str, *, none: bool) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        if none and text.lower() == "none":
+            return None
+        try:
+            return convert(text)
+        except ValueError:
+            expected = f"{what} or 'none'" if none else what
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+    return parse
 
 
-def _float_or_none(text: str) -> float | None:
-    return None if text.lower() == "none" else float(text)
+_int_or_none = _number(int, "an integer", none=True)
+_float_or_none = _number(float, "a number of seconds", none=True)
 
 
 #: How each `Options` field is spelt on the command line: flag, argparse keywords.
@@ -142,7 +151,7 @@ _SPECIAL_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "accept_text": ("--accept-text", {"action": "store_true", "help": "accept text messages"}),
 }
 _TYPES: dict[str, Callable[[str], Any]] = {
-    "int": int,
+    "int": _number(int, "an integer", none=False),
     "int | None": _int_or_none,
     "float | None": _float_or_none,
 }
@@ -412,7 +421,8 @@ def cmd_connect(ns: argparse.Namespace) -> int:
     try:
         target = ClientTarget.parse(ns.url)
     except ValueError as exc:
-        raise CliError(str(exc)) from None
+        message = str(exc)
+        raise CliError(message if ns.url in message else f"bad URL {ns.url!r}: {message}") from None
     flow = load_flow(ns.target)
     options = _checked_options(ns)
     ssl = None

@@ -175,6 +175,20 @@ def test_a_flow_that_cannot_run_is_a_usage_error(
             "socker: error: --ssl-cafile needs a wss:// URL",
         ),
         (
+            ["serve", GAME_SERVER, "--max-size", "abc"],
+            "socker serve: error: argument --max-size: expected an integer or 'none', "
+            "got 'abc' (see socker serve --help)",
+        ),
+        (
+            ["serve", GAME_SERVER, "--max-queue", "many"],
+            "socker serve: error: argument --max-queue: expected an integer, got 'many' "
+            "(see socker serve --help)",
+        ),
+        (
+            ["connect", "ws://127.0.0.1:99999/", "tests.transports.flows:sink"],
+            "socker: error: bad URL 'ws://127.0.0.1:99999/': Port out of range 0-65535",
+        ),
+        (
             ["demo", "--rounds", "0"],
             "socker demo: error: --rounds and --scene-kib must be positive "
             "(see socker demo --help)",
