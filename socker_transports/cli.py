@@ -611,16 +611,23 @@ def _configure_logging(verbose: int) -> None:
     logging.getLogger("socker").setLevel(level)
 
 
+def _is_verbose_flag(arg: str) -> bool:
+    return arg == "--verbose" or (len(arg) > 1 and arg[0] == "-" and set(arg[1:]) == {"v"})
+
+
+def _verbose_count(arg: str) -> int:
+    if not _is_verbose_flag(arg):
+        return 0
+    return 1 if arg == "--verbose" else len(arg) - 1
+
+
 def _leading_verbosity(args: list[str]) -> tuple[int, int]:
     """How many -v come before the command, and where the command starts."""
     count = 0
     for index, arg in enumerate(args):
-        if arg == "--verbose":
-            count += 1
-        elif len(arg) > 1 and arg.startswith("-") and set(arg[1:]) == {"v"}:
-            count += len(arg) - 1
-        else:
+        if not _is_verbose_flag(arg):
             return count, index
+        count += _verbose_count(arg)
     return count, len(args)
 
 
@@ -642,8 +649,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     verbose, command_at = _leading_verbosity(args)
     if args[command_at : command_at + 1] == ["demo"]:
-        # The demo has its own options: hand them over untouched.
-        ns = argparse.Namespace(func=cmd_demo, demo_args=args[command_at + 1 :], verbose=verbose)
+        # The demo has its own options: hand them over, all but -v (counted here).
+        demo_args = [arg for arg in args[command_at + 1 :] if not _is_verbose_flag(arg)]
+        verbose += sum(_verbose_count(arg) for arg in args[command_at + 1 :])
+        ns = argparse.Namespace(func=cmd_demo, demo_args=demo_args, verbose=verbose)
     else:
         ns = parser.parse_args(args)
         ns.verbose += getattr(ns, "sub_verbose", 0)

@@ -198,6 +198,11 @@ def test_a_flow_that_cannot_run_is_a_usage_error(
             "socker demo: error: unrecognized arguments: --bogus (see socker demo --help)",
         ),
         (
+            ["demo", "-vv", "--rounds", "0"],  # -v after demo is socker's, not the demo's
+            "socker demo: error: --rounds and --scene-kib must be positive "
+            "(see socker demo --help)",
+        ),
+        (
             ["graph", "no_colon"],
             "socker: error: expected MODULE:ATTR (like game.flows:server), got 'no_colon'",
         ),
@@ -430,3 +435,11 @@ def test_a_handler_that_raises_is_logged_on_one_line(tmp_path: Path) -> None:
                 r"ZeroDivisionError: division by zero \(-vv for the traceback\)$",
                 failure,
             ), failure
+
+
+def test_v_after_demo_sets_the_level(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["demo", "-v", "--help"])
+    assert info.value.code == 0
+    assert logging.getLogger("socker").level == logging.INFO
+    assert capsys.readouterr().out.startswith("usage: socker demo")
