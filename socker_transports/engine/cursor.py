@@ -70,5 +70,10 @@ class RoomCursor:
             result.position.offset <= self.position.offset
         ):
             return []  # a stale answer: the cursor already moved past the gap
-        self.position = result.position
-        return [Resync(self.room, result.reason, result.position)]
+        if result.reason == "epoch-changed":
+            # Only the old numbering's tail is lost: go on from the start of the new
+            # epoch, so a fetch from there can still deliver everything in it.
+            self.position = StreamPosition(0, result.position.epoch)
+        else:
+            self.position = result.position
+        return [Resync(self.room, result.reason, self.position)]

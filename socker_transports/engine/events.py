@@ -45,7 +45,9 @@ class Publication:
 class Resync:
     """Delivered instead of silence: this worker missed publications of `room` that
     cannot be replayed. Members' state must be rebuilt by the application; delivery
-    goes on after `position` (the room's position when the gap was found)."""
+    goes on with the publications after `position`: the room's position when the gap
+    was found, or offset 0 of the new epoch after "epoch-changed" (then everything the
+    new numbering holds still arrives)."""
 
     room: str
     reason: ResyncReason

@@ -331,9 +331,13 @@ class RedisEngine:
 
     async def _reconcile(self, cursor: RoomCursor) -> None:
         """Deliver what history holds after the cursor (or a Resync)."""
-        result = await self.fetch_since(cursor.room, cursor.position)
-        if self._cursors.get(cursor.room) is cursor:
+        for _attempt in range(2):  # the second only after an epoch change
+            result = await self.fetch_since(cursor.room, cursor.position)
+            if self._cursors.get(cursor.room) is not cursor:
+                return  # unsubscribed meanwhile
             self._deliver(cursor.apply_fetch(result))
+            if not (isinstance(result, Unrecoverable) and result.reason == "epoch-changed"):
+                return
 
     def _deliver(self, events: Iterable[RoomEvent]) -> None:
         receiver = self._receiver
@@ -393,8 +397,9 @@ class RedisEngine:
                         for cursor in list(self._cursors.values()):
                             await self._reconcile(cursor)
                     delay = self.reconnect_delay[0]
-                    async for message in pubsub:
-                        if message["type"] == "message":
+                    while True:  # (iterating a PubSub stops while it has no channel)
+                        message = await pubsub.get_message()
+                        if message is not None and message["type"] == "message":
                             channel, data = message["channel"], message["data"]
                             assert isinstance(channel, bytes) and isinstance(data, bytes)
                             await self._on_message(channel, data)

@@ -51,11 +51,16 @@ def test_recovered_history_fills_the_gap_without_duplicates() -> None:
 def test_unrecoverable_becomes_one_resync_and_moves_on() -> None:
     cursor = RoomCursor("r", StreamPosition(3, "e1"))
     now = StreamPosition(9, "e2")
+    # After an epoch change delivery goes on from the start of the new numbering.
     assert cursor.apply_fetch(Unrecoverable("r", "epoch-changed", now)) == [
-        Resync("r", "epoch-changed", now)
+        Resync("r", "epoch-changed", StreamPosition(0, "e2"))
     ]
-    assert cursor.position == now
-    assert cursor.classify(pub(10, "e2")) is Arrival.DELIVER
+    assert cursor.classify(pub(1, "e2")) is Arrival.DELIVER
+    cursor = RoomCursor("r", StreamPosition(3, "e1"))
+    assert cursor.apply_fetch(Unrecoverable("r", "trimmed", StreamPosition(9, "e1"))) == [
+        Resync("r", "trimmed", StreamPosition(9, "e1"))
+    ]
+    assert cursor.classify(pub(10)) is Arrival.DELIVER
 
 
 def test_an_incomplete_recovery_is_never_silent() -> None:
