@@ -89,6 +89,19 @@ async def test_publish_numbers_each_room_from_one_in_order(make_engine: MakeEngi
         assert await engine.position("a") == positions[-1]
 
 
+async def test_payloads_are_bytes_kept_exactly(make_engine: MakeEngine) -> None:
+    payloads = [b"", b"1:abc:", b"\x00\xff:\r\n", bytes(range(256)) * 8]
+    async with running(make_engine()) as (engine, inbox):
+        await engine.join("bin", "m")
+        for payload in payloads:
+            await engine.publish("bin", payload)
+        await inbox.wait_for(len(payloads))
+        assert inbox.data() == payloads
+        history = await engine.fetch_since("bin", StreamPosition(0, inbox.events[0].position.epoch))
+        assert isinstance(history, Recovered)
+        assert [p.data for p in history.publications] == payloads
+
+
 async def test_only_rooms_with_local_members_are_subscribed(make_engine: MakeEngine) -> None:
     async with running(make_engine()) as (engine, inbox):
         assert engine.subscribed_rooms == frozenset()

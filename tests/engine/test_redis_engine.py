@@ -156,7 +156,12 @@ async def test_redis_restart_mid_stream_is_never_a_silent_gap(own_redis: RedisSe
     url = own_redis.url
     inbox = Inbox()
     confirmed: list[tuple[StreamPosition, bytes]] = []
-    options: dict[str, Any] = {"timeout": 1.0, "reconnect_delay": (0.02, 0.2)}
+    options: dict[str, Any] = {
+        "timeout": 1.0,
+        "reconnect_delay": (0.02, 0.2),
+        "presence_ttl": 1.5,
+        "presence_heartbeat": 0.2,
+    }
     async with RedisEngine(url, **options) as subscriber, RedisEngine(url, **options) as publisher:
         subscriber.set_receiver(inbox)
         await subscriber.join("stream", "s1")
@@ -174,6 +179,8 @@ async def test_redis_restart_mid_stream_is_never_a_silent_gap(own_redis: RedisSe
         await anyio.to_thread.run_sync(own_redis.stop)
         with pytest.raises(EngineUnavailable):
             await publisher.publish("stream", b"during the outage")
+        with pytest.raises(EngineUnavailable):
+            await subscriber.presence("stream")
         await anyio.to_thread.run_sync(own_redis.start)
         # The engine recovers by itself: publishing works again without a new engine.
         with anyio.fail_after(deadline(10)):
@@ -184,6 +191,10 @@ async def test_redis_restart_mid_stream_is_never_a_silent_gap(own_redis: RedisSe
                 except EngineUnavailable:
                     await anyio.sleep(0.05)
         await publish_some(29)
+        # Redis came back empty; the heartbeat puts the live member back by itself.
+        with anyio.fail_after(deadline(5)):
+            while await publisher.presence("stream") != {"s1": {}}:
+                await anyio.sleep(0.05)
         # Everything after the restart arrives: the new epoch's history backfills
         # whatever was published before the subscriber had reconnected.
         last = confirmed[-1][0]
