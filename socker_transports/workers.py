@@ -14,13 +14,16 @@ N worker processes that serve the same port:
 - Elsewhere (or `reuse_port=False`) the supervisor listens once and every worker
   accepts on the inherited socket.
 
-The supervisor restarts a worker that dies (logged on the "socker.workers" logger, with
-its exit status; a worker that keeps dying right after it started is restarted with a
-growing delay, at most `MAX_RESTART_DELAY`), and on SIGINT or SIGTERM tells every worker
-to shut down gracefully (stop accepting, close connections with 1001 within
-`close_timeout`), waits for them, and returns 0. Workers are forked, so `routes` (and
-whatever the flows close over) need not be picklable; each worker starts with the
-supervisor's memory as it was when the worker was (re)started.
+A worker whose supervisor disappears (killed -9) drains and exits by itself within
+about half a second. The supervisor restarts a worker that dies (logged on the
+"socker.workers" logger, with its exit status; a worker that keeps dying right after
+it started is restarted with a growing delay, at most `MAX_RESTART_DELAY`), and on
+SIGINT or SIGTERM tells every worker to shut down gracefully (stop accepting, close
+connections with 1001 within `close_timeout`), waits for them, and returns 0.
+
+Workers are forked, so `routes` (and whatever the flows close over) need not be
+picklable; each worker starts with the supervisor's memory as it was when the worker
+was (re)started.
 
 The socket is bound here and handed to the driver: through the servers' `sock=`
 argument where the driver has it. Until then the anyio driver receives it through a
@@ -59,6 +62,9 @@ MAX_RESTART_DELAY = 5.0
 _CRASH_LOOP_WINDOW = 2.0
 #: Extra time, beyond close_timeout, a worker gets to drain before it is killed.
 _DRAIN_MARGIN = 5.0
+#: How often a worker checks that its supervisor still exists (a supervisor killed
+#: with SIGKILL cannot tell its workers: they notice and drain by themselves).
+_ORPHAN_POLL = 0.5
 
 BACKENDS: dict[str, tuple[str, dict[str, Any]]] = {
     "asyncio": ("asyncio", {}),
@@ -113,6 +119,7 @@ class _WorkerSpec:
     reuse_port: bool
     options: dict[str, Any] = field(default_factory=dict)
     server_kwargs: dict[str, Any] = field(default_factory=dict)
+    supervisor_pid: int = field(default_factory=os.getpid)
 
 
 def _driver_serve(driver: str) -> Callable[..., Any]:
@@ -172,8 +179,15 @@ async def _serve_anyio(spec: _WorkerSpec, sock: socket.socket, ready: Callable[[
                     server.close()
                     return
 
+            async def stop_when_orphaned() -> None:
+                while os.getppid() == spec.supervisor_pid:
+                    await anyio.sleep(_ORPHAN_POLL)
+                logger.warning("worker %d: the supervisor is gone, draining", os.getpid())
+                server.close()
+
             async with anyio.create_task_group() as tg:
                 tg.start_soon(stop_on_signal)
+                tg.start_soon(stop_when_orphaned)
                 await server.serve_forever()
                 tg.cancel_scope.cancel()
     except BaseException as exc:

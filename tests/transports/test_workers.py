@@ -180,6 +180,20 @@ def test_a_killed_worker_is_restarted_and_logged(supervised: type[Supervised]) -
     assert server.proc.wait(deadline(20)) == 0
 
 
+def test_workers_of_a_killed_supervisor_drain_and_exit(supervised: type[Supervised]) -> None:
+    server = supervised(
+        "-m", "socker_transports", "serve", FLOW, "--port", "0", "--workers", "2",
+        "--close-timeout", "2",
+    )  # fmt: skip
+    pids = pids_until(server.url, 2)
+    assert len(pids) == 2
+    server.kill()  # SIGKILL: the supervisor cannot tell anyone
+    end = time.monotonic() + deadline(15)
+    while any(alive(pid) for pid in pids) and time.monotonic() < end:
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in pids), "orphaned workers kept running"
+
+
 def test_workers_run_from_python_on_one_inherited_socket(supervised: type[Supervised]) -> None:
     """The fallback where SO_REUSEPORT is missing: one listening socket, inherited."""
     server = supervised("-m", "tests.transports.worker_flows", "0")
