@@ -28,8 +28,8 @@ import logging
 import math
 import secrets
 import sys
-from collections.abc import Iterable
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Iterable
+from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
 from typing import Any
 
@@ -130,7 +130,7 @@ class RedisEngine:
         self._connected: anyio.Event | None = None
         self._client: coredis.Redis[bytes] | None = None
         self._stack: AsyncExitStack | None = None
-        self._room_locks: dict[str, anyio.Lock] = {}
+        self._room_locks: dict[str, list[Any]] = {}  # room -> [Lock, users]
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -293,11 +293,21 @@ class RedisEngine:
 
     # -- subscriptions ---------------------------------------------------------------
 
-    def _lock(self, room: str) -> anyio.Lock:
-        lock = self._room_locks.get(room)
-        if lock is None:
-            lock = self._room_locks[room] = anyio.Lock()
-        return lock
+    @asynccontextmanager
+    async def _lock(self, room: str) -> AsyncIterator[None]:
+        """Serialise join/leave per room; the lock lives only while someone holds or
+        awaits it (rooms come and go: per-match rooms must not leak locks)."""
+        entry = self._room_locks.get(room)
+        if entry is None:
+            entry = self._room_locks[room] = [anyio.Lock(), 0]
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._room_locks[room]
 
     async def _subscribe(self, room: str) -> RoomCursor:
         """Subscribe this worker to `room`: start its cursor at the room's position,

@@ -1,8 +1,9 @@
 """A worker process for the engine tests: `python -m tests.engine.engine_peer MODE URL ...`.
 
-- `order URL ROOM NAME COUNT`: join ROOM, print "ready", wait for a line on stdin, publish
-  COUNT messages "NAME:i", then print every event received (JSON) once it has
-  seen the expected total (2 * COUNT: two peers), and exit.
+- `order URL ROOM NAME COUNT BACKEND`: on BACKEND (asyncio, uvloop, trio), join ROOM,
+  print "ready", wait for a line on stdin, publish COUNT messages "NAME:i", then print
+  every event received (JSON) once it has seen the expected total (2 * COUNT: two
+  peers), and exit.
 - `hold URL ROOM MEMBER TTL`: join ROOM as MEMBER with presence_ttl TTL, print "ready",
   and keep its presence alive until killed.
 """
@@ -53,7 +54,12 @@ async def hold(url: str, room: str, member: str, ttl: float) -> None:
 def main() -> None:
     mode, url, room, *rest = sys.argv[1:]
     if mode == "order":
-        anyio.run(order, url, room, rest[0], int(rest[1]))
+        backend, options = {
+            "asyncio": ("asyncio", {}),
+            "uvloop": ("asyncio", {"use_uvloop": True}),
+            "trio": ("trio", {}),
+        }[rest[2]]
+        anyio.run(order, url, room, rest[0], int(rest[1]), backend=backend, backend_options=options)
     elif mode == "hold":
         anyio.run(hold, url, room, rest[0], float(rest[1]))
     else:

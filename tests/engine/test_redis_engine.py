@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import queue
+import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ import pytest
 
 from socker_transports.engine import (
     BlockingEngine,
+    EngineClosed,
     EngineUnavailable,
     Publication,
     Resync,
@@ -69,9 +71,17 @@ def finish(proc: subprocess.Popen[str]) -> None:
             stream.close()
 
 
-def test_two_worker_processes_see_one_total_order_per_room(redis_url: str) -> None:
+@pytest.mark.parametrize(
+    "backends", [("asyncio", "trio"), ("uvloop", "asyncio")], ids=["asyncio+trio", "uvloop+asyncio"]
+)
+def test_two_worker_processes_see_one_total_order_per_room(
+    redis_url: str, backends: tuple[str, str]
+) -> None:
     count = 150
-    workers = [peer("order", redis_url, "match", name, str(count)) for name in ("w1", "w2")]
+    workers = [
+        peer("order", redis_url, "match", name, str(count), backend)
+        for name, backend in zip(("w1", "w2"), backends, strict=True)
+    ]
     try:
         for proc in workers:
             assert read_line(proc, 15).strip() == "ready"
@@ -234,6 +244,37 @@ def assert_complete_or_resynced(
         assert covered is not None and position.offset <= covered, (
             f"{position} ({data!r}) was confirmed, never delivered, and no Resync covers it"
         )
+
+
+@pytest.mark.anyio
+async def test_no_redis_at_start_and_use_after_close_are_typed_errors(
+    redis_url: str,
+) -> None:
+    with socket.socket() as probe:  # a port where nothing listens
+        probe.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{probe.getsockname()[1]}/0"
+    with pytest.raises(EngineUnavailable):
+        async with RedisEngine(dead, timeout=1.0):
+            pass
+    engine = RedisEngine(redis_url)
+    async with engine:
+        await engine.publish("r", b"ok")
+    with pytest.raises(EngineClosed):
+        await engine.publish("r", b"after close")
+
+
+@pytest.mark.anyio
+async def test_join_and_leave_locks_do_not_outlive_their_rooms(redis_url: str) -> None:
+    async with RedisEngine(redis_url) as engine:
+        async with anyio.create_task_group() as tg:
+            for index in range(20):
+                tg.start_soon(engine.join, f"match-{index % 4}", f"m{index}")
+        assert engine.subscribed_rooms == {f"match-{i}" for i in range(4)}
+        async with anyio.create_task_group() as tg:
+            for index in range(20):
+                tg.start_soon(engine.leave, f"match-{index % 4}", f"m{index}")
+        assert engine.subscribed_rooms == frozenset()
+        assert engine._room_locks == {}
 
 
 def test_the_engine_from_a_plain_thread(redis_url: str) -> None:
