@@ -97,3 +97,12 @@ class BlockingEngine:
 
     def fetch_since(self, room: str, since: StreamPosition) -> FetchResult:
         return self._call().call(self.engine.fetch_since, room, since)
+
+    def put_session(self, key: str, data: bytes, ttl: float) -> None:
+        self._call().call(self.engine.put_session, key, data, ttl)
+
+    def take_session(self, key: str) -> bytes | None:
+        return self._call().call(self.engine.take_session, key)
+
+    def drop_session(self, key: str) -> None:
+        self._call().call(self.engine.drop_session, key)

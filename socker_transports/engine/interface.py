@@ -22,6 +22,8 @@ Promises every engine keeps:
 - History: the last `history_size` publications of a room (kept `history_ttl` seconds)
   can be fetched again with `fetch_since`, which says `Unrecoverable` rather than
   returning an incomplete sequence.
+- Sessions: `put_session(key, data, ttl)` keeps an opaque snapshot that any worker
+  can `take_session(key)` exactly once (atomic: one taker wins) until `ttl` expires.
 
 Used as `async with engine:` (it may run background tasks: the subscription reader,
 the presence heartbeat) on any anyio backend; threads use `BlockingEngine`.
@@ -87,3 +89,15 @@ class Engine(Protocol):
     async def fetch_since(self, room: str, since: StreamPosition) -> FetchResult:
         """Every publication of `room` after `since`, or `Unrecoverable` when that
         cannot be complete (epoch changed, or history trimmed past `since`)."""
+
+    async def put_session(self, key: str, data: bytes, ttl: float) -> None:
+        """Keep `data` (a resumable session's snapshot) under `key` for `ttl` seconds,
+        replacing what was there; any worker can take it."""
+
+    async def take_session(self, key: str) -> bytes | None:
+        """Remove and return the data under `key` in one atomic step: of any number of
+        workers taking the same key at once exactly one gets it (single-use resume
+        tokens). None when absent or expired."""
+
+    async def drop_session(self, key: str) -> None:
+        """Forget the session under `key` (no-op if absent)."""

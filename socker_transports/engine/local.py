@@ -2,14 +2,15 @@
 
 Everything lives in this process: offsets count from 1 in an epoch chosen when the
 engine is created, history is a bounded deque per room, presence is a dict (a member
-cannot outlive its process, so no expiry is needed). Delivery is synchronous: the
-receiver runs inside `publish`, before it returns. Works on any event loop (it awaits
-nothing) and from threads through `BlockingEngine`.
+cannot outlive its process, so no expiry is needed), sessions expire on the monotonic
+clock. Delivery is synchronous: the receiver runs inside `publish`, before it returns.
+Works on any event loop (it awaits nothing) and from threads through `BlockingEngine`.
 """
 
 from __future__ import annotations
 
 import secrets
+import time
 from collections import deque
 from types import TracebackType
 
@@ -38,6 +39,7 @@ class LocalEngine:
         self.epoch = secrets.token_hex(8)
         self._rooms: dict[str, _Room] = {}
         self._receiver: Receiver | None = None
+        self._sessions: dict[str, tuple[float, bytes]] = {}  # key -> (expires, data)
 
     async def __aenter__(self) -> LocalEngine:
         return self
@@ -105,3 +107,20 @@ class LocalEngine:
             return Unrecoverable(room, "trimmed", top)
         missed = tuple(p for p in state.history if p.offset > since.offset)
         return Recovered(missed, top)
+
+    async def put_session(self, key: str, data: bytes, ttl: float) -> None:
+        now = time.monotonic()
+        # Expired sessions are dropped as new ones arrive: the dict stays bounded by
+        # the sessions alive within one ttl.
+        for stale in [k for k, (expires, _) in self._sessions.items() if expires <= now]:
+            del self._sessions[stale]
+        self._sessions[key] = (now + ttl, bytes(data))
+
+    async def take_session(self, key: str) -> bytes | None:
+        entry = self._sessions.pop(key, None)
+        if entry is None or entry[0] <= time.monotonic():
+            return None
+        return entry[1]
+
+    async def drop_session(self, key: str) -> None:
+        self._sessions.pop(key, None)

@@ -23,6 +23,7 @@ How it keeps the interface's promises (interface.py):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -290,6 +291,27 @@ class RedisEngine:
         for index in range(0, len(flat), 2):
             members[_text(flat[index])] = json.loads(flat[index + 1])
         return members
+
+    def _session_key(self, key: str) -> str:
+        # Hashed: a resume token is a credential, and Redis keys show up in KEYS,
+        # MONITOR and slow logs. 256 bits of SHA-256 keep the keys distinct.
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        return f"{self.prefix}:session:{digest}"
+
+    async def put_session(self, key: str, data: bytes, ttl: float) -> None:
+        redis = self._redis()
+        await self._command(
+            redis.set(self._session_key(key), bytes(data), px=max(1, math.ceil(ttl * 1000)))
+        )
+
+    async def take_session(self, key: str) -> bytes | None:
+        redis = self._redis()
+        data = await self._command(redis.getdel(self._session_key(key)))
+        return None if data is None else bytes(data)
+
+    async def drop_session(self, key: str) -> None:
+        redis = self._redis()
+        await self._command(redis.delete([self._session_key(key)]))
 
     # -- subscriptions ---------------------------------------------------------------
 

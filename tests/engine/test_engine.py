@@ -167,3 +167,18 @@ async def test_a_position_from_another_numbering_is_unrecoverable(
         assert other_epoch == Unrecoverable("x", "epoch-changed", now)
         ahead = await engine.fetch_since("x", StreamPosition(7, now.epoch))
         assert ahead == Unrecoverable("x", "unknown-position", now)
+
+
+async def test_a_session_is_taken_once_and_expires(make_engine: MakeEngine) -> None:
+    async with running(make_engine()) as (engine, _):
+        await engine.put_session("token-1", b"\x00step=3", ttl=30)
+        assert await engine.take_session("token-1") == b"\x00step=3"
+        assert await engine.take_session("token-1") is None  # single use
+        await engine.put_session("token-2", b"old", ttl=30)
+        await engine.put_session("token-2", b"new", ttl=30)  # replaced
+        await engine.drop_session("token-2")
+        assert await engine.take_session("token-2") is None
+        await engine.drop_session("never-there")
+        await engine.put_session("short", b"x", ttl=0.2)
+        await anyio.sleep(deadline(0.2) + 0.3)
+        assert await engine.take_session("short") is None

@@ -277,6 +277,26 @@ async def test_join_and_leave_locks_do_not_outlive_their_rooms(redis_url: str) -
         assert engine._room_locks == {}
 
 
+@pytest.mark.anyio
+async def test_of_many_workers_taking_one_session_exactly_one_gets_it(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    async with RedisEngine(redis_url) as a, RedisEngine(redis_url) as b:
+        await a.put_session("secret-token", b"snapshot", ttl=30)
+        got: list[bytes | None] = []
+
+        async def take(engine: RedisEngine) -> None:
+            got.append(await engine.take_session("secret-token"))
+
+        async with anyio.create_task_group() as tg:
+            for index in range(10):
+                tg.start_soon(take, (a, b)[index % 2])
+        assert sorted(got, key=lambda g: g is None) == [b"snapshot"] + [None] * 9
+        # The token itself never appears in Redis's keys.
+        await a.put_session("secret-token", b"again", ttl=30)
+        assert b"secret-token" not in bytes(redis_server.command("KEYS", "*"))
+
+
 def test_the_engine_from_a_plain_thread(redis_url: str) -> None:
     """The threaded driver's use: blocking calls, the receiver on the portal thread."""
     events: queue.Queue[RoomEvent] = queue.Queue()
