@@ -128,7 +128,6 @@ class RedisEngine:
         self._members: dict[str, dict[str, str]] = {}  # room -> member -> info JSON
         self._channels: dict[bytes, str] = {}  # pub/sub channel -> room
         self._pubsub: Any = None  # the live coredis PubSub, None while reconnecting
-        self._connected: anyio.Event | None = None
         self._client: coredis.Redis[bytes] | None = None
         self._stack: AsyncExitStack | None = None
         self._room_locks: dict[str, list[Any]] = {}  # room -> [Lock, users]
@@ -152,7 +151,6 @@ class RedisEngine:
             self._remove = self._client.register_script(scripts.PRESENCE_REMOVE)
             self._get_presence = self._client.register_script(scripts.PRESENCE_GET)
             await self._command(self._client.ping())  # fail fast: Redis must be there now
-            self._connected = anyio.Event()
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tg.cancel_scope.cancel)  # runs before the group is exited
             await tg.start(self._subscriber)
@@ -171,10 +169,26 @@ class RedisEngine:
         tb: TracebackType | None,
     ) -> None:
         stack, self._stack = self._stack, None
-        if stack is not None:
+        if stack is None:
+            return
+        try:
+            await self._forget_members()
+        finally:
             await stack.aclose()
         self._client = None
         self._pubsub = None
+
+    async def _forget_members(self) -> None:
+        """On a graceful stop, remove this worker's members from presence at once
+        rather than letting them expire (best effort, bounded by `timeout`)."""
+        members, self._members = self._members, {}
+        with anyio.move_on_after(self.timeout, shield=True):
+            for room, infos in members.items():
+                _, _, presence, info = self._keys(room)
+                try:
+                    await self._command(self._remove(keys=[presence, info], args=list(infos)))
+                except EngineUnavailable:
+                    return  # they expire by their ttl
 
     # -- keys ------------------------------------------------------------------------
 
@@ -392,7 +406,11 @@ class RedisEngine:
             return  # unsubscribed meanwhile
         head, _, rest = payload.partition(b":")
         epoch, _, data = rest.partition(b":")
-        publication = Publication(cursor.room, int(head), epoch.decode(), data)
+        try:
+            publication = Publication(cursor.room, int(head), epoch.decode("ascii"), data)
+        except ValueError:  # not from our publish script: someone else used the channel
+            logger.warning("room %r: ignored a malformed message on its channel", cursor.room)
+            return
         for _attempt in range(3):
             arrival = cursor.classify(publication)
             if arrival is not Arrival.GAP:
@@ -436,9 +454,10 @@ class RedisEngine:
                             assert isinstance(channel, bytes) and isinstance(data, bytes)
                             await self._on_message(channel, data)
             except Exception as exc:
-                if not (_unreachable(exc) or isinstance(exc, EngineUnavailable)):
-                    raise
-                logger.warning("redis pub/sub lost (%s); reconnecting in %.2fs", exc, delay)
+                if _unreachable(exc) or isinstance(exc, EngineUnavailable):
+                    logger.warning("redis pub/sub lost (%s); reconnecting in %.2fs", exc, delay)
+                else:  # an error reply, say: start over (and reconcile) rather than die
+                    logger.exception("redis pub/sub failed; reconnecting in %.2fs", delay)
             finally:
                 self._pubsub = None
             if not started:  # pragma: no cover - ping succeeded just before
@@ -464,3 +483,5 @@ class RedisEngine:
                     await self._refresh_presence(room, list(members.items()))
                 except EngineUnavailable as exc:
                     logger.warning("presence refresh of %r failed: %s", room, exc)
+                except Exception:  # an error reply: keep the heartbeat alive for the rest
+                    logger.exception("presence refresh of %r failed", room)

@@ -264,6 +264,31 @@ async def test_no_redis_at_start_and_use_after_close_are_typed_errors(
 
 
 @pytest.mark.anyio
+async def test_a_graceful_stop_removes_its_members_at_once(redis_url: str) -> None:
+    async with RedisEngine(redis_url, presence_ttl=60) as watcher:
+        async with RedisEngine(redis_url, presence_ttl=60) as leaving:
+            await leaving.join("lobby", "bye", {"k": "v"})
+            await watcher.join("lobby", "stays")
+            assert set(await watcher.presence("lobby")) == {"bye", "stays"}
+        assert set(await watcher.presence("lobby")) == {"stays"}  # not after 60 s
+
+
+@pytest.mark.anyio
+async def test_a_foreign_message_on_a_room_channel_is_ignored(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    inbox = Inbox()
+    async with RedisEngine(redis_url) as engine:
+        engine.set_receiver(inbox)
+        await engine.join("r", "m")
+        assert redis_server.command("PUBLISH", "socker:room:r", "garbage").startswith(b":1")
+        await engine.publish("r", b"real")
+        await inbox.wait_for(1)
+        assert inbox.data() == [b"real"]
+        assert engine.subscribed_rooms == {"r"}
+
+
+@pytest.mark.anyio
 async def test_join_and_leave_locks_do_not_outlive_their_rooms(redis_url: str) -> None:
     async with RedisEngine(redis_url) as engine:
         async with anyio.create_task_group() as tg:
