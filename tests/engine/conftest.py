@@ -5,6 +5,7 @@
 `redis_url` (per test): that server flushed clean, as a `redis://` URL.
 `own_redis` (per test): a server of the test's own, for outage tests that stop and
 restart it (`restart()` keeps the port, so clients reconnect to the same address).
+`unix_redis` (per test): a server on a unix socket only (`unix://...` URL).
 
 The engine tests run on asyncio, uvloop and trio (`anyio_backend`), like test_anyio.py.
 """
@@ -34,29 +35,44 @@ def _free_port() -> int:
         return port
 
 
-def _ping(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
 class RedisServer:
-    """One `redis-server` process; `url` stays the same across `restart()`."""
+    """One `redis-server` process; `url` stays the same across `restart()`.
+    `unix_socket=True`: it listens on a unix socket in `directory` only (no TCP)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, unix_socket: bool = False) -> None:
         if REDIS_SERVER is None:
             raise RuntimeError("redis-server is not installed: run `make redis`")
         self.directory = directory
-        self.port = _free_port()
+        self.socket_path = str(directory / "redis.sock") if unix_socket else None
+        self.port = 0 if unix_socket else _free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 
     @property
     def url(self) -> str:
+        if self.socket_path is not None:
+            return f"unix://{self.socket_path}?db=0"
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def _connect(self, timeout: float) -> socket.socket:
+        if self.socket_path is not None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(self.socket_path)
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+        return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+
+    def _ping(self) -> bool:
+        try:
+            with self._connect(0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
 
     def start(self) -> None:
         assert self.proc is None, "already running"
@@ -74,6 +90,11 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.directory),
+                *(
+                    ("--unixsocket", self.socket_path, "--unixsocketperm", "700")
+                    if self.socket_path is not None
+                    else ()
+                ),
                 "--protected-mode",
                 "yes",
                 "--loglevel",
@@ -83,7 +104,7 @@ class RedisServer:
             stderr=subprocess.PIPE,
         )
         end = time.monotonic() + deadline(10)
-        while not _ping(self.port):
+        while not self._ping():
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode() if self.proc.stderr else ""
                 self.proc = None
@@ -114,7 +135,7 @@ class RedisServer:
 
     def command(self, *args: str) -> Any:
         """One command through redis-cli's inline protocol (for assertions)."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=deadline(2)) as sock:
+        with self._connect(deadline(2)) as sock:
             sock.sendall((" ".join(args) + "\r\n").encode())
             return sock.recv(65536)
 
@@ -143,6 +164,18 @@ def redis_url(redis_server: RedisServer) -> str:
 def own_redis() -> Iterator[RedisServer]:
     directory = Path(tempfile.mkdtemp(prefix="socker-redis-own-"))
     server = RedisServer(directory)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def unix_redis() -> Iterator[RedisServer]:
+    """A server of the test's own on a unix socket (no TCP port at all)."""
+    directory = Path(tempfile.mkdtemp(prefix="socker-redis-unix-"))
+    server = RedisServer(directory, unix_socket=True)
     try:
         yield server
     finally:

@@ -25,6 +25,7 @@ from socker_transports.engine import (
     Resync,
     RoomEvent,
     StreamPosition,
+    open_engine,
 )
 from socker_transports.engine.redis_engine import RedisEngine
 from tests.engine.conftest import RedisServer
@@ -261,6 +262,19 @@ async def test_no_redis_at_start_and_use_after_close_are_typed_errors(
         await engine.publish("r", b"ok")
     with pytest.raises(EngineClosed):
         await engine.publish("r", b"after close")
+
+
+@pytest.mark.anyio
+async def test_the_engine_over_a_unix_socket(unix_redis: RedisServer) -> None:
+    assert unix_redis.url.startswith("unix://")
+    inbox = Inbox()
+    async with open_engine(unix_redis.url) as engine:
+        engine.set_receiver(inbox)
+        await engine.join("u", "m", {"via": "unix"})
+        assert (await engine.publish("u", b"over a socket file")).offset == 1
+        await inbox.wait_for(1)
+        assert inbox.data() == [b"over a socket file"]
+        assert await engine.presence("u") == {"m": {"via": "unix"}}
 
 
 @pytest.mark.anyio
