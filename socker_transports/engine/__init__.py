@@ -28,8 +28,10 @@ from .events import (
 )
 from .interface import Engine, MemberInfo, Receiver
 from .local import LocalEngine
+from .presence_info import MAX_INFO_BYTES
 
 __all__ = [
+    "MAX_INFO_BYTES",
     "Arrival",
     "BlockingEngine",
     "Engine",

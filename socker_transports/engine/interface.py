@@ -74,11 +74,16 @@ class Engine(Protocol):
         """Make `member` (a connection id on this worker) a member of `room`, visible
         in `presence` with `info`; subscribes this worker to the room on its first
         local member. Returns the room's position at the join: the member receives
-        every publication after it. Joining again updates `info`."""
+        every publication after it. Joining again updates `info` (str -> str, at
+        most `presence_info.MAX_INFO_BYTES` as JSON: TypeError/ValueError otherwise).
+        Raises EngineUnavailable, and leaves no trace on this worker, when the store
+        is unreachable."""
 
     async def leave(self, room: str, member: str) -> None:
         """Remove `member` from `room` (no-op if absent); unsubscribes this worker
-        from the room when its last local member leaves."""
+        from the room when its last local member leaves. When the store is
+        unreachable the member has still left this worker (nothing refreshes it) and
+        EngineUnavailable is raised: it vanishes from presence within the ttl."""
 
     async def presence(self, room: str) -> dict[str, dict[str, str]]:
         """Every live member of `room` on every worker: member id -> its info."""

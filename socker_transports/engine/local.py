@@ -16,6 +16,7 @@ from types import TracebackType
 
 from .events import FetchResult, Publication, Recovered, StreamPosition, Unrecoverable
 from .interface import MemberInfo, Receiver
+from .presence_info import encode_info
 
 DEFAULT_HISTORY_SIZE = 1000
 
@@ -75,6 +76,7 @@ class LocalEngine:
         return publication.position
 
     async def join(self, room: str, member: str, info: MemberInfo | None = None) -> StreamPosition:
+        encode_info(info)  # the same checks as every engine
         state = self._room(room)
         state.presence[member] = dict(info or {})
         return StreamPosition(state.offset, self.epoch)

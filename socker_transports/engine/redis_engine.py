@@ -51,6 +51,7 @@ from .events import (
     Unrecoverable,
 )
 from .interface import MemberInfo, Receiver
+from .presence_info import encode_info
 
 if sys.version_info < (3, 11):  # pragma: no cover - coredis depends on the backport
     from exceptiongroup import BaseExceptionGroup
@@ -268,7 +269,7 @@ class RedisEngine:
 
     async def join(self, room: str, member: str, info: MemberInfo | None = None) -> StreamPosition:
         self._redis()
-        encoded = json.dumps(dict(info or {}), separators=(",", ":"), sort_keys=True)
+        encoded = encode_info(info)
         async with self._lock(room):
             await self._refresh_presence(room, [(member, encoded)])
             self._members.setdefault(room, {})[member] = encoded

@@ -135,6 +135,12 @@ async def test_presence_lists_members_with_their_info(make_engine: MakeEngine) -
         await engine.leave("match", "nobody")  # no-op
         assert await engine.presence("match") == {"c1": {"name": "ada", "ready": "yes"}}
         assert await engine.presence("empty") == {}
+        with pytest.raises(TypeError):
+            await engine.join("match", "c3", {"score": 3})  # type: ignore[dict-item]
+        with pytest.raises(ValueError):
+            await engine.join("match", "c3", {"bio": "x" * 2000})
+        assert set(await engine.presence("match")) == {"c1"}
+        assert engine.subscribed_rooms == {"match"}
 
 
 async def test_history_is_bounded_and_backfills_since_a_position(make_engine: MakeEngine) -> None:
