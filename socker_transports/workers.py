@@ -120,6 +120,7 @@ class _WorkerSpec:
     options: dict[str, Any] = field(default_factory=dict)
     server_kwargs: dict[str, Any] = field(default_factory=dict)
     supervisor_pid: int = field(default_factory=os.getpid)
+    lifespan: Callable[[], contextlib.AbstractAsyncContextManager[Any]] | None = None
 
 
 def _driver_serve(driver: str) -> Callable[..., Any]:
@@ -157,6 +158,16 @@ def _bridged_listener(sock: socket.socket) -> Iterator[None]:
 
 
 async def _serve_anyio(spec: _WorkerSpec, sock: socket.socket, ready: Callable[[], None]) -> None:
+    # The lifespan (the application's per-worker resources: its engine, its pools)
+    # opens before the first connection and closes after the last one has ended.
+    lifespan = spec.lifespan() if spec.lifespan is not None else contextlib.nullcontext()
+    async with lifespan:
+        await _serve_anyio_server(spec, sock, ready)
+
+
+async def _serve_anyio_server(
+    spec: _WorkerSpec, sock: socket.socket, ready: Callable[[], None]
+) -> None:
     import anyio
 
     serve = _driver_serve("anyio")
@@ -423,6 +434,7 @@ def run(
     ssl: ssl_module.SSLContext | None = None,
     reuse_port: bool | None = None,
     announce: Callable[[Supervisor], None] | None = None,
+    lifespan: Callable[[], contextlib.AbstractAsyncContextManager[Any]] | None = None,
     handshake_hook: Any = None,
     http_handler: Any = None,
     **options: Any,
@@ -432,13 +444,19 @@ def run(
     `driver`/`backend` as for `socker serve`. `reuse_port=None` uses SO_REUSEPORT where
     it balances connections (`reuse_port_available()`), else one inherited socket.
     `announce(supervisor)` runs once every worker is listening (`supervisor.url`,
-    `supervisor.pids`). POSIX only (workers are forked)."""
+    `supervisor.pids`). `lifespan()` (anyio driver), an async context manager
+    factory, runs in each worker around its server: open per-worker resources there
+    (an engine: connections to Redis cannot be shared across fork). `workers=1`
+    is one supervised worker (`socker serve` without `--workers` serves in-process
+    instead). POSIX only (workers are forked)."""
     if not hasattr(os, "fork"):
         raise RuntimeError("worker processes need fork (POSIX)")
     if driver not in ("anyio", "threaded"):
         raise ValueError(f"unknown driver {driver!r}")
     if driver == "anyio" and backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}")
+    if driver == "threaded" and lifespan is not None:
+        raise ValueError("lifespan= is for the anyio driver (it runs on the worker's loop)")
     if driver == "threaded" and not _takes_sock(_driver_serve("threaded")):
         raise RuntimeError(
             "the threaded driver serves with workers once its serve() takes sock=; "
@@ -454,6 +472,7 @@ def run(
         ssl=ssl,
         reuse_port=reuse_port_available() if reuse_port is None else reuse_port,
         options=dict(options),
+        lifespan=lifespan,
         server_kwargs={
             k: v
             for k, v in (("handshake_hook", handshake_hook), ("http_handler", http_handler))

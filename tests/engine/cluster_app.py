@@ -1,0 +1,76 @@
+"""One "machine" of the cluster tests: `python -m tests.engine.cluster_app REDIS_URL N`
+serves `flow` from N workers (workers.run) on a free port; each worker opens its own
+RedisEngine in the lifespan and puts every connection in the room "match".
+
+Client protocol: on open the server sends {"pid", "member"} as JSON; "say:TEXT"
+broadcasts TEXT to the room, "shout:TEXT" to the room but the sender; "who" answers
+"who:" + the JSON list of members.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from socker_core import Connection, Flow
+from socker_transports import workers
+from socker_transports.engine.redis_engine import RedisEngine
+from socker_transports.engine.rooms_bridge import EngineRooms
+
+PRESENCE_TTL = 1.5
+ROOM = "match"
+
+flow = Flow("cluster")
+_rooms: list[EngineRooms] = []  # this worker's, set by the lifespan
+
+
+def rooms() -> EngineRooms:
+    return _rooms[0]
+
+
+@flow.on_open
+async def joined(conn: Connection) -> None:
+    await rooms().join(conn, ROOM, {"pid": str(os.getpid())})
+    conn.send(json.dumps({"pid": os.getpid(), "member": rooms().member_id(conn)}).encode())
+
+
+@flow.step
+async def talk(conn: Connection, message: bytes) -> bool:
+    if message.startswith(b"say:"):
+        await rooms().broadcast(message[4:], room=ROOM)
+    elif message.startswith(b"shout:"):  # to everyone but the sender
+        await rooms().broadcast(message[6:], room=ROOM, skip=conn)
+    elif message == b"who":
+        members = sorted(await rooms().presence(ROOM))
+        conn.send(b"who:" + json.dumps(members).encode())
+    return False
+
+
+@flow.on_close
+async def left(conn: Connection) -> None:
+    await rooms().leave_all(conn)
+
+
+def main() -> None:
+    url, count = sys.argv[1], int(sys.argv[2])
+
+    @asynccontextmanager
+    async def lifespan() -> AsyncIterator[None]:
+        async with RedisEngine(url, presence_ttl=PRESENCE_TTL) as engine:
+            _rooms[:] = [EngineRooms(engine)]
+            yield
+
+    def announce(supervisor: workers.Supervisor) -> None:
+        print(f"socker: serving on {supervisor.url}", flush=True)
+
+    sys.exit(
+        workers.run(flow, workers=count, port=0, lifespan=lifespan, announce=announce,
+                    close_timeout=2)
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
