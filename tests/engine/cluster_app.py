@@ -3,20 +3,23 @@ serves `flow` from N workers (workers.run) on a free port; each worker opens its
 RedisEngine in the lifespan and puts every connection in the room "match".
 
 Client protocol: on open the server sends {"pid", "member"} as JSON; "say:TEXT"
-broadcasts TEXT to the room, "shout:TEXT" to the room but the sender; "who" answers
-"who:" + the JSON list of members.
+broadcasts TEXT to the room (or answers "unavailable:TEXT" while Redis is down),
+"shout:TEXT" to the room but the sender; "who" answers "who:" + the JSON list of
+members. A gap the engine cannot backfill sends "resync" to every member.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
-from socker_core import Connection, Flow
+from socker_core import Connection, ConnectionClosedError, Flow
 from socker_transports import workers
+from socker_transports.engine import EngineUnavailable, Resync
 from socker_transports.engine.redis_engine import RedisEngine
 from socker_transports.engine.rooms_bridge import EngineRooms
 
@@ -40,7 +43,10 @@ async def joined(conn: Connection) -> None:
 @flow.step
 async def talk(conn: Connection, message: bytes) -> bool:
     if message.startswith(b"say:"):
-        await rooms().broadcast(message[4:], room=ROOM)
+        try:
+            await rooms().broadcast(message[4:], room=ROOM)
+        except EngineUnavailable:  # Redis is down: the connection stays up, told so
+            conn.send(b"unavailable:" + message[4:])
     elif message.startswith(b"shout:"):  # to everyone but the sender
         await rooms().broadcast(message[6:], room=ROOM, skip=conn)
     elif message == b"who":
@@ -54,13 +60,22 @@ async def left(conn: Connection) -> None:
     await rooms().leave_all(conn)
 
 
+def tell_resync(event: Resync, members: Mapping[str, Connection]) -> None:
+    """A gap history cannot fill: every member of the room is told, in order."""
+    for conn in members.values():
+        with contextlib.suppress(ConnectionClosedError):
+            conn.send(b"resync")
+
+
 def main() -> None:
     url, count = sys.argv[1], int(sys.argv[2])
 
     @asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
-        async with RedisEngine(url, presence_ttl=PRESENCE_TTL) as engine:
-            _rooms[:] = [EngineRooms(engine)]
+        async with RedisEngine(
+            url, presence_ttl=PRESENCE_TTL, timeout=1.0, reconnect_delay=(0.02, 0.2)
+        ) as engine:
+            _rooms[:] = [EngineRooms(engine, on_resync=tell_resync)]
             yield
 
     def announce(supervisor: workers.Supervisor) -> None:

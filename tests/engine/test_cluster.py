@@ -16,20 +16,32 @@ from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
 from tests.engine.cluster_app import PRESENCE_TTL
+from tests.engine.conftest import RedisServer
 from tests.timing import deadline
 from tests.transports.test_workers import Supervised
 
 MESSAGES_PER_CLIENT = 5
 
 
-@pytest.fixture
-def machines(redis_url: str) -> Iterator[list[Supervised]]:
-    started = [Supervised("-m", "tests.engine.cluster_app", redis_url, "2") for _ in range(2)]
+def start_machines(url: str) -> Iterator[list[Supervised]]:
+    started: list[Supervised] = []
     try:
+        for _ in range(2):
+            started.append(Supervised("-m", "tests.engine.cluster_app", url, "2"))
         yield started
     finally:
         for machine in started:
             machine.kill()
+
+
+@pytest.fixture
+def machines(redis_url: str) -> Iterator[list[Supervised]]:
+    yield from start_machines(redis_url)
+
+
+@pytest.fixture
+def machines_on_own_redis(own_redis: RedisServer) -> Iterator[list[Supervised]]:
+    yield from start_machines(own_redis.url)
 
 
 class Player:
@@ -47,6 +59,13 @@ class Player:
         data = self.ws.recv(timeout=deadline(10))
         assert isinstance(data, bytes)
         return data
+
+    def recv_until(self, *wanted: bytes) -> list[bytes]:
+        """Every message up to and including the first of `wanted`."""
+        got: list[bytes] = []
+        while not got or got[-1] not in wanted:
+            got.append(self.recv())
+        return got
 
     def who(self) -> set[str]:
         self.ws.send(b"who")
@@ -111,6 +130,59 @@ def test_a_room_across_four_workers_on_two_machines(machines: list[Supervised]) 
             time.sleep(0.1)
         assert survivors[0].who() == everyone - gone
         assert time.monotonic() - killed_at <= deadline(PRESENCE_TTL + 5)
+    finally:
+        for player in players:
+            player.close()
+    for machine in machines:
+        machine.proc.send_signal(signal.SIGTERM)
+        assert machine.proc.wait(deadline(20)) == 0
+
+
+def test_a_redis_restart_mid_stream_is_never_a_silent_gap_for_clients(
+    machines_on_own_redis: list[Supervised], own_redis: RedisServer
+) -> None:
+    machines = machines_on_own_redis
+    players = spread_players(machines)
+    sender = players[0]
+    try:
+        before = [f"a{n}".encode() for n in range(5)]
+        for text in before:
+            sender.ws.send(b"say:" + text)
+        for player in players:
+            assert [player.recv() for _ in before] == before
+
+        own_redis.stop()
+        sender.ws.send(b"say:lost")
+        # The typed error reaches the application; the connection stays up.
+        assert sender.recv_until(b"lost", b"unavailable:lost")[-1] == b"unavailable:lost"
+        own_redis.start()
+
+        # Service recovers by itself: the first publish after the restart succeeds
+        # once the workers' engines have reconnected (bounded retries).
+        after = [f"b{n}".encode() for n in range(5)]
+        end = time.monotonic() + deadline(15)
+        sender_saw: list[bytes] = []  # what the sender read while retrying
+        while True:
+            sender.ws.send(b"say:" + after[0])
+            sender_saw += sender.recv_until(after[0], b"unavailable:" + after[0])
+            if sender_saw[-1] == after[0]:
+                break
+            assert time.monotonic() < end, "publishing never recovered"
+            time.sleep(0.05)
+        sender_saw = [m for m in sender_saw if not m.startswith(b"unavailable:")]
+        for text in after[1:]:
+            sender.ws.send(b"say:" + text)
+        for player in players:
+            got = player.recv_until(after[-1])
+            if player is sender:
+                got = sender_saw + got
+            messages = [m for m in got if m != b"resync"]
+            assert b"lost" not in messages  # never published: never delivered
+            # Redis lost its data, so no worker could backfill: each was told.
+            assert got.count(b"resync") == 1, got
+            # After the resync, the new numbering arrives whole, in order.
+            assert got[got.index(b"resync") + 1 :] == after, got
+            assert messages[-len(after) :] == after
     finally:
         for player in players:
             player.close()
