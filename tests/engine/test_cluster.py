@@ -1,7 +1,8 @@
 """Two "machines" (two supervisors on two ports), two workers each, one Redis: clients
 spread over all four workers in one room receive every broadcast in the same order,
 presence lists everyone, and the members of a worker killed -9 leave presence within
-the ttl. Through the interim EngineRooms bridge (rooms_bridge.py)."""
+the ttl. Through the interim EngineRooms bridge (rooms_bridge.py), in
+examples/cluster_room.py."""
 
 from __future__ import annotations
 
@@ -15,19 +16,30 @@ import pytest
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
-from tests.engine.cluster_app import PRESENCE_TTL
 from tests.engine.conftest import RedisServer
 from tests.timing import deadline
 from tests.transports.test_workers import Supervised
 
 MESSAGES_PER_CLIENT = 5
+PRESENCE_TTL = 1.5
 
 
 def start_machines(url: str) -> Iterator[list[Supervised]]:
     started: list[Supervised] = []
     try:
         for _ in range(2):
-            started.append(Supervised("-m", "tests.engine.cluster_app", url, "2"))
+            started.append(
+                Supervised(
+                    "examples/cluster_room.py",
+                    url,
+                    "--workers",
+                    "2",
+                    "--port",
+                    "0",
+                    "--presence-ttl",
+                    str(PRESENCE_TTL),
+                )
+            )
         yield started
     finally:
         for machine in started:
