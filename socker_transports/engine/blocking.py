@@ -78,7 +78,8 @@ class BlockingEngine:
 
     @property
     def subscribed_rooms(self) -> frozenset[str]:
-        return self.engine.subscribed_rooms
+        # Read on the engine's own thread: its state changes there.
+        return self._call().call(lambda: self.engine.subscribed_rooms)
 
     def publish(self, room: str, data: bytes) -> StreamPosition:
         return self._call().call(self.engine.publish, room, data)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 
 class EngineError(Exception):
-    """Base class of the engine's errors."""
+    """Base class of the engine's errors; raised itself when the store refused a
+    command (an error reply, such as Redis out of memory)."""
 
 
 class EngineUnavailable(EngineError):

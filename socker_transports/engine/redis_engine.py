@@ -41,7 +41,7 @@ import coredis.exceptions
 
 from . import scripts
 from .cursor import Arrival, RoomCursor
-from .errors import EngineClosed, EngineUnavailable
+from .errors import EngineClosed, EngineError, EngineUnavailable
 from .events import (
     FetchResult,
     Publication,
@@ -211,6 +211,10 @@ class RedisEngine:
         except Exception as exc:
             if _unreachable(exc):
                 raise EngineUnavailable(f"redis unreachable: {exc}") from exc
+            if isinstance(exc, coredis.exceptions.RedisError):
+                # An error reply (out of memory, read-only replica...): the client's
+                # own exception types stay behind the engine's.
+                raise EngineError(f"redis refused: {exc}") from exc
             raise
 
     # -- the Engine interface --------------------------------------------------------

@@ -32,12 +32,14 @@ PUBLISH = (
     "local ARGV_NEW_EPOCH = ARGV[6]\n"
     + _ENSURE_META
     + """
-local offset = redis.call('HINCRBY', KEYS[1], 's', 1)
-redis.call('EXPIRE', KEYS[1], ARGV[4])
+local offset = tonumber(redis.call('HGET', KEYS[1], 's')) + 1
 if tonumber(ARGV[2]) > 0 then
+  -- First, so that an error reply here leaves no trace (scripts do not roll back).
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], offset .. '-0', 'd', ARGV[1])
   redis.call('EXPIRE', KEYS[2], ARGV[3])
 end
+redis.call('HSET', KEYS[1], 's', offset)
+redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('PUBLISH', ARGV[5], offset .. ':' .. epoch .. ':' .. ARGV[1])
 return {offset, epoch}
 """

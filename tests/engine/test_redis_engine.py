@@ -20,6 +20,7 @@ import pytest
 from socker_transports.engine import (
     BlockingEngine,
     EngineClosed,
+    EngineError,
     EngineUnavailable,
     Publication,
     Resync,
@@ -262,6 +263,19 @@ async def test_no_redis_at_start_and_use_after_close_are_typed_errors(
         await engine.publish("r", b"ok")
     with pytest.raises(EngineClosed):
         await engine.publish("r", b"after close")
+
+
+@pytest.mark.anyio
+async def test_an_error_reply_is_an_engine_error(redis_server: RedisServer, redis_url: str) -> None:
+    async with RedisEngine(redis_url) as engine:
+        # The room's history key holds a string: Redis refuses the XADD.
+        assert redis_server.command("SET", "socker:{bad}:history", "x").startswith(b"+OK")
+        assert redis_server.command("HSET", "socker:{bad}:meta", "e", "e1", "s", "0")
+        with pytest.raises(EngineError) as raised:
+            await engine.publish("bad", b"data")
+        assert not isinstance(raised.value, EngineUnavailable)
+        assert (await engine.position("bad")).offset == 0  # the failed publish left no hole
+        assert (await engine.publish("good", b"data")).offset == 1
 
 
 @pytest.mark.anyio
