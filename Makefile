@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install browser node-deps lint typecheck pytest docs docs-strict bench fuzz clean
+.PHONY: demo test install browser redis node-deps lint typecheck pytest docs docs-strict bench fuzz clean
 
 install: $(STAMP)
 
@@ -19,6 +19,11 @@ $(STAMP): pyproject.toml
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+# The engine tests (tests/engine) start a real redis-server: Debian's package.
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 
 # Node's ws 8.x for the interop tests (tests/interop), as pinned by its package-lock.json.
 node-deps:
@@ -35,7 +40,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # The suite runs where only loopback exists when the machine allows it.
-pytest: $(STAMP) browser node-deps
+pytest: $(STAMP) browser redis node-deps
 	tools/loopback-only $(BIN)/python -m pytest
 
 # The documentation site (MkDocs + mkdocstrings, extra `docs`) in site/. make test

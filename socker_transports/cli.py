@@ -325,6 +325,8 @@ def cmd_serve(ns: argparse.Namespace) -> int:
     ssl = _server_ssl(ns)
     backend, backend_options = _backend(ns)
     module = _driver_module(ns.driver)
+    if ns.workers != 1:
+        return _serve_workers(routes, ns, ssl, options)
     try:
         if ns.driver == "threaded":
             return _serve_threaded(module, routes, ns, ssl, options)
@@ -341,6 +343,40 @@ def cmd_serve(ns: argparse.Namespace) -> int:
         )
     except OSError as exc:
         _error(f"cannot serve on {ns.host}:{ns.port}: {exc}")
+        return EXIT_NETWORK
+
+
+def _serve_workers(
+    routes: Flow | Mapping[str, Flow],
+    ns: argparse.Namespace,
+    ssl: ssl_module.SSLContext | None,
+    options: dict[str, Any],
+) -> int:
+    from . import workers
+
+    if ns.workers < 1:
+        raise CliError("--workers must be at least 1")
+    how = "threaded driver" if ns.driver == "threaded" else f"anyio on {ns.backend or 'asyncio'}"
+
+    def announce(supervisor: workers.Supervisor) -> None:
+        _announce(supervisor.url, routes, f"{ns.workers} workers, {how}")
+
+    try:
+        return workers.run(
+            routes,
+            workers=ns.workers,
+            host=ns.host,
+            port=ns.port,
+            driver=ns.driver,
+            backend=ns.backend or "asyncio",
+            ssl=ssl,
+            announce=announce,
+            **options,
+        )
+    except RuntimeError as exc:
+        raise CliError(str(exc)) from None
+    except OSError as exc:
+        print(f"socker: cannot serve on {ns.host}:{ns.port}: {exc}", file=sys.stderr, flush=True)
         return EXIT_NETWORK
 
 
@@ -558,6 +594,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_port, default=8765, help="default 8765; 0 picks one")
     serve.add_argument("--ssl-certfile", default=None, help="serve wss:// with this certificate")
     serve.add_argument("--ssl-keyfile", default=None)
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes on one port (SO_REUSEPORT), supervised; default 1",
+    )
     driver_flags(serve)
     _add_option_flags(serve, client=False)
     serve.set_defaults(func=cmd_serve)
