@@ -73,6 +73,15 @@ from socker_core import (
 )
 from socker_core._codes import CloseCode
 
+from ._policy import (
+    CloseDecision,
+    Refused,
+    check_request,
+    handshake_verdict,
+    oversize,
+    text_message,
+)
+
 logger = logging.getLogger("socker")
 
 MiB = 1024 * 1024
@@ -177,13 +186,15 @@ _DEFAULT_OPTIONS = Options()
 class HandshakeRequest:
     """What a server's handshake hook (and `http_handler`) sees.
 
-    `headers` are (lowercased name, value) pairs in arrival order."""
+    `headers` are (lowercased name, value) pairs in arrival order; `method` is the
+    HTTP method ("GET" for every websocket upgrade)."""
 
     path: str
     query: str
     headers: tuple[tuple[str, str], ...]
     subprotocols: tuple[str, ...]
     origin: str | None
+    method: str = "GET"
 
     def header(self, name: str) -> str | None:
         """The first value of header `name` (case-insensitive), or None."""
@@ -208,9 +219,6 @@ class Accept:
         _check_headers(self.headers, "Accept")
 
 
-_DEFAULT_ACCEPT = Accept()
-
-
 @dataclass(frozen=True, slots=True)
 class Reject:
     """Handshake hook answer: refuse with an HTTP status (401, 403, ...; 300-599)."""
@@ -232,20 +240,33 @@ HandshakeHook = Callable[
 
 @dataclass(frozen=True, slots=True)
 class HttpResponse:
-    """A plain-HTTP answer (see `http_handler`): sent, then the transport is closed."""
+    """A plain-HTTP answer (see `http_handler`): sent, then the transport is closed.
+
+    `headers` are sent after Content-Type (for example `("Location", "/game")` with
+    status 302, or `("Cache-Control", "no-store")`); Content-Length and Connection
+    are the server's."""
 
     status: int = 200
     body: bytes = b""
     content_type: str = "text/plain; charset=utf-8"
+    headers: Sequence[tuple[str, str]] = ()
 
     def __post_init__(self) -> None:
         if not 200 <= self.status <= 599:
             raise LocalProtocolError(f"HttpResponse status must be 200-599, got {self.status}")
-        _check_headers([("Content-Type", self.content_type)], "HttpResponse")
+        _check_headers([("Content-Type", self.content_type), *self.headers], "HttpResponse")
+        for name, _ in self.headers:
+            if name.lower() in ("content-length", "connection", "transfer-encoding"):
+                raise LocalProtocolError(f"HttpResponse: {name} is set by the server")
+
+    def all_headers(self) -> list[tuple[str, str]]:
+        """Content-Type, then `headers`: what every server sends."""
+        return [("Content-Type", self.content_type), *self.headers]
 
 
-#: A plain-HTTP answer for a GET that is not a websocket upgrade (a health check,
-#: a redirect); None lets the request fail as a bad upgrade (400).
+#: A plain-HTTP answer for a request that is not a websocket upgrade (a health
+#: check, a redirect, `/metrics`); it sees `request.method`. None lets the request
+#: fail as a bad upgrade (400; 404 under ASGI).
 HttpHandler = Callable[[HandshakeRequest], "HttpResponse | None"]
 
 
@@ -1313,11 +1334,11 @@ class Wire:
             if protocols
             else ()
         )
-        request = HandshakeRequest(path, query, tuple(headers), offered, origin)
+        request = HandshakeRequest(path, query, tuple(headers), offered, origin, parts[0])
         self._request = request
         self.path = path
         is_upgrade = upgrade is not None and "websocket" in upgrade.lower()
-        if not is_upgrade and self.http_handler is not None and parts[0] == "GET":
+        if not is_upgrade and self.http_handler is not None and len(parts) == 3:
             try:
                 response = self.http_handler(request)
             except Exception as exc:
@@ -1325,12 +1346,8 @@ class Wire:
                 self._fail_handshake(500, "http_handler raised", now, respond=True)
                 return
             if response is not None:
-                self._write(
-                    _http_response(
-                        response.status, response.body, [("Content-Type", response.content_type)]
-                    ),
-                    now,
-                )
+                body = b"" if parts[0] == "HEAD" else response.body
+                self._write(_http_response(response.status, body, response.all_headers()), now)
                 self._fail_handshake(response.status, "plain HTTP request served", now)
                 return
         if isinstance(verdict, _Refused):
@@ -1341,12 +1358,9 @@ class Wire:
         if len(keys) != 1 or not _valid_key(keys[0]):
             self._fail_handshake(400, "invalid Sec-WebSocket-Key", now, respond=True)
             return
-        origins = self.options.origins
-        if origins is not None and origin not in origins:
-            self._fail_handshake(403, f"origin {origin!r} not allowed", now, respond=True)
-            return
-        if self._route(path) is None:
-            self._fail_handshake(404, f"no flow at path {path!r}", now, respond=True)
+        refused = check_request(self.options, self.routes, request)
+        if refused is not None:
+            self._fail_handshake(refused.status, refused.reason, now, respond=True)
             return
         self._key = verdict
         self._pending_after_head = rest
@@ -1364,52 +1378,27 @@ class Wire:
             return
         self._decide(result, now)
 
-    def _route(self, path: str) -> Flow | None:
-        routes = self.routes
-        if isinstance(routes, Flow):
-            return routes
-        assert routes is not None
-        return routes.get(path)
-
     def _decide(self, result: object, now: float) -> None:
-        if isinstance(result, BaseException):
-            logger.error("%s: handshake hook raised", self._label(), exc_info=result)
-            self._fail_handshake(500, "handshake hook raised", now, respond=True)
-            return
-        if isinstance(result, Reject):
-            self._fail_handshake(
-                result.status,
-                "rejected by the handshake hook",
-                now,
-                respond=True,
-                body=result.body,
-                headers=result.headers,
-            )
-            return
-        if result is not None and not isinstance(result, Accept):
-            logger.error("%s: handshake hook returned %r", self._label(), result)
-            self._fail_handshake(
-                500, "handshake hook returned an invalid answer", now, respond=True
-            )
-            return
-        accept = result if isinstance(result, Accept) else _DEFAULT_ACCEPT
         request = self._request
         assert request is not None
-        flow = accept.flow or self._route(self.path)
-        assert flow is not None
-        subprotocol = accept.subprotocol
-        if subprotocol is None:
-            subprotocol = next(
-                (p for p in self.options.subprotocols if p in request.subprotocols), None
-            )
-        if subprotocol is not None and subprotocol not in request.subprotocols:
-            logger.error("%s: subprotocol %r was not offered", self._label(), subprotocol)
+        verdict = handshake_verdict(result, request, self.options, self.routes)
+        if isinstance(verdict, Refused):
+            if isinstance(verdict.error, BaseException):
+                logger.error("%s: %s", self._label(), verdict.reason, exc_info=verdict.error)
+            elif verdict.error is not None:
+                logger.error("%s: %s", self._label(), verdict.error)
             self._fail_handshake(
-                500, f"subprotocol {subprotocol!r} was not offered", now, respond=True
+                verdict.status,
+                verdict.reason,
+                now,
+                respond=True,
+                body=verdict.body,
+                headers=verdict.headers,
             )
             return
+        flow, subprotocol = verdict.flow, verdict.subprotocol
         try:
-            response = _accept_response(self._key, subprotocol, accept.headers)
+            response = _accept_response(self._key, subprotocol, verdict.headers)
         except Exception as exc:  # a header the h11 rules refuse to send
             logger.error("%s: cannot accept: %s", self._label(), exc)
             self._fail_handshake(500, "cannot build the handshake response", now, respond=True)
@@ -1419,7 +1408,7 @@ class Wire:
         rest = self._pending_after_head
         # Frames that came with (or after) the request: parsed lazily, like any later read.
         self._ws = _frame_connection(ConnectionType.SERVER, rest)
-        self._start_flow(flow, now, accept.state)
+        self._start_flow(flow, now, verdict.state)
         if rest and not self._transport_done:
             self._pump(now)
 
@@ -1532,12 +1521,11 @@ class Wire:
             elif isinstance(event, TextMessage):
                 if self._phase is not Phase.OPEN:
                     continue
-                if not self.options.accept_text:
-                    self._close_flow(
-                        now, CloseCode.UNSUPPORTED_DATA, "text messages are not accepted"
-                    )
+                decided = text_message(self.options, event.data)
+                if isinstance(decided, CloseDecision):
+                    self._close_flow(now, decided.code, decided.reason)
                     continue
-                chunk = event.data.encode("utf-8")
+                chunk = decided
             elif isinstance(event, Ping):
                 if ws.state is ConnectionState.OPEN:
                     self._write(ws.send(event.response()), now)
@@ -1593,8 +1581,9 @@ class Wire:
     def _too_big(self, now: float) -> None:
         self._parts = None
         self._part_size = 0
-        max_size = self.options.max_size
-        self._close_flow(now, CloseCode.MESSAGE_TOO_BIG, f"message larger than {max_size} bytes")
+        decided = oversize(self.options, (self.options.max_size or 0) + 1)
+        assert decided is not None
+        self._close_flow(now, decided.code, decided.reason)
 
     def _deliver(self, message: bytes, now: float) -> None:
         stepper = self.stepper
