@@ -33,6 +33,7 @@ The App owns a registry of its live connections (`App.connections`, id ->
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import math
@@ -42,6 +43,7 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 import anyio
+import sniffio
 
 from socker_core import (
     ON_CLOSE,
@@ -155,6 +157,7 @@ class AsgiConnection:
         self._writer_scope = anyio.CancelScope()
         self._disconnected = False  # the ASGI server said websocket.disconnect
         self._send_failed = False
+        self._clock = _backend_clock()
         opts = app.options
         self._linger = _FALLBACK_LINGER if opts.close_timeout is None else opts.close_timeout
         stepper.wakeup = self._collect
@@ -169,11 +172,11 @@ class AsgiConnection:
 
     def send(self, data: bytes) -> None:
         """Application send from a task on the server's loop (not from a handler)."""
-        self._apply(self.stepper.send(data, anyio.current_time()))
+        self._apply(self.stepper.send(data, self._clock()))
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Start closing (a no-op once closing)."""
-        self._apply(self.stepper.close(code, reason, anyio.current_time()))
+        self._apply(self.stepper.close(code, reason, self._clock()))
 
     # -- running -----------------------------------------------------------------
 
@@ -182,7 +185,7 @@ class AsgiConnection:
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
-                self._apply(stepper.open(anyio.current_time()))
+                self._apply(stepper.open(self._clock()))
                 tg.start_soon(self._writer, self._writer_scope)
                 tg.start_soon(self._timer)
                 try:
@@ -191,7 +194,7 @@ class AsgiConnection:
                     if not stepper.is_closed:
                         self._apply(
                             stepper.transport_closed(
-                                CloseCode.ABNORMAL, "connection lost", anyio.current_time()
+                                CloseCode.ABNORMAL, "connection lost", self._clock()
                             )
                         )
                     self._disconnected = True
@@ -216,7 +219,7 @@ class AsgiConnection:
                 self._read_scope = scope
                 message = await self._receive()
             self._read_scope = None
-            now = anyio.current_time()
+            now = self._clock()
             if message is None:
                 # Our close went out but the ASGI server never reported the end:
                 # give up (the server drops the transport when we return).
@@ -275,7 +278,7 @@ class AsgiConnection:
             with anyio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
                 await wake.wait()
             if scope.cancelled_caught and not self._disconnected:
-                self._apply(stepper.tick(anyio.current_time()))
+                self._apply(stepper.tick(self._clock()))
 
     # -- events ------------------------------------------------------------------
 
@@ -301,7 +304,7 @@ class AsgiConnection:
                 self._out.append(
                     {"type": "websocket.close", "code": event.code, "reason": event.reason}
                 )
-                self._close_deadline = anyio.current_time() + self._linger
+                self._close_deadline = self._clock() + self._linger
                 if self._read_scope is not None:
                     self._read_scope.deadline = self._close_deadline
                 self._out_wake.set()
@@ -354,7 +357,7 @@ class AsgiConnection:
                 error = exc
         if self._pending.pop(token, None) is None or scope.cancelled_caught:
             return  # cancelled: the Stepper no longer waits for it
-        now = anyio.current_time()
+        now = self._clock()
         self._collect()  # what the handler sent goes out before what follows it
         if error is not None:
             self._apply(self.stepper.resume_error(token, error, now))
@@ -369,6 +372,14 @@ class AsgiConnection:
                 logger.warning("asgi %s: on_close hook cancelled after %ss", self.id, self._linger)
         except Exception:
             logger.exception("asgi %s: on_close hook raised", self.id)
+
+
+def _backend_clock() -> Callable[[], float]:
+    """anyio's clock as a function that also works outside a task (an asyncio loop
+    callback, such as `App.close` scheduled with `loop.call_soon_threadsafe`)."""
+    if sniffio.current_async_library() == "asyncio":
+        return asyncio.get_running_loop().time  # what anyio's asyncio backend reads
+    return anyio.current_time
 
 
 def _discard(awaitable: Awaitable[Any]) -> None:
