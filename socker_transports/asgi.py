@@ -62,15 +62,6 @@ from socker_core import (
 )
 from socker_core._codes import CloseCode
 
-from ._policy import (
-    Accepted,
-    CloseDecision,
-    Refused,
-    check_request,
-    handshake_verdict,
-    oversize,
-    text_message,
-)
 from .wire import (
     SHUTDOWN_CODE,
     SHUTDOWN_REASON,
@@ -79,6 +70,15 @@ from .wire import (
     HttpHandler,
     HttpResponse,
     Options,
+)
+from .wire.policy import (
+    Accepted,
+    CloseDecision,
+    Refused,
+    check_request,
+    handshake_verdict,
+    oversize,
+    text_message,
 )
 
 logger = logging.getLogger("socker")

@@ -1,4 +1,4 @@
-"""Server-side decisions shared by the wire and the ASGI adapter.
+"""Server-side decisions shared by the wire and the ASGI adapter (socker_transports.asgi).
 
 The wire (socket bytes) and `socker_transports.asgi` (an ASGI server's events)
 reach the same questions at different layers: which flow serves a path, whether an
@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from socker_core import Flow
 from socker_core._codes import CloseCode
 
-if TYPE_CHECKING:
-    from .wire import HandshakeRequest, Options
+from .hooks import Accept, HandshakeRequest, Reject
+from .options import Options
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +83,6 @@ def handshake_verdict(
 ) -> Accepted | Refused:
     """What a handshake hook's answer (or the exception it raised; None when there
     is no hook) means for the connection."""
-    from .wire import Accept, Reject
-
     if isinstance(result, BaseException):
         return Refused(500, "handshake hook raised", error=result)
     if isinstance(result, Reject):

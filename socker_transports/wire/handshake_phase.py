@@ -1,0 +1,213 @@
+"""The handshake phase of a connection: the HTTP head in, the flow started."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import RejectConnection, Request
+
+from socker_core import Flow, Stepper
+
+from .events import AwaitHandshake, Opened, Phase
+from .frames import _frame_connection
+from .handshake import _accept_response, _check_accept_response, _read_request, _valid_key
+from .hooks import HandshakeRequest
+from .http1 import _STATUS_LINE_101, _h11_fields, _h11_head, _http_response, _Refused
+from .open_phase import _OpenPhase
+from .policy import Refused, check_request, handshake_verdict
+
+logger = logging.getLogger("socker")
+
+
+class _HandshakePhase(_OpenPhase):
+    """Before open: the opening handshake on either side, the handshake hook, the flow's start."""
+
+    __slots__ = ()
+
+    def _receive_handshake(self, data: bytes | bytearray, now: float) -> None:
+        guard = self._guard
+        if guard is None:  # head already complete; waiting on the hook
+            self._pending_after_head += data
+            return
+        status, head, rest = guard.feed(data)
+        if status:
+            reason = "bad request" if status == 400 else "handshake exceeds header limits"
+            self._fail_handshake(0 if self._client else status, reason, now, respond=True)
+            return
+        if head is None:
+            return
+        self._guard = None
+        if self._client:
+            self._client_head(head, rest, now)
+        else:
+            self._server_head(head, rest, now)
+
+    def _server_head(self, head: bytes, rest: bytes, now: float) -> None:
+        request_line, headers, verdict = _read_request(head)
+        parts = request_line.split(" ")
+        target = parts[1] if len(parts) == 3 else ""
+        if "://" in target and not target.startswith("/"):  # absolute-form (RFC 9112 3.2.2)
+            split = urlsplit(target)
+            path, query = split.path or "/", split.query
+        else:
+            path, _, query = target.partition("?")
+        origin = upgrade = None
+        protocols = []
+        keys = []
+        for name, value in headers:
+            if name == "origin":
+                if origin is None:
+                    origin = value
+            elif name == "upgrade":
+                if upgrade is None:
+                    upgrade = value
+            elif name == "sec-websocket-key":
+                keys.append(value)
+            elif name == "sec-websocket-protocol":
+                protocols.append(value)
+        offered = (
+            tuple(p.strip() for p in ",".join(protocols).split(",") if p.strip())
+            if protocols
+            else ()
+        )
+        request = HandshakeRequest(path, query, tuple(headers), offered, origin, parts[0])
+        self._request = request
+        self.path = path
+        is_upgrade = upgrade is not None and "websocket" in upgrade.lower()
+        if not is_upgrade and self.http_handler is not None and len(parts) == 3:
+            try:
+                response = self.http_handler(request)
+            except Exception as exc:
+                logger.error("%s: http_handler raised", self._label(), exc_info=exc)
+                self._fail_handshake(500, "http_handler raised", now, respond=True)
+                return
+            if response is not None:
+                body = b"" if parts[0] == "HEAD" else response.body
+                self._write(_http_response(response.status, body, response.all_headers()), now)
+                self._fail_handshake(response.status, "plain HTTP request served", now)
+                return
+        if isinstance(verdict, _Refused):
+            self._fail_handshake(
+                verdict.status, verdict.reason, now, respond=True, headers=verdict.headers
+            )
+            return
+        if len(keys) != 1 or not _valid_key(keys[0]):
+            self._fail_handshake(400, "invalid Sec-WebSocket-Key", now, respond=True)
+            return
+        refused = check_request(self.options, self.routes, request)
+        if refused is not None:
+            self._fail_handshake(refused.status, refused.reason, now, respond=True)
+            return
+        self._key = verdict
+        self._pending_after_head = rest
+        if self.handshake_hook is None:
+            self._decide(None, now)
+            return
+        try:
+            result = self.handshake_hook(request)
+        except Exception as exc:
+            self._decide(exc, now)
+            return
+        if inspect.isawaitable(result):
+            self._phase = Phase.HOOK
+            self._events.append(AwaitHandshake(result))
+            return
+        self._decide(result, now)
+
+    def _decide(self, result: object, now: float) -> None:
+        request = self._request
+        assert request is not None
+        verdict = handshake_verdict(result, request, self.options, self.routes)
+        if isinstance(verdict, Refused):
+            if isinstance(verdict.error, BaseException):
+                logger.error("%s: %s", self._label(), verdict.reason, exc_info=verdict.error)
+            elif verdict.error is not None:
+                logger.error("%s: %s", self._label(), verdict.error)
+            self._fail_handshake(
+                verdict.status,
+                verdict.reason,
+                now,
+                respond=True,
+                body=verdict.body,
+                headers=verdict.headers,
+            )
+            return
+        flow, subprotocol = verdict.flow, verdict.subprotocol
+        try:
+            response = _accept_response(self._key, subprotocol, verdict.headers)
+        except Exception as exc:  # a header the h11 rules refuse to send
+            logger.error("%s: cannot accept: %s", self._label(), exc)
+            self._fail_handshake(500, "cannot build the handshake response", now, respond=True)
+            return
+        self._write(response, now)
+        self.subprotocol = subprotocol
+        rest = self._pending_after_head
+        # Frames that came with (or after) the request: parsed lazily, like any later read.
+        self._ws = _frame_connection(ConnectionType.SERVER, rest)
+        self._start_flow(flow, now, verdict.state)
+        if rest and not self._transport_done:
+            self._pump(now)
+
+    def _client_head(self, head: bytes, rest: bytes, now: float) -> None:
+        start, block, end = _h11_head(head)
+        if start is None or _STATUS_LINE_101.fullmatch(start) is None:
+            self._client_refused(head + rest, now)
+            return
+        try:
+            fields = _h11_fields(block)
+            subprotocol = _check_accept_response(fields, self._nonce, self.options.subprotocols)
+        except Exception as exc:  # the message says why; a non-ASCII value, for example
+            self._fail_handshake(0, f"bad handshake response: {exc}", now)
+            return
+        self.subprotocol = subprotocol
+        flow = self._client_flow
+        assert flow is not None
+        # Frames that came with the response: parsed lazily, like any later read.
+        self._ws = _frame_connection(ConnectionType.CLIENT, head[end:] + rest)
+        self._start_flow(flow, now, {})
+        if not self._transport_done:
+            self._pump(now)
+
+    def _client_refused(self, data: bytes, now: float) -> None:
+        """Anything but a 101: read (the start of) the answer with wsproto, which gives
+        the refusal's status or the reason it is malformed."""
+        assert self._client_request is not None
+        host, path, extra = self._client_request
+        ws = WSConnection(ConnectionType.CLIENT)
+        try:
+            subprotocols = list(self.options.subprotocols)
+            ws.send(Request(host=host, target=path, extra_headers=extra, subprotocols=subprotocols))
+            ws.receive_data(data)
+            first = next(ws.events(), None)
+        except Exception as exc:  # RemoteProtocolError, or a non-ASCII header value
+            self._fail_handshake(0, f"bad handshake response: {exc}", now)
+            return
+        if isinstance(first, RejectConnection):
+            self._fail_handshake(first.status_code, "server rejected the handshake", now)
+            return
+        self._fail_handshake(0, "unexpected handshake response", now)
+
+    def _start_flow(self, flow: Flow, now: float, state: Mapping[str, Any]) -> None:
+        self._phase = Phase.OPEN
+        self.handshake_status = 101
+        self._handshake_deadline = None
+        self._drop_handshake_state()
+        self._decoder = getattr(getattr(self._ws, "_proto", None), "_frame_decoder", None)
+        stepper = Stepper(flow, max_queue=self.options.max_queue)
+        if state:
+            conn_state = stepper.conn.state
+            for key, value in state.items():
+                setattr(conn_state, key, value)
+        stepper.wakeup = self._wakeup
+        self.stepper = stepper
+        if self.options.ping_interval is not None:
+            self._ping_due = now + self.options.ping_interval
+        self._events.append(Opened(self.path, self.subprotocol, flow.name))
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("%s: open %s (flow %s)", self._label(), self.path, flow.name)
+        self._stepper_events(stepper.open(now), now)
