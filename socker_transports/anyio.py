@@ -320,7 +320,9 @@ class Server:
                 self._idle = idle = anyio.Event()
                 await idle.wait()
         if self._sessions:
-            logger.info("aborting %d connection(s) after close_timeout", len(self._sessions))
+            self.options.log.info(
+                "aborting %d connection(s) after close_timeout", len(self._sessions)
+            )
             for session in list(self._sessions):
                 session.abort()
         conns.cancel_scope.cancel()
@@ -365,7 +367,7 @@ class Server:
             except anyio.ClosedResourceError:
                 return
             except OSError as exc:  # EMFILE and friends: keep the server up
-                logger.error("accept failed: %s", exc)
+                self.options.log.error("accept failed: %s", exc)
                 await anyio.sleep(0.1)
                 continue
             conns.start_soon(self._connection, stream)
@@ -383,7 +385,7 @@ class Server:
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError as exc:  # EMFILE and friends: keep the server up
-                    logger.error("accept failed: %s", exc)
+                    self.options.log.error("accept failed: %s", exc)
                     await anyio.sleep(0.1)
                     break
                 try:
@@ -438,11 +440,11 @@ class Server:
                         raw, server_side=True, ssl_context=self.ssl, standard_compatible=False
                     )
                 if stream is raw:
-                    logger.info("server %s: TLS handshake timed out", peer)
+                    self.options.log.info("server %s: TLS handshake timed out", peer)
                     await anyio.aclose_forcefully(raw)
                     return
         except (*STREAM_ERRORS, anyio.EndOfStream) as exc:
-            logger.info("server %s: TLS handshake failed: %s", peer, exc)
+            self.options.log.info("server %s: TLS handshake failed: %s", peer, exc)
             await anyio.aclose_forcefully(raw)
             return
         wire = Wire.server(

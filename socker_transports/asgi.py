@@ -71,6 +71,7 @@ from .wire import (
     HttpResponse,
     Options,
 )
+from .wire.observe import Observer
 from .wire.policy import (
     Accepted,
     CloseDecision,
@@ -80,8 +81,6 @@ from .wire.policy import (
     oversize,
     text_message,
 )
-
-logger = logging.getLogger("socker")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -121,6 +120,11 @@ def _request_from_scope(scope: Scope, method: str = "GET") -> HandshakeRequest:
     return HandshakeRequest(path, query, headers, subprotocols, origin, method)
 
 
+def _peer(scope: Scope) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else ""
+
+
 def _encode_headers(headers: Any) -> list[tuple[bytes, bytes]]:
     return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
 
@@ -139,6 +143,7 @@ class AsgiConnection:
         request: HandshakeRequest,
         receive: Receive,
         send: SendFn,
+        request_scope: Scope,
     ) -> None:
         self.app = app
         self.stepper = stepper
@@ -154,11 +159,18 @@ class AsgiConnection:
         self._tg: Any = None
         self._close_deadline = math.inf
         self._read_scope: anyio.CancelScope | None = None
+        self.subprotocol: str | None = None
         self._writer_scope = anyio.CancelScope()
         self._disconnected = False  # the ASGI server said websocket.disconnect
         self._send_failed = False
         self._clock = _backend_clock()
         opts = app.options
+        self.log = opts.log
+        self.observer = (
+            None
+            if opts.on_event is None
+            else Observer(opts.on_event, "server", _peer(request_scope), log=self.log)
+        )
         self._linger = _FALLBACK_LINGER if opts.close_timeout is None else opts.close_timeout
         stepper.wakeup = self._collect
 
@@ -185,6 +197,8 @@ class AsgiConnection:
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
+                if self.observer is not None:
+                    self.observer.opened(stepper, self.request.path, self.subprotocol)
                 self._apply(stepper.open(self._clock()))
                 tg.start_soon(self._writer, self._writer_scope)
                 tg.start_soon(self._timer)
@@ -239,8 +253,10 @@ class AsgiConnection:
                     decided = oversize(self.app.options, len(decided)) or decided
                 if isinstance(decided, CloseDecision):
                     self._apply(stepper.close(decided.code, decided.reason, now))
-                else:
+                elif self.observer is None:
                     self._apply(stepper.receive(decided, now))
+                else:
+                    self._apply(self.observer.receive(stepper, decided, now))
             elif kind == "websocket.disconnect":
                 code = int(message.get("code") or CloseCode.NO_STATUS_RECEIVED)
                 reason = message.get("reason") or ""
@@ -265,7 +281,7 @@ class AsgiConnection:
             try:
                 await self._send(message)
             except Exception as exc:  # the transport went away under the send
-                logger.debug("asgi %s: send failed: %r", self.id, exc)
+                self.log.debug("asgi %s: send failed: %r", self.id, exc)
                 self._send_failed = True
                 self._out.clear()
 
@@ -293,10 +309,15 @@ class AsgiConnection:
         self._read_wake.set()
 
     def _apply(self, events: list[Event]) -> None:
+        observer = self.observer
+        if observer is not None:
+            observer.stepper_events(events)
         for event in events:
             kind = type(event)
             if kind is Send:
                 assert isinstance(event, Send)
+                if observer is not None:
+                    observer.sent(len(event.data))
                 self._out.append({"type": "websocket.send", "bytes": event.data})
                 self._out_wake.set()
             elif kind is CloseRequested:
@@ -321,11 +342,11 @@ class AsgiConnection:
                     _discard(awaitable)
             elif kind is HandlerFailed:
                 assert isinstance(event, HandlerFailed)
-                logger.error("asgi %s: %s raised", self.id, event.step, exc_info=event.exception)
+                self.log.error("asgi %s: %s raised", self.id, event.step, exc_info=event.exception)
             elif kind is Closed:
                 assert isinstance(event, Closed)
-                if logger.isEnabledFor(logging.INFO):
-                    logger.info("asgi %s: closed %s %s", self.id, event.code, event.reason)
+                if self.log.isEnabledFor(logging.INFO):
+                    self.log.info("asgi %s: closed %s %s", self.id, event.code, event.reason)
                 self.app._forget(self)
         # The deadline may have moved, and the reader may read again.
         self._timer_wake.set()
@@ -358,6 +379,8 @@ class AsgiConnection:
         if self._pending.pop(token, None) is None or scope.cancelled_caught:
             return  # cancelled: the Stepper no longer waits for it
         now = self._clock()
+        if self.observer is not None:
+            self.observer.resumed()
         self._collect()  # what the handler sent goes out before what follows it
         if error is not None:
             self._apply(self.stepper.resume_error(token, error, now))
@@ -369,9 +392,11 @@ class AsgiConnection:
             with anyio.move_on_after(self._linger) as scope:
                 await awaitable
             if scope.cancelled_caught:
-                logger.warning("asgi %s: on_close hook cancelled after %ss", self.id, self._linger)
+                self.log.warning(
+                    "asgi %s: on_close hook cancelled after %ss", self.id, self._linger
+                )
         except Exception:
-            logger.exception("asgi %s: on_close hook raised", self.id)
+            self.log.exception("asgi %s: on_close hook raised", self.id)
 
 
 def _backend_clock() -> Callable[[], float]:
@@ -467,7 +492,7 @@ class App:
             try:
                 response = self.http_handler(request)
             except Exception:
-                logger.exception("asgi: http_handler raised")
+                self.options.log.exception("asgi: http_handler raised")
                 response = HttpResponse(500, b"http_handler raised\n")
         if response is None:
             response = HttpResponse(404, b"not found\n")
@@ -501,12 +526,12 @@ class App:
             conn_state = stepper.conn.state
             for key, value in verdict.state.items():
                 setattr(conn_state, key, value)
-        connection = AsgiConnection(self, stepper, request, receive, send)
+        connection = AsgiConnection(self, stepper, request, receive, send, scope)
+        connection.subprotocol = verdict.subprotocol
         self.connections[connection.id] = connection
-        if logger.isEnabledFor(logging.INFO):
-            logger.info(
-                "asgi %s: open %s (flow %s)", connection.id, request.path, verdict.flow.name
-            )
+        log = self.options.log
+        if log.isEnabledFor(logging.INFO):
+            log.info("asgi %s: open %s (flow %s)", connection.id, request.path, verdict.flow.name)
         try:
             await connection.run()
         finally:
@@ -531,9 +556,9 @@ class App:
         verdict = handshake_verdict(result, request, self.options, self.routes)
         if isinstance(verdict, Refused) and verdict.error is not None:
             if isinstance(verdict.error, BaseException):
-                logger.error("asgi: %s", verdict.reason, exc_info=verdict.error)
+                self.options.log.error("asgi: %s", verdict.reason, exc_info=verdict.error)
             else:
-                logger.error("asgi: %s", verdict.error)
+                self.options.log.error("asgi: %s", verdict.error)
         return verdict
 
     async def _refuse(self, scope: Scope, send: SendFn, verdict: Refused) -> None:
@@ -550,10 +575,18 @@ class App:
                 }
             )
             await send({"type": "websocket.http.response.body", "body": body})
+            status = verdict.status
         else:
             await send({"type": "websocket.close", "code": int(CloseCode.POLICY_VIOLATION)})
-        if logger.isEnabledFor(logging.INFO):
-            logger.info("asgi: handshake refused (%s): %s", verdict.status, verdict.reason)
+            status = 403  # what every ASGI server answers a close before accept
+        log = self.options.log
+        if log.isEnabledFor(logging.INFO):
+            log.info("asgi: handshake refused (%s): %s", status, verdict.reason)
+        hook = self.options.on_event
+        if hook is not None:
+            Observer(hook, "server", _peer(scope), log=log).refused(
+                status, verdict.reason, _request_from_scope(scope).path
+            )
 
 
 __all__ = ["SERVER_OWNED_OPTIONS", "App", "AsgiConnection"]

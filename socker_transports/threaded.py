@@ -460,7 +460,7 @@ class _Link(threading.Thread):
             if self._tls is None or self._tls_handshake():
                 self._loop()
         except Exception as exc:
-            logger.exception("socker: %s: driver error", self.name)
+            self.wire.log.exception("socker: %s: driver error", self.name)
             with self.lock:
                 self.wire.abort(monotonic(), f"driver error: {exc!r}")
         finally:
@@ -695,7 +695,9 @@ class _Link(threading.Thread):
                 if wire.is_open:
                     wire.send(first, now)
                 else:
-                    logger.debug("socker: %s: dropped a send_threadsafe after close", self.name)
+                    self.wire.log.debug(
+                        "socker: %s: dropped a send_threadsafe after close", self.name
+                    )
             elif kind == _CLOSE:
                 wire.close(first, second, now)  # the first one wins; later ones are no-ops
             else:
@@ -878,7 +880,7 @@ class Server:
         try:
             self._accept()
         except Exception:  # pragma: no cover - a driver bug: still shut down cleanly
-            logger.exception("socker: accept loop failed")
+            self.options.log.exception("socker: accept loop failed")
         finally:
             self._closing = True
             self._listener.close()
@@ -896,7 +898,7 @@ class Server:
                 except _WOULD_BLOCK:
                     break
                 except OSError as exc:
-                    logger.warning("socker: accept failed: %s", exc)
+                    self.options.log.warning("socker: accept failed: %s", exc)
                     # Back off (EMFILE and friends) without a sleep: until closing or 100 ms.
                     if _wait(None, False, False, waker, 0.1)[3]:
                         self._waker.drain()
@@ -914,7 +916,9 @@ class Server:
             link.join(max(0.0, end - monotonic()))
         late = [link for link in links if link.is_alive()]
         if late:
-            logger.info("socker: aborting %d connection(s) after close_timeout", len(late))
+            self.options.log.info(
+                "socker: aborting %d connection(s) after close_timeout", len(late)
+            )
         for link in late:
             link.kill()
         for link in late:
@@ -950,7 +954,7 @@ class Server:
         try:
             link.start()
         except RuntimeError:  # pragma: no cover - cannot start a thread
-            logger.exception("socker: cannot start a connection thread")
+            self.options.log.exception("socker: cannot start a connection thread")
             with self._lock:
                 self._links.discard(link)
             sock.close()

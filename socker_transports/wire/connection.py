@@ -20,8 +20,6 @@ from .handshake_phase import _HandshakePhase
 from .hooks import HandshakeHook, HttpHandler, _check_headers
 from .options import _DEFAULT_OPTIONS, KEEPALIVE_TIMEOUT_REASON, Options
 
-logger = logging.getLogger("socker")
-
 
 class Wire(_HandshakePhase):
     """One websocket connection, either role, with its Stepper. No I/O.
@@ -239,13 +237,13 @@ class Wire(_HandshakePhase):
                 )
             return
         if self._close_deadline is not None and now >= self._close_deadline:
-            if logger.isEnabledFor(logging.INFO):
-                logger.info("%s: close handshake timed out", self._label())
+            if self.log.isEnabledFor(logging.INFO):
+                self.log.info("%s: close handshake timed out", self._label())
             self._finish_transport(now, CloseCode.ABNORMAL, "close handshake timed out")
             return
         if self._pong_deadline is not None and now >= self._pong_deadline:
-            if logger.isEnabledFor(logging.INFO):
-                logger.info("%s: %s", self._label(), KEEPALIVE_TIMEOUT_REASON)
+            if self.log.isEnabledFor(logging.INFO):
+                self.log.info("%s: %s", self._label(), KEEPALIVE_TIMEOUT_REASON)
             self._fail(now, CloseCode.INTERNAL_ERROR, KEEPALIVE_TIMEOUT_REASON)
             return
         if self._ping_due is not None and now >= self._ping_due and self._phase is Phase.OPEN:
@@ -263,6 +261,8 @@ class Wire(_HandshakePhase):
         """An `Await`'s awaitable returned `result`."""
         if self.stepper is None:
             raise LocalProtocolError("resume before the flow started")
+        if self.observer is not None:
+            self.observer.resumed()
         self.collect(now)  # what the awaited handler sent goes out first
         self._stepper_events(self.stepper.resume(token, result, now), now)
         self._feed_held(now)
@@ -271,6 +271,8 @@ class Wire(_HandshakePhase):
         """An `Await`'s awaitable raised `error`."""
         if self.stepper is None:
             raise LocalProtocolError("resume_error before the flow started")
+        if self.observer is not None:
+            self.observer.resumed()
         self.collect(now)  # what the awaited handler sent goes out first
         self._stepper_events(self.stepper.resume_error(token, error, now), now)
         self._feed_held(now)

@@ -21,8 +21,6 @@ from .http1 import _STATUS_LINE_101, _h11_fields, _h11_head, _http_response, _Re
 from .open_phase import _OpenPhase
 from .policy import Refused, check_request, handshake_verdict
 
-logger = logging.getLogger("socker")
-
 
 class _HandshakePhase(_OpenPhase):
     """Before open: the opening handshake on either side, the handshake hook, the flow's start."""
@@ -83,13 +81,15 @@ class _HandshakePhase(_OpenPhase):
             try:
                 response = self.http_handler(request)
             except Exception as exc:
-                logger.error("%s: http_handler raised", self._label(), exc_info=exc)
+                self.log.error("%s: http_handler raised", self._label(), exc_info=exc)
                 self._fail_handshake(500, "http_handler raised", now, respond=True)
                 return
             if response is not None:
                 body = b"" if parts[0] == "HEAD" else response.body
                 self._write(_http_response(response.status, body, response.all_headers()), now)
-                self._fail_handshake(response.status, "plain HTTP request served", now)
+                self._fail_handshake(
+                    response.status, "plain HTTP request served", now, observed=False
+                )
                 return
         if isinstance(verdict, _Refused):
             self._fail_handshake(
@@ -125,9 +125,9 @@ class _HandshakePhase(_OpenPhase):
         verdict = handshake_verdict(result, request, self.options, self.routes)
         if isinstance(verdict, Refused):
             if isinstance(verdict.error, BaseException):
-                logger.error("%s: %s", self._label(), verdict.reason, exc_info=verdict.error)
+                self.log.error("%s: %s", self._label(), verdict.reason, exc_info=verdict.error)
             elif verdict.error is not None:
-                logger.error("%s: %s", self._label(), verdict.error)
+                self.log.error("%s: %s", self._label(), verdict.error)
             self._fail_handshake(
                 verdict.status,
                 verdict.reason,
@@ -141,7 +141,7 @@ class _HandshakePhase(_OpenPhase):
         try:
             response = _accept_response(self._key, subprotocol, verdict.headers)
         except Exception as exc:  # a header the h11 rules refuse to send
-            logger.error("%s: cannot accept: %s", self._label(), exc)
+            self.log.error("%s: cannot accept: %s", self._label(), exc)
             self._fail_handshake(500, "cannot build the handshake response", now, respond=True)
             return
         self._write(response, now)
@@ -208,6 +208,8 @@ class _HandshakePhase(_OpenPhase):
         if self.options.ping_interval is not None:
             self._ping_due = now + self.options.ping_interval
         self._events.append(Opened(self.path, self.subprotocol, flow.name))
-        if logger.isEnabledFor(logging.INFO):
-            logger.info("%s: open %s (flow %s)", self._label(), self.path, flow.name)
+        if self.observer is not None:
+            self.observer.opened(stepper, self.path, self.subprotocol)
+        if self.log.isEnabledFor(logging.INFO):
+            self.log.info("%s: open %s (flow %s)", self._label(), self.path, flow.name)
         self._stepper_events(stepper.open(now), now)

@@ -15,8 +15,6 @@ from .events import Phase
 from .policy import CloseDecision, oversize, text_message
 from .state import _WireState
 
-logger = logging.getLogger("socker")
-
 
 class _OpenPhase(_WireState):
     """Once open: messages, fragments and `max_size`, ping/pong, the close handshake."""
@@ -111,7 +109,10 @@ class _OpenPhase(_WireState):
             held.append(message)
             self._held_size += len(message)
             return
-        self._stepper_events(stepper.receive(message, now), now)
+        if self.observer is None:
+            self._stepper_events(stepper.receive(message, now), now)
+        else:
+            self._stepper_events(self.observer.receive(stepper, message, now), now)
 
     def _feed_held(self, now: float) -> None:
         stepper = self.stepper
@@ -121,7 +122,10 @@ class _OpenPhase(_WireState):
         while held and stepper is not None and stepper.accepting and self._phase is Phase.OPEN:
             message = held.popleft()
             self._held_size -= len(message)
-            self._stepper_events(stepper.receive(message, now), now)
+            if self.observer is None:
+                self._stepper_events(stepper.receive(message, now), now)
+            else:
+                self._stepper_events(self.observer.receive(stepper, message, now), now)
         if not held and self._held is held:
             self._held = None
 
@@ -144,8 +148,8 @@ class _OpenPhase(_WireState):
             # while still OPEN): fail the connection with its code, no waiting.
             if not is_sendable_close_code(code):
                 code = CloseCode.PROTOCOL_ERROR
-            if logger.isEnabledFor(logging.INFO):
-                logger.info("%s: protocol error %s: %s", self._label(), code, reason)
+            if self.log.isEnabledFor(logging.INFO):
+                self.log.info("%s: protocol error %s: %s", self._label(), code, reason)
             self._fail(now, code, reason or "protocol error")
 
     def _finish_close_handshake(self, now: float) -> None:
