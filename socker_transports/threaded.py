@@ -86,6 +86,14 @@ from socker_core import (
     is_sendable_close_code,
 )
 
+from ._listen import (
+    bound_address,
+    check_choice,
+    check_listening,
+    is_tcp,
+    tcp_listener,
+    unix_listener,
+)
 from .wire import (
     SHUTDOWN_CODE,
     SHUTDOWN_REASON,
@@ -101,7 +109,9 @@ from .wire import (
     Phase,
     Wire,
     WireEvent,
+    check_shutdown,
     format_host,
+    shutdown_reason,
 )
 
 logger = logging.getLogger("socker")
@@ -770,9 +780,17 @@ class Server:
         http_handler: HttpHandler | None,
         options: Options,
         backlog: int,
+        sock: socket.socket | None = None,
+        reuse_port: bool = False,
+        unix_socket: str | None = None,
     ) -> None:
+        check_choice(sock, unix_socket, reuse_port)
+        if sock is not None:
+            check_listening(sock)
         # Validate the routes (and flows) now, not on the first connection.
         Wire.server(routes, 0.0, options, handshake_hook=handshake_hook)
+        #: The unix-domain socket path served (unix_socket=), else None.
+        self.unix_socket = unix_socket
         self.routes = routes
         self.options = options
         self.ssl = ssl
@@ -781,26 +799,26 @@ class Server:
         self._lock = threading.Lock()
         self._links: set[_Link] = set()
         self._closing = False
+        self._close_code: int = SHUTDOWN_CODE
+        self._close_reason = SHUTDOWN_REASON
+        self._draining = False
+        self._drain_timeout: float | None = None
+        self._changed = threading.Condition(self._lock)  # a link ended, or the drain was cut
         self._stopped = threading.Event()
         self._waker = _Waker()
-        info = socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        listener = socket.socket(info[0], socket.SOCK_STREAM)
         try:
-            if os.name != "nt":
-                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind(info[4])
-            listener.listen(backlog)
+            if sock is not None:
+                listener = sock
+            elif unix_socket is not None:
+                listener = unix_listener(unix_socket, backlog)
+            else:
+                listener = tcp_listener(host, port, backlog, reuse_port=reuse_port)
             listener.setblocking(False)
         except BaseException:
-            listener.close()
             self._waker.close()
             raise
         self._listener = listener
-        bound = listener.getsockname()
-        self.host: str = bound[0]
-        self.port: int = bound[1]
+        self.host, self.port = bound_address(listener)
         self._runner = _AsyncRunner(f"socker-server-{self.port}")
         self._accept_thread = threading.Thread(
             target=self._accept_loop, name=f"socker-accept-{self.port}", daemon=True
@@ -809,7 +827,11 @@ class Server:
 
     @property
     def url(self) -> str:
+        """The URL clients use (for a unix socket: ws://localhost, with the
+        client's `unix_socket=` set to `server.unix_socket`)."""
         scheme = "wss" if self.ssl is not None else "ws"
+        if self.unix_socket is not None:
+            return f"{scheme}://localhost"
         return f"{scheme}://{format_host(self.host)}:{self.port}"
 
     def active_connections(self) -> int:
@@ -839,18 +861,40 @@ class Server:
         """Every connection thread still running, including those mid-handshake."""
         return self.active_connections()
 
-    def close(self) -> None:
+    def close(
+        self, code: int = SHUTDOWN_CODE, drain: bool = False, *, drain_timeout: float | None = None
+    ) -> None:
         """Start a graceful shutdown and return at once (safe from handlers);
-        `shutdown()` or `serve_forever()` wait for it to finish."""
-        self._closing = True
+        `shutdown()` or `serve_forever()` wait for it to finish.
+
+        The server stops accepting at once (new connections are refused); every
+        live connection is closed with `code` (1001 "server shutting down"; 1012
+        "service restart" when a new release takes over) and aborted if it has not
+        finished within `close_timeout`. With `drain=True` live connections first
+        run to completion, for at most `drain_timeout` seconds (None: no bound);
+        a later `close()` without `drain` ends the drain at once."""
+        check_shutdown(code, drain_timeout)
+        with self._lock:
+            if self._closing:
+                if not drain and self._draining:
+                    self._draining = False
+                    self._changed.notify_all()
+                return
+            self._close_code, self._close_reason = int(code), shutdown_reason(code)
+            self._draining, self._drain_timeout = drain, drain_timeout
+            self._closing = True
         self._waker.wake()
 
-    def shutdown(self) -> None:
-        """Stop accepting, close every connection with 1001 (abort after close_timeout)
-        and return once every thread this server started has ended. Idempotent and
-        safe from any thread; from a handler it only starts the shutdown (like
-        `close()`), since the handler's own thread is one of those to end."""
-        self.close()
+    def shutdown(
+        self, code: int = SHUTDOWN_CODE, drain: bool = False, *, drain_timeout: float | None = None
+    ) -> None:
+        """Stop accepting, close every connection with `code` (see `close`; abort
+        after close_timeout) and return once every thread this server started has
+        ended. Idempotent and safe from any thread; from a handler it only starts
+        the shutdown (like `close()`), since the handler's own thread is one of
+        those to end. If a shutdown is under way, waits for that one."""
+        if not self._closing:
+            self.close(code, drain, drain_timeout=drain_timeout)
         current = threading.current_thread()
         if (
             current is self._accept_thread
@@ -884,6 +928,9 @@ class Server:
         finally:
             self._closing = True
             self._listener.close()
+            if self.unix_socket is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.unix_socket)
             self._shut_down()
 
     def _accept(self) -> None:
@@ -906,9 +953,19 @@ class Server:
                 self._start_link(sock, address)
 
     def _shut_down(self) -> None:
+        if self._draining:
+            bound = self._drain_timeout
+            end = None if bound is None else monotonic() + bound
+            with self._lock:
+                while self._links and self._draining:
+                    left = None if end is None else end - monotonic()
+                    if left is not None and left <= 0:
+                        break
+                    self._changed.wait(left)
+                self._draining = False
         links = self._snapshot()
         for link in links:
-            link.request_close(SHUTDOWN_CODE, SHUTDOWN_REASON)
+            link.request_close(self._close_code, self._close_reason)
         grace = self.options.close_timeout
         grace = FALLBACK_TIMEOUT if grace is None else grace
         end = monotonic() + grace + 1.0
@@ -929,9 +986,13 @@ class Server:
 
     def _start_link(self, sock: socket.socket, address: Any) -> None:
         now = monotonic()
-        peer = f"{format_host(str(address[0]))}:{address[1]}"
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if isinstance(address, tuple) and len(address) >= 2:
+            peer = f"{format_host(str(address[0]))}:{address[1]}"
+        else:  # a unix-domain socket: the peer has no address of its own
+            peer = f"unix:{self.host}"
+        if is_tcp(sock):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
         wire = Wire.server(
             self.routes,
@@ -963,6 +1024,7 @@ class Server:
     def _link_done(self, link: _Link) -> None:
         with self._lock:
             self._links.discard(link)
+            self._changed.notify_all()
 
 
 def serve(
@@ -974,10 +1036,19 @@ def serve(
     handshake_hook: HandshakeHook | None = None,
     http_handler: HttpHandler | None = None,
     backlog: int = socket.SOMAXCONN,
+    sock: socket.socket | None = None,
+    reuse_port: bool = False,
+    unix_socket: str | None = None,
     **options: Any,
 ) -> Server:
     """Listen on `host:port` (0: an ephemeral port) and serve `routes` (one Flow for
     every path, or a mapping of path to Flow) until `Server.shutdown()`.
+
+    Instead of `host:port`: `sock=`, an already bound and listening socket
+    (systemd socket activation, a supervisor; closed when the server stops), or
+    `unix_socket=`, a unix-domain socket path (a stale socket file is replaced,
+    and removed when the server stops). `reuse_port=True` sets SO_REUSEPORT, so
+    several processes can share one TCP port.
 
     `options` are the `wire.Options` fields (`max_size`, `close_timeout`, ...).
     Returns once listening; connections are accepted in a background thread.
@@ -991,6 +1062,9 @@ def serve(
         http_handler=http_handler,
         options=Options(**options),
         backlog=backlog,
+        sock=sock,
+        reuse_port=reuse_port,
+        unix_socket=unix_socket,
     )
 
 
@@ -1091,6 +1165,7 @@ def connect(
     ssl: ssl_module.SSLContext | None = None,
     origin: str | None = None,
     headers: Sequence[tuple[str, str]] = (),
+    unix_socket: str | None = None,
     **options: Any,
 ) -> ClientConnection:
     """Connect to `url` (ws:// or wss://) and run `flow` on a background thread.
@@ -1100,6 +1175,8 @@ def connect(
     the server (refused, DNS, TLS, `open_timeout`) raises the `OSError` (or
     `ssl.SSLError`) unchanged. `wss://` uses `ssl` (default: a verifying
     `ssl.create_default_context()`). `options` are the `wire.Options` fields.
+    With `unix_socket=` the client connects to that unix-domain socket; the URL
+    still gives the Host header and the path (`ws://localhost/game`).
     """
     opts = Options(**options)
     flow.validate()
@@ -1113,18 +1190,30 @@ def connect(
     )
     if ssl is not None and not secure:
         raise ValueError("ssl= needs a wss:// URL")
+    if unix_socket is not None and secure:
+        raise ValueError("unix_socket= serves ws:// only (TLS over a unix socket is not offered)")
     tls = (ssl or ssl_module.create_default_context()) if secure else None
     started = monotonic()
     timeout = opts.open_timeout
-    sock = socket.create_connection((host, port), timeout=timeout)
+    if unix_socket is not None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(unix_socket)
+        except BaseException:
+            sock.close()
+            raise
+    else:
+        sock = socket.create_connection((host, port), timeout=timeout)
     try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if is_tcp(sock):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if tls is not None:
             if timeout is not None:
                 sock.settimeout(max(0.001, started + timeout - monotonic()))
             sock = tls.wrap_socket(sock, server_hostname=host)
         sock.setblocking(False)
-        peer = f"{format_host(host)}:{port}"
+        peer = f"unix:{unix_socket}" if unix_socket is not None else f"{format_host(host)}:{port}"
         wire = Wire.client(
             flow, host_header, started, opts, path=target, origin=origin, headers=headers, peer=peer
         )

@@ -33,35 +33,44 @@ from .events import (
     WireEvent,
 )
 from .hooks import Accept, HandshakeHook, HandshakeRequest, HttpHandler, HttpResponse, Reject
+from .observe import EventHook, ObservedEvent
 from .options import (
     KEEPALIVE_TIMEOUT_REASON,
     SEND_BUFFER_OVERFLOW,
+    SERVICE_RESTART_CODE,
     SHUTDOWN_CODE,
     SHUTDOWN_REASON,
     Options,
+    check_shutdown,
+    shutdown_reason,
 )
 from .target import ClientTarget, format_host
 
 __all__ = [
     "KEEPALIVE_TIMEOUT_REASON",
     "SEND_BUFFER_OVERFLOW",
+    "SERVICE_RESTART_CODE",
     "SHUTDOWN_CODE",
     "SHUTDOWN_REASON",
     "Accept",
     "AwaitHandshake",
     "ClientTarget",
     "CloseResult",
+    "EventHook",
     "HandshakeError",
     "HandshakeFailed",
     "HandshakeHook",
     "HandshakeRequest",
     "HttpHandler",
     "HttpResponse",
+    "ObservedEvent",
     "Opened",
     "Options",
     "Phase",
     "Reject",
     "Wire",
     "WireEvent",
+    "check_shutdown",
     "format_host",
+    "shutdown_reason",
 ]
