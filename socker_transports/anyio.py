@@ -267,7 +267,7 @@ class Server:
         if self.sock is not None or self.unix_socket is not None:
             raw = self.sock if self.sock is not None else unix_listener(self.unix_socket or "", 128)
             listener = anyio.streams.stapled.MultiListener(
-                [anyio.abc.SocketListener.from_socket(raw)]  # type: ignore[list-item]
+                [await anyio.abc.SocketListener.from_socket(raw)]
             )
             host, port = bound_address(raw)
             if is_tcp(raw):
