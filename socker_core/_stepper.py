@@ -146,6 +146,7 @@ class Stepper:
         "conn",
         "flow",
         "guard",
+        "handler_timer",
         "id",
         "max_queue",
         "wakeup",
@@ -170,6 +171,11 @@ class Stepper:
         #: `conn.close` hold, so application code on another thread never races a
         #: call in progress. The core only enters it; it creates no threads.
         self.guard: AbstractContextManager[Any] | None = None
+        #: Observability: `handler_timer(step_name)` is called right before a step
+        #: handler runs and returns a callable the Stepper calls right after, with
+        #: the handler's result (an awaitable for `async def`) or the exception it
+        #: raised. The driver measures time; the core only marks the moments.
+        self.handler_timer: Callable[[str], Callable[[object], None]] | None = None
         self._steps: tuple[Step, ...] = flow.steps
         self._phase = State.IDLE
         self._index = 0
@@ -261,6 +267,7 @@ class Stepper:
             self._phase is _OPEN
             and self._events is None
             and (self._deadline is None or now < self._deadline)
+            and self.handler_timer is None
         ):
             # Hot path, inlined: the current step handles the message right away.
             events: list[Event] = []
@@ -404,11 +411,17 @@ class Stepper:
 
     def _handle(self, message: bytes, now: float) -> None:
         step_name = self._steps[self._index].name
+        timer = self.handler_timer
+        done = None if timer is None else timer(step_name)
         try:
             result = self._handler(self.conn, message)
         except Exception as exc:
+            if done is not None:
+                done(exc)
             self._fail(step_name, exc)
             return
+        if done is not None:
+            done(result)
         if result is None or result is False:
             return
         self._apply(result, step_name, now)

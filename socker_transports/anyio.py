@@ -77,6 +77,7 @@ from .wire import (
     SHUTDOWN_REASON,
     ClientTarget,
     CloseResult,
+    EventHook,
     HandshakeError,
     HandshakeHook,
     HttpHandler,
@@ -87,7 +88,7 @@ from .wire import (
     shutdown_reason,
 )
 
-logger = logging.getLogger("socker")
+_SOCKER_LOGGER = logging.getLogger("socker")
 
 #: Bound (seconds) on a graceful shutdown when close_timeout is None.
 _SHUTDOWN_FALLBACK = 10.0
@@ -134,8 +135,13 @@ class Server:
         sock: socket.socket | None = None,
         reuse_port: bool = False,
         unix_socket: str | None = None,
+        on_event: EventHook | None = None,
+        logger: logging.Logger | None = None,
     ) -> None:
         check_choice(sock, unix_socket, reuse_port)
+        self.on_event = on_event
+        #: Where this server and its connections log (`logger=`).
+        self.log = logger if logger is not None else _SOCKER_LOGGER
         if sock is not None:
             check_listening(sock)
         # Validate the routes now rather than on the first connection.
@@ -367,6 +373,8 @@ class Server:
             self.options,
             handshake_hook=self.handshake_hook,
             http_handler=self.http_handler,
+            on_event=self.on_event,
+            logger=self.log,
         )
         return self._session_factory(
             loop,
@@ -404,9 +412,7 @@ class Server:
                 self._idle = idle = anyio.Event()
                 await idle.wait()
         if self._sessions:
-            self.options.log.info(
-                "aborting %d connection(s) after close_timeout", len(self._sessions)
-            )
+            self.log.info("aborting %d connection(s) after close_timeout", len(self._sessions))
             for session in list(self._sessions):
                 session.abort()
         conns.cancel_scope.cancel()
@@ -451,7 +457,7 @@ class Server:
             except anyio.ClosedResourceError:
                 return
             except OSError as exc:  # EMFILE and friends: keep the server up
-                self.options.log.error("accept failed: %s", exc)
+                self.log.error("accept failed: %s", exc)
                 await anyio.sleep(0.1)
                 continue
             conns.start_soon(self._connection, stream)
@@ -469,7 +475,7 @@ class Server:
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError as exc:  # EMFILE and friends: keep the server up
-                    self.options.log.error("accept failed: %s", exc)
+                    self.log.error("accept failed: %s", exc)
                     await anyio.sleep(0.1)
                     break
                 try:
@@ -491,6 +497,8 @@ class Server:
             self.options,
             handshake_hook=self.handshake_hook,
             http_handler=self.http_handler,
+            on_event=self.on_event,
+            logger=self.log,
             peer=peer,
         )
         session = _StreamSession(
@@ -525,11 +533,11 @@ class Server:
                         raw, server_side=True, ssl_context=self.ssl, standard_compatible=False
                     )
                 if stream is raw:
-                    self.options.log.info("server %s: TLS handshake timed out", peer)
+                    self.log.info("server %s: TLS handshake timed out", peer)
                     await anyio.aclose_forcefully(raw)
                     return
         except (*STREAM_ERRORS, anyio.EndOfStream) as exc:
-            self.options.log.info("server %s: TLS handshake failed: %s", peer, exc)
+            self.log.info("server %s: TLS handshake failed: %s", peer, exc)
             await anyio.aclose_forcefully(raw)
             return
         wire = Wire.server(
@@ -538,6 +546,8 @@ class Server:
             self.options,
             handshake_hook=self.handshake_hook,
             http_handler=self.http_handler,
+            on_event=self.on_event,
+            logger=self.log,
             peer=peer,
         )
         assert self._spawn is not None
@@ -578,6 +588,8 @@ def serve(
     sock: socket.socket | None = None,
     reuse_port: bool = False,
     unix_socket: str | None = None,
+    on_event: EventHook | None = None,
+    logger: logging.Logger | None = None,
     **options: Any,
 ) -> Server:
     """A websocket server for `routes` (one Flow, or a mapping path -> Flow: 404
@@ -588,7 +600,11 @@ def serve(
     several processes can share a port), or `sock=`, an already bound and
     listening socket (systemd socket activation, a supervisor; the server closes
     it when it stops), or `unix_socket=`, a path for a unix-domain socket
-    (a stale socket file is replaced, and removed when the server stops)."""
+    (a stale socket file is replaced, and removed when the server stops).
+
+    `on_event` receives every connection's `wire.observe` events (see
+    `socker_transports.metrics` for a Prometheus exporter); `logger` replaces
+    the "socker" logger for this server and its connections."""
     return Server(
         routes,
         host,
@@ -600,6 +616,8 @@ def serve(
         sock=sock,
         reuse_port=reuse_port,
         unix_socket=unix_socket,
+        on_event=on_event,
+        logger=logger,
     )
 
 
@@ -624,8 +642,12 @@ class Client:
         headers: Sequence[tuple[str, str]],
         options: Options,
         unix_socket: str | None = None,
+        on_event: EventHook | None = None,
+        logger: logging.Logger | None = None,
     ) -> None:
         flow.validate()
+        self.on_event = on_event
+        self.log = logger if logger is not None else _SOCKER_LOGGER
         target = ClientTarget.parse(url)
         secure = target.secure
         if ssl is not None and not secure:
@@ -737,6 +759,8 @@ class Client:
                 if self.unix_socket is not None
                 else f"{format_host(self.host)}:{self.port}"
             ),
+            on_event=self.on_event,
+            logger=self.log,
         )
 
     @asynccontextmanager
@@ -835,6 +859,8 @@ def connect(
     origin: str | None = None,
     headers: Sequence[tuple[str, str]] = (),
     unix_socket: str | None = None,
+    on_event: EventHook | None = None,
+    logger: logging.Logger | None = None,
     **options: Any,
 ) -> Client:
     """Connect to `url` (ws:// or wss://) and run `flow` on the connection.
@@ -849,6 +875,8 @@ def connect(
         headers=headers,
         options=Options(**options),
         unix_socket=unix_socket,
+        on_event=on_event,
+        logger=logger,
     )
 
 
@@ -860,6 +888,8 @@ async def run_client(
     origin: str | None = None,
     headers: Sequence[tuple[str, str]] = (),
     unix_socket: str | None = None,
+    on_event: EventHook | None = None,
+    logger: logging.Logger | None = None,
     **options: Any,
 ) -> CloseResult:
     """Connect, run `flow` to its end, and return how the connection ended.
@@ -868,7 +898,15 @@ async def run_client(
     error; an unreachable server raises `OSError`.
     """
     client = connect(
-        url, flow, ssl=ssl, origin=origin, headers=headers, unix_socket=unix_socket, **options
+        url,
+        flow,
+        ssl=ssl,
+        origin=origin,
+        headers=headers,
+        unix_socket=unix_socket,
+        on_event=on_event,
+        logger=logger,
+        **options,
     )
     try:
         async with client:

@@ -65,6 +65,7 @@ from socker_core._codes import CloseCode
 from .wire import (
     SHUTDOWN_CODE,
     SHUTDOWN_REASON,
+    EventHook,
     HandshakeHook,
     HandshakeRequest,
     HttpHandler,
@@ -165,11 +166,10 @@ class AsgiConnection:
         self._send_failed = False
         self._clock = _backend_clock()
         opts = app.options
-        self.log = opts.log
+        self.log = app.log
+        self.peer = _peer(request_scope)
         self.observer = (
-            None
-            if opts.on_event is None
-            else Observer(opts.on_event, "server", _peer(request_scope), log=self.log)
+            None if app.on_event is None else Observer(app.on_event, "server", log=self.log)
         )
         self._linger = _FALLBACK_LINGER if opts.close_timeout is None else opts.close_timeout
         stepper.wakeup = self._collect
@@ -198,7 +198,7 @@ class AsgiConnection:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 if self.observer is not None:
-                    self.observer.opened(stepper, self.request.path, self.subprotocol)
+                    self.observer.opened(stepper, self.request.path, self.subprotocol, self.peer)
                 self._apply(stepper.open(self._clock()))
                 tg.start_soon(self._writer, self._writer_scope)
                 tg.start_soon(self._timer)
@@ -253,10 +253,10 @@ class AsgiConnection:
                     decided = oversize(self.app.options, len(decided)) or decided
                 if isinstance(decided, CloseDecision):
                     self._apply(stepper.close(decided.code, decided.reason, now))
-                elif self.observer is None:
-                    self._apply(stepper.receive(decided, now))
                 else:
-                    self._apply(self.observer.receive(stepper, decided, now))
+                    if self.observer is not None:
+                        self.observer.received(len(decided))
+                    self._apply(stepper.receive(decided, now))
             elif kind == "websocket.disconnect":
                 code = int(message.get("code") or CloseCode.NO_STATUS_RECEIVED)
                 reason = message.get("reason") or ""
@@ -421,6 +421,8 @@ class App:
       or async, bounded by `open_timeout`).
     - `http_handler(request)`: answers HTTP scopes (it sees `request.method`);
       None or no handler: 404.
+    - `on_event(event)`: the `wire.observe` events, as on the native servers;
+      `logger`: replaces the "socker" logger.
     - `**options`: the `Options` that apply under ASGI (`max_size`, `max_queue`,
       `open_timeout`, `close_timeout`, `origins`, `subprotocols`, `accept_text`);
       the others are the ASGI server's (LocalProtocolError names the setting).
@@ -432,6 +434,8 @@ class App:
         *,
         handshake_hook: HandshakeHook | None = None,
         http_handler: HttpHandler | None = None,
+        on_event: EventHook | None = None,
+        logger: logging.Logger | None = None,
         **options: Any,
     ) -> None:
         for name in options:
@@ -453,6 +457,9 @@ class App:
         self.options = Options(**options)
         self.handshake_hook = handshake_hook
         self.http_handler = http_handler
+        self.on_event = on_event
+        #: Where the App and its connections log (`logger=`).
+        self.log = logger if logger is not None else logging.getLogger("socker")
         #: Live connections, id -> AsgiConnection (the seam for rooms and broadcast).
         self.connections: dict[str, AsgiConnection] = {}
 
@@ -492,7 +499,7 @@ class App:
             try:
                 response = self.http_handler(request)
             except Exception:
-                self.options.log.exception("asgi: http_handler raised")
+                self.log.exception("asgi: http_handler raised")
                 response = HttpResponse(500, b"http_handler raised\n")
         if response is None:
             response = HttpResponse(404, b"not found\n")
@@ -529,7 +536,7 @@ class App:
         connection = AsgiConnection(self, stepper, request, receive, send, scope)
         connection.subprotocol = verdict.subprotocol
         self.connections[connection.id] = connection
-        log = self.options.log
+        log = self.log
         if log.isEnabledFor(logging.INFO):
             log.info("asgi %s: open %s (flow %s)", connection.id, request.path, verdict.flow.name)
         try:
@@ -556,9 +563,9 @@ class App:
         verdict = handshake_verdict(result, request, self.options, self.routes)
         if isinstance(verdict, Refused) and verdict.error is not None:
             if isinstance(verdict.error, BaseException):
-                self.options.log.error("asgi: %s", verdict.reason, exc_info=verdict.error)
+                self.log.error("asgi: %s", verdict.reason, exc_info=verdict.error)
             else:
-                self.options.log.error("asgi: %s", verdict.error)
+                self.log.error("asgi: %s", verdict.error)
         return verdict
 
     async def _refuse(self, scope: Scope, send: SendFn, verdict: Refused) -> None:
@@ -579,13 +586,12 @@ class App:
         else:
             await send({"type": "websocket.close", "code": int(CloseCode.POLICY_VIOLATION)})
             status = 403  # what every ASGI server answers a close before accept
-        log = self.options.log
+        log = self.log
         if log.isEnabledFor(logging.INFO):
             log.info("asgi: handshake refused (%s): %s", status, verdict.reason)
-        hook = self.options.on_event
-        if hook is not None:
-            Observer(hook, "server", _peer(scope), log=log).refused(
-                status, verdict.reason, _request_from_scope(scope).path
+        if self.on_event is not None:
+            Observer(self.on_event, "server", log=log).refused(
+                status, verdict.reason, _request_from_scope(scope).path, _peer(scope)
             )
 
 

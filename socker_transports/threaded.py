@@ -100,6 +100,7 @@ from .wire import (
     AwaitHandshake,
     ClientTarget,
     CloseResult,
+    EventHook,
     HandshakeError,
     HandshakeFailed,
     HandshakeHook,
@@ -114,7 +115,7 @@ from .wire import (
     shutdown_reason,
 )
 
-logger = logging.getLogger("socker")
+logger = _SOCKER_LOGGER = logging.getLogger("socker")
 
 __all__ = [
     "SHUTDOWN_CODE",
@@ -783,8 +784,13 @@ class Server:
         sock: socket.socket | None = None,
         reuse_port: bool = False,
         unix_socket: str | None = None,
+        on_event: EventHook | None = None,
+        logger: logging.Logger | None = None,
     ) -> None:
         check_choice(sock, unix_socket, reuse_port)
+        self.on_event = on_event
+        #: Where this server and its connections log (`logger=`).
+        self.log = logger if logger is not None else _SOCKER_LOGGER
         if sock is not None:
             check_listening(sock)
         # Validate the routes (and flows) now, not on the first connection.
@@ -924,7 +930,7 @@ class Server:
         try:
             self._accept()
         except Exception:  # pragma: no cover - a driver bug: still shut down cleanly
-            self.options.log.exception("socker: accept loop failed")
+            self.log.exception("socker: accept loop failed")
         finally:
             self._closing = True
             self._listener.close()
@@ -945,7 +951,7 @@ class Server:
                 except _WOULD_BLOCK:
                     break
                 except OSError as exc:
-                    self.options.log.warning("socker: accept failed: %s", exc)
+                    self.log.warning("socker: accept failed: %s", exc)
                     # Back off (EMFILE and friends) without a sleep: until closing or 100 ms.
                     if _wait(None, False, False, waker, 0.1)[3]:
                         self._waker.drain()
@@ -973,9 +979,7 @@ class Server:
             link.join(max(0.0, end - monotonic()))
         late = [link for link in links if link.is_alive()]
         if late:
-            self.options.log.info(
-                "socker: aborting %d connection(s) after close_timeout", len(late)
-            )
+            self.log.info("socker: aborting %d connection(s) after close_timeout", len(late))
         for link in late:
             link.kill()
         for link in late:
@@ -1000,6 +1004,8 @@ class Server:
             self.options,
             handshake_hook=self.handshake_hook,
             http_handler=self.http_handler,
+            on_event=self.on_event,
+            logger=self.log,
             peer=peer,
         )
         link = _Link(
@@ -1015,7 +1021,7 @@ class Server:
         try:
             link.start()
         except RuntimeError:  # pragma: no cover - cannot start a thread
-            self.options.log.exception("socker: cannot start a connection thread")
+            self.log.exception("socker: cannot start a connection thread")
             with self._lock:
                 self._links.discard(link)
             sock.close()
@@ -1039,6 +1045,8 @@ def serve(
     sock: socket.socket | None = None,
     reuse_port: bool = False,
     unix_socket: str | None = None,
+    on_event: EventHook | None = None,
+    logger: logging.Logger | None = None,
     **options: Any,
 ) -> Server:
     """Listen on `host:port` (0: an ephemeral port) and serve `routes` (one Flow for
@@ -1049,6 +1057,9 @@ def serve(
     `unix_socket=`, a unix-domain socket path (a stale socket file is replaced,
     and removed when the server stops). `reuse_port=True` sets SO_REUSEPORT, so
     several processes can share one TCP port.
+
+    `on_event` receives every connection's `wire.observe` events (called on the
+    connection's thread); `logger` replaces the "socker" logger for this server.
 
     `options` are the `wire.Options` fields (`max_size`, `close_timeout`, ...).
     Returns once listening; connections are accepted in a background thread.
@@ -1065,6 +1076,8 @@ def serve(
         sock=sock,
         reuse_port=reuse_port,
         unix_socket=unix_socket,
+        on_event=on_event,
+        logger=logger,
     )
 
 
@@ -1166,6 +1179,8 @@ def connect(
     origin: str | None = None,
     headers: Sequence[tuple[str, str]] = (),
     unix_socket: str | None = None,
+    on_event: EventHook | None = None,
+    logger: logging.Logger | None = None,
     **options: Any,
 ) -> ClientConnection:
     """Connect to `url` (ws:// or wss://) and run `flow` on a background thread.
@@ -1215,7 +1230,16 @@ def connect(
         sock.setblocking(False)
         peer = f"unix:{unix_socket}" if unix_socket is not None else f"{format_host(host)}:{port}"
         wire = Wire.client(
-            flow, host_header, started, opts, path=target, origin=origin, headers=headers, peer=peer
+            flow,
+            host_header,
+            started,
+            opts,
+            path=target,
+            origin=origin,
+            headers=headers,
+            peer=peer,
+            on_event=on_event,
+            logger=logger,
         )
         link = _Link(
             sock,

@@ -18,6 +18,7 @@ from .events import CloseResult, Phase, WireEvent
 from .handshake import _upgrade_request
 from .handshake_phase import _HandshakePhase
 from .hooks import HandshakeHook, HttpHandler, _check_headers
+from .observe import EventHook
 from .options import _DEFAULT_OPTIONS, KEEPALIVE_TIMEOUT_REASON, Options
 
 
@@ -56,10 +57,14 @@ class Wire(_HandshakePhase):
         handshake_hook: HandshakeHook | None = None,
         http_handler: HttpHandler | None = None,
         peer: str = "",
+        on_event: EventHook | None = None,
+        logger: logging.Logger | None = None,
     ) -> Wire:
         """A server connection: one Flow for every path, or a path -> Flow map (404
         for other paths). The handshake hook may accept (choosing a flow, a
-        subprotocol, `conn.state`), reject with a status, or be `async def`."""
+        subprotocol, `conn.state`), reject with a status, or be `async def`.
+        `on_event` receives the connection's `wire.observe` events; `logger` is
+        where it logs (default: the "socker" logger)."""
         if isinstance(routes, Flow):
             routes.validate()
         else:
@@ -77,6 +82,8 @@ class Wire(_HandshakePhase):
             handshake_hook=handshake_hook,
             http_handler=http_handler,
             peer=peer,
+            on_event=on_event,
+            logger=logger,
         )
 
     @classmethod
@@ -91,6 +98,8 @@ class Wire(_HandshakePhase):
         origin: str | None = None,
         headers: Sequence[tuple[str, str]] = (),
         peer: str = "",
+        on_event: EventHook | None = None,
+        logger: logging.Logger | None = None,
     ) -> Wire:
         """A client connection; its opening request is already in `data_to_send()`.
         `host` is the Host header ("example.com:8000")."""
@@ -99,7 +108,9 @@ class Wire(_HandshakePhase):
         _check_headers(headers, "Wire.client")
         if origin is not None:
             _check_headers([("Origin", origin)], "Wire.client")
-        wire = cls(ConnectionType.CLIENT, opts, now, flow=flow, peer=peer)
+        wire = cls(
+            ConnectionType.CLIENT, opts, now, flow=flow, peer=peer, on_event=on_event, logger=logger
+        )
         wire.path = path.partition("?")[0]  # like the server's: the query is not part of it
         extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
         if origin is not None:

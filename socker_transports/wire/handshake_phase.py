@@ -209,7 +209,7 @@ class _HandshakePhase(_OpenPhase):
             self._ping_due = now + self.options.ping_interval
         self._events.append(Opened(self.path, self.subprotocol, flow.name))
         if self.observer is not None:
-            self.observer.opened(stepper, self.path, self.subprotocol)
+            self.observer.opened(stepper, self.path, self.subprotocol, self.peer)
         if self.log.isEnabledFor(logging.INFO):
             self.log.info("%s: open %s (flow %s)", self._label(), self.path, flow.name)
         self._stepper_events(stepper.open(now), now)

@@ -12,12 +12,13 @@ connection's id (`conn.id`); `flow` its flow's name; durations are seconds.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from socker_core import Await, Closed, Event, HandlerFailed, State, StepChanged, Stepper
+from socker_core import Closed, Event, HandlerFailed, StepChanged, Stepper
 
 _default_logger = logging.getLogger("socker")
 
@@ -153,14 +154,13 @@ class Observer:
         self,
         hook: EventHook,
         side: str,
-        peer: str = "",
         *,
         log: logging.Logger | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.hook = hook
         self.side = side
-        self.peer = peer
+        self.peer = ""
         self.log = log or _default_logger
         self.clock = clock
         self._id = ""
@@ -176,13 +176,14 @@ class Observer:
 
     # -- the points the transports call -------------------------------------------
 
-    def opened(self, stepper: Stepper, path: str, subprotocol: str | None) -> None:
-        self._id, self._flow = stepper.id, stepper.flow.name
+    def opened(self, stepper: Stepper, path: str, subprotocol: str | None, peer: str) -> None:
+        self._id, self._flow, self.peer = stepper.id, stepper.flow.name, peer
+        stepper.handler_timer = self.timer
         self._opened_at = self.clock()
         self.emit(ConnectionOpened(self.side, self._id, self._flow, path, subprotocol, self.peer))
 
-    def refused(self, status: int, reason: str, path: str) -> None:
-        self.emit(HandshakeRefused(self.side, status, reason, path, self.peer))
+    def refused(self, status: int, reason: str, path: str, peer: str) -> None:
+        self.emit(HandshakeRefused(self.side, status, reason, path, peer))
 
     def received(self, size: int) -> None:
         self.emit(MessageReceived(self.side, self._id, self._flow, size))
@@ -190,22 +191,19 @@ class Observer:
     def sent(self, size: int) -> None:
         self.emit(MessageSent(self.side, self._id, self._flow, size))
 
-    def receive(self, stepper: Stepper, message: bytes, now: float) -> list[Event]:
-        """`stepper.receive(message, now)`, reporting the message and, when the
-        current step's handler ran, how long it took (an `async def` one: until
-        `resumed`)."""
-        self.received(len(message))
-        if stepper.phase is not State.OPEN:
-            return stepper.receive(message, now)  # queued behind an awaited handler
-        step = stepper.step
+    def timer(self, step: str) -> Callable[[object], None]:
+        """`Stepper.handler_timer`: a step handler starts; the returned callable
+        gets its result (an awaitable: timed until `resumed`) or exception."""
         started = self.clock()
-        events = stepper.receive(message, now)
-        if any(type(e) is Await and e.step == step for e in events):
-            self._await_started = (step, started)
-        else:
-            duration = self.clock() - started
-            self.emit(HandlerFinished(self.side, self._id, self._flow, step, duration))
-        return events
+
+        def done(result: object) -> None:
+            if inspect.isawaitable(result):
+                self._await_started = (step, started)
+            else:
+                duration = self.clock() - started
+                self.emit(HandlerFinished(self.side, self._id, self._flow, step, duration))
+
+        return done
 
     def resumed(self) -> None:
         """The awaited handler's result is back (called before the Stepper's resume)."""

@@ -109,10 +109,9 @@ class _OpenPhase(_WireState):
             held.append(message)
             self._held_size += len(message)
             return
-        if self.observer is None:
-            self._stepper_events(stepper.receive(message, now), now)
-        else:
-            self._stepper_events(self.observer.receive(stepper, message, now), now)
+        if self.observer is not None:
+            self.observer.received(len(message))
+        self._stepper_events(stepper.receive(message, now), now)
 
     def _feed_held(self, now: float) -> None:
         stepper = self.stepper
@@ -122,10 +121,9 @@ class _OpenPhase(_WireState):
         while held and stepper is not None and stepper.accepting and self._phase is Phase.OPEN:
             message = held.popleft()
             self._held_size -= len(message)
-            if self.observer is None:
-                self._stepper_events(stepper.receive(message, now), now)
-            else:
-                self._stepper_events(self.observer.receive(stepper, message, now), now)
+            if self.observer is not None:
+                self.observer.received(len(message))
+            self._stepper_events(stepper.receive(message, now), now)
         if not held and self._held is held:
             self._held = None
 

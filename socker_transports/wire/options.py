@@ -3,16 +3,11 @@ that name how a connection ended."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from socker_core import LocalProtocolError, is_sendable_close_code
 from socker_core._codes import CloseCode
-
-from .observe import EventHook
-
-_SOCKER_LOGGER = logging.getLogger("socker")
 
 MiB = 1024 * 1024
 
@@ -50,10 +45,6 @@ class Options:
     - `max_send_buffer`: outgoing bytes above which the peer is considered to have
       stopped reading: the connection is dropped with 4503 instead of buffering
       without limit.
-    - `on_event`: called with every `socker_transports.wire.observe` event (opens,
-      refused handshakes, step changes, messages, handler durations and failures,
-      closes); see that module. None: nothing is measured.
-    - `logger`: where connections log (default: the "socker" logger).
     """
 
     max_size: int | None = 1 * MiB
@@ -69,13 +60,6 @@ class Options:
     accept_text: bool = False
     write_limit: int = 64 * 1024
     max_send_buffer: int = 16 * MiB
-    on_event: EventHook | None = None
-    logger: logging.Logger | None = None
-
-    @property
-    def log(self) -> logging.Logger:
-        """The logger connections report to: `logger`, or the "socker" logger."""
-        return self.logger if self.logger is not None else _SOCKER_LOGGER
 
     def __post_init__(self) -> None:
         if self.max_size is not None and self.max_size < 1:

@@ -36,8 +36,10 @@ from .frames import (
 )
 from .hooks import HandshakeHook, HandshakeRequest, HttpHandler
 from .http1 import _HeadGuard, _http_response
-from .observe import Observer
+from .observe import EventHook, Observer
 from .options import SEND_BUFFER_OVERFLOW, Options
+
+_SOCKER_LOGGER = logging.getLogger("socker")
 
 
 class _WireState:
@@ -98,19 +100,20 @@ class _WireState:
         http_handler: HttpHandler | None = None,
         flow: Flow | None = None,
         peer: str = "",
+        on_event: EventHook | None = None,
+        logger: logging.Logger | None = None,
     ) -> None:
         self.role = role
         self.options = options
         self.peer = peer
-        self.log = options.log
+        #: Where this connection logs (`logger=`, default the "socker" logger).
+        self.log = logger if logger is not None else _SOCKER_LOGGER
+        #: Reports to `on_event` (None: nothing is measured).
         self.observer = (
             None
-            if options.on_event is None
+            if on_event is None
             else Observer(
-                options.on_event,
-                "client" if role is ConnectionType.CLIENT else "server",
-                peer,
-                log=self.log,
+                on_event, "client" if role is ConnectionType.CLIENT else "server", log=self.log
             )
         )
         self.routes = routes
@@ -325,7 +328,7 @@ class _WireState:
             self.log.info("%s: handshake failed (%s): %s", self._label(), status or "-", reason)
         self._events.append(HandshakeFailed(status, reason))
         if self.observer is not None and observed:
-            self.observer.refused(status, reason, self.path)
+            self.observer.refused(status, reason, self.path, self.peer)
 
     def _drop_handshake_state(self) -> None:
         self._guard = None
