@@ -45,9 +45,14 @@ K = TypeVar("K", bound=Hook)
 
 @dataclass(frozen=True, slots=True)
 class Step:
+    """One step of a Flow. `blocking` marks a plain `def` handler that blocks (I/O,
+    CPU): an event-loop driver runs it in a worker thread, in message order; the
+    core only records the flag (`Stepper.run_blocking`)."""
+
     name: str
     handler: Handler
     timeout: float | None
+    blocking: bool = False
 
 
 def _check_signature(func: Callable[..., Any], args: tuple[Any, ...], what: str) -> None:
@@ -89,10 +94,22 @@ class Flow:
     # -- definition ---------------------------------------------------------
 
     def add(
-        self, handler: Handler, *, name: str | None = None, timeout: float | None = None
+        self,
+        handler: Handler,
+        *,
+        name: str | None = None,
+        timeout: float | None = None,
+        blocking: bool = False,
     ) -> Step:
-        """Append a step (the original's `connection.Add(handler)`)."""
+        """Append a step (the original's `connection.Add(handler)`).
+
+        `blocking=True`: the handler is a plain `def` that may block; the anyio
+        driver and the ASGI App run it in a worker thread (messages stay in order;
+        its `conn.send`/`conn.close` are carried to the event loop). On the threaded
+        driver every handler already runs on its connection's own thread."""
         _check_signature(handler, (None, b""), "step handler")
+        if blocking and inspect.iscoroutinefunction(handler):
+            raise FlowDefinitionError("blocking=True is for plain def handlers, not async def")
         step_name = name if name is not None else getattr(handler, "__name__", None)
         if not step_name or step_name == "<lambda>":
             step_name = f"step{len(self._steps)}"
@@ -103,7 +120,7 @@ class Flow:
         effective = timeout if timeout is not None else self.step_timeout
         if effective is not None and not effective > 0:
             raise FlowDefinitionError(f"step timeout must be positive, got {effective!r}")
-        step = Step(step_name, handler, effective)
+        step = Step(step_name, handler, effective, bool(blocking))
         self._index[step_name] = len(self._steps)
         self._steps.append(step)
         self._steps_view = None
@@ -113,16 +130,22 @@ class Flow:
     def step(self, handler: H, /) -> H: ...
     @overload
     def step(
-        self, *, name: str | None = None, timeout: float | None = None
+        self, *, name: str | None = None, timeout: float | None = None, blocking: bool = False
     ) -> Callable[[H], H]: ...
 
     def step(
-        self, handler: Any = None, *, name: str | None = None, timeout: float | None = None
+        self,
+        handler: Any = None,
+        *,
+        name: str | None = None,
+        timeout: float | None = None,
+        blocking: bool = False,
     ) -> Any:
-        """Decorator form of `add`: `@flow.step` or `@flow.step(name=..., timeout=...)`."""
+        """Decorator form of `add`: `@flow.step` or
+        `@flow.step(name=..., timeout=..., blocking=...)`."""
 
         def register(func: Any) -> Any:
-            self.add(func, name=name, timeout=timeout)
+            self.add(func, name=name, timeout=timeout, blocking=blocking)
             return func
 
         return register(handler) if handler is not None else register

@@ -6,6 +6,7 @@ import inspect
 from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from functools import partial
 from itertools import count
 from types import SimpleNamespace
 from typing import Any
@@ -149,6 +150,7 @@ class Stepper:
         "handler_timer",
         "id",
         "max_queue",
+        "run_blocking",
         "wakeup",
     )
 
@@ -176,6 +178,12 @@ class Stepper:
         #: the handler's result (an awaitable for `async def`) or the exception it
         #: raised. The driver measures time; the core only marks the moments.
         self.handler_timer: Callable[[str], Callable[[object], None]] | None = None
+        #: How a driver runs a `blocking=True` step: called as
+        #: `run_blocking(handler, conn, message)` instead of the handler, it returns
+        #: an awaitable of the handler's result (awaited like an async handler, so
+        #: message order holds). None (the default, and the threaded driver's):
+        #: the handler is called directly. Set before `open`.
+        self.run_blocking: Callable[[Any, Connection, bytes], Any] | None = None
         self._steps: tuple[Step, ...] = flow.steps
         self._phase = State.IDLE
         self._index = 0
@@ -402,10 +410,16 @@ class Stepper:
     def _move(self, happening: Happening) -> None:
         self._phase = TRANSITIONS[(self._phase, happening)]
 
+    def _handler_of(self, step: Step) -> Any:
+        runner = self.run_blocking
+        if step.blocking and runner is not None:
+            return partial(runner, step.handler)
+        return step.handler
+
     def _enter_first(self, now: float) -> None:
         step = self._steps[0]
         self._index = 0
-        self._handler = step.handler
+        self._handler = self._handler_of(step)
         self._deadline = None if step.timeout is None else now + step.timeout
         self._emit(StepChanged(None, step.name, 0))
 
@@ -461,7 +475,7 @@ class Stepper:
         from_step = self._steps[self._index].name
         step = self._steps[index]
         self._index = index
-        self._handler = step.handler
+        self._handler = self._handler_of(step)
         self._deadline = None if step.timeout is None else now + step.timeout
         self._emit(StepChanged(from_step, step.name, index))
 

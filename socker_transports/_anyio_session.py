@@ -43,6 +43,7 @@ import anyio.abc
 from socker_core import ON_CLOSE as _ON_CLOSE
 from socker_core import Await, CancelAwait, Connection
 
+from ._blocking import run_blocking_in_thread
 from .wire import (
     SEND_BUFFER_OVERFLOW,
     AwaitHandshake,
@@ -182,6 +183,7 @@ class _SessionBase:
         self._ended = False
         self._finished = False
         wire.wakeup = self._wakeup
+        wire.run_blocking = run_blocking_in_thread  # blocking=True steps: a worker thread
 
     # -- what subclasses provide ------------------------------------------------
 

@@ -62,6 +62,7 @@ from socker_core import (
 )
 from socker_core._codes import CloseCode
 
+from ._blocking import run_blocking_in_thread
 from .wire import (
     SHUTDOWN_CODE,
     SHUTDOWN_REASON,
@@ -173,6 +174,7 @@ class AsgiConnection:
         )
         self._linger = _FALLBACK_LINGER if opts.close_timeout is None else opts.close_timeout
         stepper.wakeup = self._collect
+        stepper.run_blocking = run_blocking_in_thread  # blocking=True steps: a worker thread
 
     @property
     def id(self) -> str:

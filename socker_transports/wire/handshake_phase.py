@@ -204,6 +204,7 @@ class _HandshakePhase(_OpenPhase):
             for key, value in state.items():
                 setattr(conn_state, key, value)
         stepper.wakeup = self._wakeup
+        stepper.run_blocking = self.run_blocking
         self.stepper = stepper
         if self.options.ping_interval is not None:
             self._ping_due = now + self.options.ping_interval

@@ -85,6 +85,7 @@ class _WireState:
         "peer",
         "role",
         "routes",
+        "run_blocking",
         "stepper",
         "subprotocol",
     )
@@ -117,6 +118,9 @@ class _WireState:
             )
         )
         self.routes = routes
+        #: Given to the Stepper (`Stepper.run_blocking`): how the driver runs
+        #: `blocking=True` steps; None calls them directly (the threaded driver).
+        self.run_blocking: Callable[..., Any] | None = None
         self.handshake_hook = handshake_hook
         self.http_handler = http_handler
         self._client = role is ConnectionType.CLIENT
