@@ -21,6 +21,14 @@ SERVER_LIMITS: dict[tuple[str, str], str] = {
         "asgi-starlette-hypercorn",
     ): "hypercorn 0.18 reports a peer's close as 1006 without its code or reason",
     (
+        "test_client_initiated_close",
+        "asgi-starlette-hypercorn-trio",
+    ): "hypercorn 0.18 reports a peer's close as 1006 without its code or reason",
+    (
+        "test_socker_client_initiated_close",
+        "asgi-starlette-hypercorn-trio",
+    ): "hypercorn 0.18 reports a peer's close as 1006 without its code or reason",
+    (
         "test_peer_vanishing_is_1006",
         "asgi-fastapi-uvicorn",
     ): "uvicorn's default websockets-sansio protocol reports a lost connection as 1005",

@@ -154,3 +154,56 @@ class HypercornThread(ServerThread):
 
     def _request_exit(self) -> None:
         self._exit.set()
+
+
+class HypercornTrioThread(ServerThread):
+    """hypercorn on trio: the App runs on anyio's trio backend."""
+
+    kind = "hypercorn-trio"
+
+    def _run(self) -> None:
+        import trio
+
+        try:
+            trio.run(self._trio_main)
+        except BaseException as exc:  # reported by start()/stop()
+            self.error = exc
+            self._ready.set()
+
+    async def _trio_main(self) -> None:
+        import hypercorn.trio
+        import trio
+
+        self._token = trio.lowlevel.current_trio_token()
+        self._exit_event = trio.Event()
+        config = hypercorn.config.Config()
+        config.bind = [f"fd://{os.dup(self.sock.fileno())}"]
+        config.graceful_timeout = 5
+        config.loglevel = "WARNING"
+        config.accesslog = None
+        self._ready.set()
+        await hypercorn.trio.serve(self.asgi_app, config, shutdown_trigger=self._exit_event.wait)
+
+    def call(self, func: Callable[[], Any]) -> None:
+        import trio
+
+        trio.from_thread.run_sync(func, trio_token=self._token)
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        try:
+            if self._thread.is_alive() and self.error is None:
+                for app in self.socker_apps:
+                    self.call(app.close)
+                wait_until(
+                    lambda: self.active_connections() == 0,
+                    deadline(15),
+                    "the socker connections did not end",
+                )
+                self.call(self._exit_event.set)
+            self._thread.join(deadline(15))
+            assert not self._thread.is_alive(), f"{self.kind} did not stop"
+        finally:
+            self.sock.close()

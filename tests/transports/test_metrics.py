@@ -35,6 +35,7 @@ HARNESSES: dict[str, Callable[[], Any]] = {
     "anyio-trio": lambda: AnyioHarness("anyio-trio", "trio", {}),
     "asgi-fastapi-uvicorn": lambda: AsgiHarness("asgi-fastapi-uvicorn"),
     "asgi-starlette-hypercorn": lambda: AsgiHarness("asgi-starlette-hypercorn"),
+    "asgi-starlette-hypercorn-trio": lambda: AsgiHarness("asgi-starlette-hypercorn-trio"),
 }
 
 
