@@ -65,13 +65,14 @@ from socker_core._codes import CloseCode
 from ._blocking import run_blocking_in_thread
 from .wire import (
     SHUTDOWN_CODE,
-    SHUTDOWN_REASON,
     EventHook,
     HandshakeHook,
     HandshakeRequest,
     HttpHandler,
     HttpResponse,
     Options,
+    check_shutdown,
+    shutdown_reason,
 )
 from .wire.observe import Observer
 from .wire.policy import (
@@ -464,6 +465,9 @@ class App:
         self.log = logger if logger is not None else logging.getLogger("socker")
         #: Live connections, id -> AsgiConnection (the seam for rooms and broadcast).
         self.connections: dict[str, AsgiConnection] = {}
+        self._closing = False
+        self._close_code = int(SHUTDOWN_CODE)
+        self._idle: anyio.Event | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: SendFn) -> None:
         kind = scope.get("type")
@@ -474,13 +478,46 @@ class App:
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
-    def close(self, code: int = SHUTDOWN_CODE, reason: str = SHUTDOWN_REASON) -> None:
-        """Close every live connection with `code` (from the server's event loop)."""
+    def close(self, code: int = SHUTDOWN_CODE, drain: bool = False) -> None:
+        """Stop taking connections (new websocket handshakes get 503; the ASGI
+        server keeps owning its listening socket) and close every live one with
+        `code` (1001 "server shutting down", 1012 "service restart"). With
+        `drain=True` live connections are left to finish; `shutdown` bounds that.
+        Call it on the server's event loop."""
+        check_shutdown(code, None)
+        self._closing = True
+        self._close_code = int(code)
+        if drain:
+            return
+        reason = shutdown_reason(code)
         for connection in list(self.connections.values()):
             connection.close(code, reason)
 
+    async def shutdown(
+        self, code: int = SHUTDOWN_CODE, drain: bool = False, *, drain_timeout: float | None = None
+    ) -> None:
+        """`close(code, drain)`, then wait: for a drain at most `drain_timeout`
+        seconds (None: no bound) before closing what is left with `code`, then at
+        most `close_timeout` (+1 s) for the connections to end."""
+        check_shutdown(code, drain_timeout)
+        self.close(code, drain)
+        if drain:
+            with anyio.move_on_after(math.inf if drain_timeout is None else drain_timeout):
+                await self._wait_idle()
+            self.close(code)
+        linger = self.options.close_timeout
+        with anyio.move_on_after((_FALLBACK_LINGER if linger is None else linger) + 1.0):
+            await self._wait_idle()
+
+    async def _wait_idle(self) -> None:
+        while self.connections:
+            self._idle = idle = anyio.Event()
+            await idle.wait()
+
     def _forget(self, connection: AsgiConnection) -> None:
         self.connections.pop(connection.id, None)
+        if not self.connections and self._idle is not None:
+            self._idle.set()
 
     # -- scopes ------------------------------------------------------------------
 
@@ -490,7 +527,7 @@ class App:
             if message.get("type") == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message.get("type") == "lifespan.shutdown":
-                self.close()
+                await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -547,6 +584,8 @@ class App:
             self._forget(connection)
 
     async def _handshake(self, request: HandshakeRequest) -> Accepted | Refused:
+        if self._closing:
+            return Refused(503, shutdown_reason(self._close_code))
         refused = check_request(self.options, self.routes, request)
         if refused is not None:
             return refused

@@ -238,3 +238,73 @@ def test_server_owned_options_are_refused() -> None:
         App(flow, ping_interval=5)
     with pytest.raises(LocalProtocolError, match="must start with '/'"):
         App({"a": flow})
+
+
+def game_like_flow() -> Flow:
+    flow = Flow("two-steps")
+
+    @flow.step
+    def first(conn: Connection, message: bytes) -> bool:
+        conn.send(b"first " + message)
+        return True
+
+    @flow.step
+    def second(conn: Connection, message: bytes) -> bool:
+        conn.send(b"second " + message)
+        return True
+
+    return flow
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_drain_refuses_new_handshakes_and_lets_live_flows_finish(backend: str) -> None:
+    async def main() -> None:
+        app = App(game_like_flow())
+        live = FakeServer(extensions={"websocket.http.response": {}})
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(app, live.scope, live.receive, live.send)
+            await live.put({"type": "websocket.connect"})
+            await live.message(b"a")
+            await until(lambda: live.data() == [b"first a"])
+            done = anyio.Event()
+
+            async def drain() -> None:
+                await app.shutdown(drain=True, drain_timeout=deadline(5))
+                done.set()
+
+            tg.start_soon(drain)
+            late = FakeServer(extensions={"websocket.http.response": {}})
+            await late.put({"type": "websocket.connect"})
+            with anyio.fail_after(deadline(5)):
+                await app(late.scope, late.receive, late.send)
+            assert late.sent[0]["status"] == 503
+            assert not done.is_set()
+            await live.message(b"b")  # the live flow completes: 1000
+            await until(lambda: bool(live.closes()))
+            assert live.closes() == [(1000, "flow complete")]
+            await live.put({"type": "websocket.disconnect", "code": 1000})
+            with anyio.fail_after(deadline(5)):
+                await done.wait()
+        assert app.connections == {}
+
+    run(backend, main)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_close_with_1012_and_subprotocols(backend: str) -> None:
+    async def main() -> None:
+        app = App(game_like_flow(), subprotocols=["game.v2", "game.v1"])
+        server = FakeServer()
+        server.scope["subprotocols"] = ["game.v1", "game.v2"]
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(app, server.scope, server.receive, server.send)
+            await server.put({"type": "websocket.connect"})
+            await until(lambda: bool(server.sent))
+            assert server.sent[0] == {"type": "websocket.accept", "subprotocol": "game.v2"}
+            await until(lambda: len(app.connections) == 1)
+            app.close(1012)
+            await until(lambda: bool(server.closes()))
+            assert server.closes() == [(1012, "service restart")]
+            await server.put({"type": "websocket.disconnect", "code": 1012})
+
+    run(backend, main)
