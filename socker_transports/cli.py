@@ -305,7 +305,10 @@ def _serve_threaded(
             runner = threading.Thread(target=run, name="socker-serve-forever")
             runner.start()
             _announce(server.url, routes, "threaded driver")
-            stop.wait()
+            # A timed wait: a signal delivered to another thread only runs its Python
+            # handler once the main thread executes bytecode again.
+            while not stop.wait(0.2):
+                pass
             drain = received[:1] == [signal.SIGTERM] and ns.drain_timeout is not None
             server.shutdown(drain=drain, drain_timeout=ns.drain_timeout)
             runner.join()
