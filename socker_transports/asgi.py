@@ -247,7 +247,7 @@ class AsgiConnection:
                 if stepper.phase is not State.OPEN and stepper.phase is not State.AWAITING:
                     continue  # after our close: discarded, per RFC 6455
                 data = message.get("bytes")
-                decided: bytes | CloseDecision | None
+                decided: bytes | CloseDecision
                 if data is None:
                     decided = text_message(self.app.options, message.get("text") or "")
                 else:

@@ -136,10 +136,17 @@ def test_a_raising_hook_is_logged_not_fatal(
 
 def test_logger_option(driver: DriverHarness, start_server: StartServer, caplog: Any) -> None:
     mine = logging.getLogger("my.game.server")
+    theirs = logging.getLogger("my.game.client")
     server = start_server(make_game_server(), logger=mine)
-    with caplog.at_level(logging.INFO, logger="my.game.server"):
-        result = driver.run_client(server.url, make_game_client(), timeout=deadline(5))
+    with caplog.at_level(logging.INFO):
+        result = driver.run_client(
+            server.url, make_game_client(), timeout=deadline(5), logger=theirs
+        )
         assert result.ok
         server.stop()
-    names = {r.name for r in caplog.records if "open" in r.getMessage()}
-    assert "my.game.server" in names
+    opens = {
+        (r.name, r.getMessage().split(":")[0].split()[0])
+        for r in caplog.records
+        if ": open " in r.getMessage()
+    }
+    assert opens == {("my.game.server", "server"), ("my.game.client", "client")}
