@@ -32,6 +32,10 @@ SERVER_LIMITS: dict[tuple[str, str], str] = {
         "test_peer_vanishing_is_1006",
         "asgi-fastapi-uvicorn",
     ): "uvicorn's default websockets-sansio protocol reports a lost connection as 1005",
+    (
+        "test_peer_vanishing_is_1006",
+        "asgi-fastapi-uvicorn-wsproto",
+    ): "uvicorn's wsproto protocol reports a lost connection as 1005",
 }
 
 

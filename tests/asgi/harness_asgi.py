@@ -15,11 +15,18 @@ from socker_core import Flow
 from socker_transports.asgi import App
 from socker_transports.wire import CloseResult, HandshakeHook
 from tests.asgi.apps import fastapi_app, starlette_app
-from tests.asgi.servers import HypercornThread, HypercornTrioThread, ServerThread, UvicornThread
+from tests.asgi.servers import (
+    HypercornThread,
+    HypercornTrioThread,
+    ServerThread,
+    UvicornThread,
+    UvicornWsprotoThread,
+)
 from tests.transports.harness_anyio import AnyioHarness
 
 STACKS: dict[str, tuple[Callable[[dict[str, Any]], Any], type[ServerThread]]] = {
     "asgi-fastapi-uvicorn": (fastapi_app, UvicornThread),
+    "asgi-fastapi-uvicorn-wsproto": (fastapi_app, UvicornWsprotoThread),
     "asgi-starlette-hypercorn": (starlette_app, HypercornThread),
     "asgi-starlette-hypercorn-trio": (starlette_app, HypercornTrioThread),
 }

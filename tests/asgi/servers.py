@@ -116,11 +116,16 @@ class ServerThread:
 
 class UvicornThread(ServerThread):
     kind = "uvicorn"
+    ws = "auto"  # websockets-sansio when `websockets` is installed
 
     async def _main(self) -> None:
         self.loop = asyncio.get_running_loop()
         config = uvicorn.Config(
-            self.asgi_app, lifespan="off", log_level="warning", timeout_graceful_shutdown=5
+            self.asgi_app,
+            lifespan="off",
+            log_level="warning",
+            timeout_graceful_shutdown=5,
+            ws=self.ws,
         )
         self.server = uvicorn.Server(config)
         self.loop.call_soon(self._watch_started)
@@ -135,6 +140,13 @@ class UvicornThread(ServerThread):
 
     def _request_exit(self) -> None:
         self.server.should_exit = True
+
+
+class UvicornWsprotoThread(UvicornThread):
+    """uvicorn with its wsproto websocket protocol (`--ws wsproto`)."""
+
+    kind = "uvicorn-wsproto"
+    ws = "wsproto"
 
 
 class HypercornThread(ServerThread):

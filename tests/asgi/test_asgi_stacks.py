@@ -14,7 +14,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,7 +24,8 @@ from websockets.sync.client import connect as ws_connect
 
 from socker_transports.asgi import App
 from socker_transports.wire import HandshakeRequest, HttpResponse
-from tests.asgi.apps import HEALTH_BODY, fastapi_app, starlette_app
+from tests.asgi.apps import HEALTH_BODY, starlette_app
+from tests.asgi.harness_asgi import STACKS
 from tests.asgi.servers import HypercornThread, ServerThread, UvicornThread, listening_socket
 from tests.interop.test_node_ws import HERE as NODE_DIR
 from tests.interop.test_node_ws import PEER, _result, node
@@ -44,11 +45,6 @@ from tests.transports.harness_threaded import ThreadedHarness
 from tests.transports.test_conformance import closed_code
 
 __all__ = ["node"]
-
-STACKS: dict[str, tuple[Callable[[dict[str, Any]], Any], type[ServerThread]]] = {
-    "fastapi-uvicorn": (fastapi_app, UvicornThread),
-    "starlette-hypercorn": (starlette_app, HypercornThread),
-}
 
 
 class Stack:
