@@ -7,6 +7,11 @@ handshake and its limits, routing, origins, the handshake hook, ping/pong and
 keepalive, the close handshake and its timeout, fragment reassembly and
 `max_size`, the text-vs-binary policy and write-side backpressure.
 
+The decisions a server makes before any frame (routing, origins, the handshake
+hook's answer, text and size policy) are pure functions in `wire.policy`, shared
+with the ASGI adapter; what an operator can observe (the `on_event` events) is
+decided in `wire.observe`.
+
 Nothing on the receive path raises: a bad peer ends in a close code or an HTTP
 status. Misuse by the caller raises `socker_core.LocalProtocolError` (or
 `ConnectionClosedError` for a send once closing).
