@@ -18,6 +18,7 @@ class CloseCode(IntEnum):
     POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
     STEP_TIMEOUT = 4408
     SEND_BUFFER_OVERFLOW = 4503
 
@@ -36,6 +37,9 @@ CLOSE_CODES: dict[int, str] = {
     CloseCode.MESSAGE_TOO_BIG: "message larger than max_size",
     CloseCode.INTERNAL_ERROR: (
         "a handler raised or returned something invalid, or a keepalive ping went unanswered"
+    ),
+    CloseCode.SERVICE_RESTART: (
+        "service restart: the server is being replaced (reconnect, perhaps to a new release)"
     ),
     CloseCode.STEP_TIMEOUT: "a step was not left within its timeout",
     CloseCode.SEND_BUFFER_OVERFLOW: "the peer stopped reading: send buffer over max_send_buffer",

@@ -59,11 +59,15 @@ _HookR = TypeVar("_HookR", bound=Close | Awaitable[Any] | None)
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """One step of a flow: its name, its handler and its timeout (seconds or None)."""
+    """One step of a flow: its name, its handler, its timeout (seconds or None), and
+    `blocking`: a plain `def` handler that blocks (I/O, CPU), which an event-loop
+    driver runs in a worker thread, in message order; the core only records the
+    flag (`Stepper.run_blocking`)."""
 
     name: str
     handler: Handler
     timeout: float | None
+    blocking: bool = False
 
 
 def _check_signature(func: Callable[..., Any], args: tuple[Any, ...], what: str) -> None:
@@ -129,14 +133,22 @@ class Flow(Generic[StateT]):
         *,
         name: str | None = None,
         timeout: float | None = None,
+        blocking: bool = False,
     ) -> Step:
         """Append a step (the original's `connection.Add(handler)`).
 
         `name` defaults to the handler's `__name__`; `timeout` (seconds, default the
         flow's `step_timeout`) closes the connection with 4408 if the step is not
-        left in time. Raises `FlowDefinitionError` for a duplicate name, a handler
-        that cannot take `(conn, message)` or a non-positive timeout."""
+        left in time. `blocking=True`: the handler is a plain `def` that may block;
+        the anyio driver and the ASGI App run it in a worker thread (messages stay
+        in order; its `conn.send`/`conn.close` are carried to the event loop); on the
+        threaded driver every handler already runs on its connection's own thread.
+        Raises `FlowDefinitionError` for a duplicate name, a handler that cannot take
+        `(conn, message)`, a non-positive timeout, or `blocking=True` on an
+        `async def` handler."""
         _check_signature(handler, (None, b""), "step handler")
+        if blocking and inspect.iscoroutinefunction(handler):
+            raise FlowDefinitionError("blocking=True is for plain def handlers, not async def")
         step_name = name if name is not None else getattr(handler, "__name__", None)
         if not step_name or step_name == "<lambda>":
             step_name = f"step{len(self._steps)}"
@@ -147,7 +159,7 @@ class Flow(Generic[StateT]):
         effective = timeout if timeout is not None else self.step_timeout
         if effective is not None and not effective > 0:
             raise FlowDefinitionError(f"step timeout must be positive, got {effective!r}")
-        step = Step(step_name, handler, effective)
+        step = Step(step_name, handler, effective, bool(blocking))
         self._index[step_name] = len(self._steps)
         self._steps.append(step)
         self._steps_view = None
@@ -159,18 +171,24 @@ class Flow(Generic[StateT]):
     ) -> Callable[[Connection[StateT], bytes], _R]: ...
     @overload
     def step(
-        self, *, name: str | None = None, timeout: float | None = None
+        self, *, name: str | None = None, timeout: float | None = None, blocking: bool = False
     ) -> Callable[
         [Callable[[Connection[StateT], bytes], _R]], Callable[[Connection[StateT], bytes], _R]
     ]: ...
 
     def step(
-        self, handler: Any = None, *, name: str | None = None, timeout: float | None = None
+        self,
+        handler: Any = None,
+        *,
+        name: str | None = None,
+        timeout: float | None = None,
+        blocking: bool = False,
     ) -> Any:
-        """Decorator form of `add`: `@flow.step` or `@flow.step(name=..., timeout=...)`."""
+        """Decorator form of `add`: `@flow.step` or
+        `@flow.step(name=..., timeout=..., blocking=...)`."""
 
         def register(func: Any) -> Any:
-            self.add(func, name=name, timeout=timeout)
+            self.add(func, name=name, timeout=timeout, blocking=blocking)
             return func
 
         return register(handler) if handler is not None else register

@@ -6,6 +6,7 @@ import inspect
 from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from functools import partial
 from itertools import count
 from typing import Any, Generic
 
@@ -154,8 +155,10 @@ class Stepper(Generic[StateT]):
         "conn",
         "flow",
         "guard",
+        "handler_timer",
         "id",
         "max_queue",
+        "run_blocking",
         "wakeup",
     )
 
@@ -178,6 +181,17 @@ class Stepper(Generic[StateT]):
         #: `conn.close` hold, so application code on another thread never races a
         #: call in progress. The core only enters it; it creates no threads.
         self.guard: AbstractContextManager[Any] | None = None
+        #: Observability: `handler_timer(step_name)` is called right before a step
+        #: handler runs and returns a callable the Stepper calls right after, with
+        #: the handler's result (an awaitable for `async def`) or the exception it
+        #: raised. The driver measures time; the core only marks the moments.
+        self.handler_timer: Callable[[str], Callable[[object], None]] | None = None
+        #: How a driver runs a `blocking=True` step: called as
+        #: `run_blocking(handler, conn, message)` instead of the handler, it returns
+        #: an awaitable of the handler's result (awaited like an async handler, so
+        #: message order holds). None (the default, and the threaded driver's):
+        #: the handler is called directly. Set before `open`.
+        self.run_blocking: Callable[[Any, Connection, bytes], Any] | None = None
         self._steps: tuple[Step, ...] = flow.steps
         self._phase = State.IDLE
         self._index = 0
@@ -276,6 +290,7 @@ class Stepper(Generic[StateT]):
             self._phase is _OPEN
             and self._events is None
             and (self._deadline is None or now < self._deadline)
+            and self.handler_timer is None
         ):
             # Hot path, inlined: the current step handles the message right away.
             events: list[Event] = []
@@ -410,20 +425,32 @@ class Stepper(Generic[StateT]):
     def _move(self, happening: Happening) -> None:
         self._phase = TRANSITIONS[(self._phase, happening)]
 
+    def _handler_of(self, step: Step) -> Any:
+        runner = self.run_blocking
+        if step.blocking and runner is not None:
+            return partial(runner, step.handler)
+        return step.handler
+
     def _enter_first(self, now: float) -> None:
         step = self._steps[0]
         self._index = 0
-        self._handler = step.handler
+        self._handler = self._handler_of(step)
         self._deadline = None if step.timeout is None else now + step.timeout
         self._emit(StepChanged(None, step.name, 0))
 
     def _handle(self, message: bytes, now: float) -> None:
         step_name = self._steps[self._index].name
+        timer = self.handler_timer
+        done = None if timer is None else timer(step_name)
         try:
             result = self._handler(self.conn, message)
         except Exception as exc:
+            if done is not None:
+                done(exc)
             self._fail(step_name, exc)
             return
+        if done is not None:
+            done(result)
         if result is None or result is False:
             return
         self._apply(result, step_name, now)
@@ -463,7 +490,7 @@ class Stepper(Generic[StateT]):
         from_step = self._steps[self._index].name
         step = self._steps[index]
         self._index = index
-        self._handler = step.handler
+        self._handler = self._handler_of(step)
         self._deadline = None if step.timeout is None else now + step.timeout
         self._emit(StepChanged(from_step, step.name, index))
 

@@ -43,6 +43,7 @@ import anyio.abc
 from socker_core import ON_CLOSE as _ON_CLOSE
 from socker_core import Await, CancelAwait, Connection
 
+from ._blocking import run_blocking_in_thread
 from .wire import (
     SEND_BUFFER_OVERFLOW,
     AwaitHandshake,
@@ -182,6 +183,7 @@ class _SessionBase:
         self._ended = False
         self._finished = False
         wire.wakeup = self._wakeup
+        wire.run_blocking = run_blocking_in_thread  # blocking=True steps: a worker thread
 
     # -- what subclasses provide ------------------------------------------------
 
@@ -264,7 +266,7 @@ class _SessionBase:
         except Exception:
             # The owner's task group is gone (the connection outlived it).
             self._tasks -= 1
-            logger.debug("%s: dropping an awaitable: no task group", self.wire.peer)
+            self.wire.log.debug("%s: dropping an awaitable: no task group", self.wire.peer)
             entry.discard()
 
     def _task_done(self) -> None:
@@ -272,7 +274,7 @@ class _SessionBase:
         self._maybe_done()
 
     def _driver_error(self) -> None:
-        logger.exception("%s: driver error", self.wire.peer)
+        self.wire.log.exception("%s: driver error", self.wire.peer)
         self.abort()
 
     def _start_await(self, event: Await) -> None:
@@ -321,9 +323,11 @@ class _SessionBase:
             with anyio.move_on_after(math.inf if bound is None else bound) as scope:
                 await entry.awaitable
             if scope.cancelled_caught:
-                logger.warning("%s: on_close hook cancelled after %ss", self.wire.peer, bound)
+                self.wire.log.warning(
+                    "%s: on_close hook cancelled after %ss", self.wire.peer, bound
+                )
         except Exception:
-            logger.exception("%s: %s hook raised", self.wire.peer, step)
+            self.wire.log.exception("%s: %s hook raised", self.wire.peer, step)
         finally:
             self._task_done()
 
@@ -501,7 +505,7 @@ class _StreamSession(_SessionBase):
             await self._serve()
             await self._finish()
         except Exception:
-            logger.exception("%s: driver error", wire.peer)
+            wire.log.exception("%s: driver error", wire.peer)
         finally:
             self._scope = None
             self._closing = True
@@ -539,7 +543,7 @@ class _StreamSession(_SessionBase):
             wire.tick(now)
             if wire.next_deadline == deadline and not wire.should_close_transport:
                 # A deadline that tick() did not consume would spin: back off.
-                logger.warning("%s: deadline %s not consumed by tick", wire.peer, deadline)
+                wire.log.warning("%s: deadline %s not consumed by tick", wire.peer, deadline)
                 return _BACKOFF
         self._dispatch()
         if self._sock is not None:

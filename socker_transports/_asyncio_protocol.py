@@ -191,7 +191,7 @@ class _ProtocolSession(_SessionBase, asyncio.Protocol):
         wire.tick(now)
         if armed is not None and wire.next_deadline == armed and not wire.should_close_transport:
             # A deadline that tick() did not consume would spin: back off.
-            logger.warning("%s: deadline %s not consumed by tick", wire.peer, armed)
+            wire.log.warning("%s: deadline %s not consumed by tick", wire.peer, armed)
             self._armed = armed
             self._timer = self.loop.call_at(now + 0.01, self._on_timer)
         self._after(now)

@@ -44,8 +44,10 @@ the `OSError` itself (`ConnectionRefusedError`, `socket.gaierror`,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+import os
 import socket
 import ssl as ssl_module
 import sys
@@ -71,18 +73,22 @@ from ._anyio_session import (
     trio_raw_io,
 )
 from ._asyncio_protocol import asyncio_spawner, peer_name, session_factory, ssl_timeouts
+from ._listen import bound_address, check_choice, check_listening, is_tcp, unix_listener
 from .wire import (
     SHUTDOWN_CODE,
     SHUTDOWN_REASON,
     ClientTarget,
     CloseResult,
+    EventHook,
     HandshakeError,
     HandshakeHook,
     HttpHandler,
     Options,
     OptionsDict,
     Wire,
+    check_shutdown,
     format_host,
+    shutdown_reason,
 )
 
 if sys.version_info >= (3, 11):
@@ -91,7 +97,7 @@ else:  # a dependency on 3.10 only
     from typing_extensions import Unpack
 
 
-logger = logging.getLogger("socker")
+_SOCKER_LOGGER = logging.getLogger("socker")
 
 #: Bound (seconds) on a graceful shutdown when close_timeout is None.
 _SHUTDOWN_FALLBACK = 10.0
@@ -135,9 +141,24 @@ class Server:
         handshake_hook: HandshakeHook | None,
         http_handler: HttpHandler | None,
         options: Options,
+        sock: socket.socket | None = None,
+        reuse_port: bool = False,
+        unix_socket: str | None = None,
+        on_event: EventHook | None = None,
+        logger: logging.Logger | None = None,
     ) -> None:
+        check_choice(sock, unix_socket, reuse_port)
+        self.on_event = on_event
+        #: Where this server and its connections log (`logger=`).
+        self.log = logger if logger is not None else _SOCKER_LOGGER
+        if sock is not None:
+            check_listening(sock)
         # Validate the routes now rather than on the first connection.
         Wire.server(routes, 0.0, options)
+        self.sock = sock
+        self.reuse_port = reuse_port
+        #: The unix-domain socket path served (unix_socket=), else None.
+        self.unix_socket = unix_socket
         self.routes = routes
         self.host = host
         self.options = options
@@ -150,6 +171,11 @@ class Server:
         self._open: dict[_SessionBase, Connection] = {}
         self._accepting: anyio.CancelScope | None = None
         self._closing = False
+        self._close_code: int = SHUTDOWN_CODE
+        self._close_reason = SHUTDOWN_REASON
+        self._draining = False
+        self._drain_timeout: float | None = None
+        self._drain_scope: anyio.CancelScope | None = None
         self._spawn: Spawn | None = None  # start_soon of the connections' task group
         self._loop: asyncio.AbstractEventLoop | None = None
         self._raw_io: RawIO | None = None
@@ -163,8 +189,11 @@ class Server:
 
     @property
     def url(self) -> str:
-        """The ws:// (or wss://) URL the server listens on."""
+        """The URL clients use (for a unix socket: ws://localhost, with the
+        client's `unix_socket=` set to `server.unix_socket`)."""
         scheme = "wss" if self.ssl is not None else "ws"
+        if self.unix_socket is not None:
+            return f"{scheme}://localhost"
         return f"{scheme}://{format_host(self.host)}:{self.port}"
 
     @property
@@ -179,9 +208,31 @@ class Server:
         those whose on_close hooks are still running."""
         return len(self._sessions)
 
-    def close(self) -> None:
-        """Start a graceful shutdown; `await wait_closed()` for it to finish."""
+    def close(
+        self, code: int = SHUTDOWN_CODE, drain: bool = False, *, drain_timeout: float | None = None
+    ) -> None:
+        """Start a graceful shutdown; `await wait_closed()` for it to finish.
+
+        The server stops accepting at once (new connections are refused). Then
+        every live connection is closed with `code` (1001 "server shutting down";
+        1012 "service restart" when a new release takes over) and given
+        `close_timeout` to finish its close handshake before it is aborted.
+
+        With `drain=True` live connections are first left to run to completion
+        (their flows end, or their peers leave), for at most `drain_timeout`
+        seconds (None: no bound); whatever is still open then is closed with
+        `code` as above. A later `close()` without `drain` ends the drain at once.
+        """
+        check_shutdown(code, drain_timeout)
+        if self._closing:
+            if not drain and self._draining:
+                self._draining = False
+                if self._drain_scope is not None:
+                    self._drain_scope.cancel()
+            return
         self._closing = True
+        self._close_code, self._close_reason = int(code), shutdown_reason(code)
+        self._draining, self._drain_timeout = drain, drain_timeout
         if self._accepting is not None:
             self._accepting.cancel()
 
@@ -189,9 +240,13 @@ class Server:
         """Wait until the server has stopped and every connection ended."""
         await self._stopped_event().wait()
 
-    async def shutdown(self) -> None:
-        """Graceful shutdown: returns when every connection has ended."""
-        self.close()
+    async def shutdown(
+        self, code: int = SHUTDOWN_CODE, drain: bool = False, *, drain_timeout: float | None = None
+    ) -> None:
+        """Graceful shutdown (see `close`): returns when every connection has ended.
+        If a shutdown is already under way, waits for that one."""
+        if not self._closing:
+            self.close(code, drain, drain_timeout=drain_timeout)
         await self._stopped_event().wait()
 
     async def serve_forever(self) -> None:
@@ -224,10 +279,20 @@ class Server:
     async def _lifecycle(self) -> AsyncIterator[Server]:
         self._stopped = stopped = anyio.Event()
         self._idle = anyio.Event()
-        listener = await anyio.create_tcp_listener(
-            local_host=self.host, local_port=self._requested_port
-        )
-        self.port = listener.listeners[0].extra(SocketAttribute.local_port)
+        listener: anyio.streams.stapled.MultiListener[anyio.abc.SocketStream]
+        if self.sock is not None or self.unix_socket is not None:
+            raw = self.sock if self.sock is not None else unix_listener(self.unix_socket or "", 128)
+            listener = anyio.streams.stapled.MultiListener(
+                [await anyio.abc.SocketListener.from_socket(raw)]
+            )
+            host, port = bound_address(raw)
+            if is_tcp(raw):
+                self.host, self.port = host, port
+        else:
+            listener = await anyio.create_tcp_listener(
+                local_host=self.host, local_port=self._requested_port, reuse_port=self.reuse_port
+            )
+            self.port = listener.listeners[0].extra(SocketAttribute.local_port)
         main = self._main_asyncio if _on_asyncio() else self._main_streams
         body_error: BaseException | None = None
         try:
@@ -240,14 +305,24 @@ class Server:
                     # in an exception group).
                     body_error = exc
                 bound = self.options.close_timeout
+                if not self._closing:
+                    self.close()
+                drain = self._drain_timeout if self._draining else 0.0
                 with (
                     anyio.CancelScope(shield=True),
-                    anyio.move_on_after((_SHUTDOWN_FALLBACK if bound is None else bound) + 1.0),
+                    anyio.move_on_after(
+                        (_SHUTDOWN_FALLBACK if bound is None else bound)
+                        + 1.0
+                        + (math.inf if drain is None else drain)
+                    ),
                 ):
                     await self.shutdown()
                 tg.cancel_scope.cancel()
         finally:
             await anyio.aclose_forcefully(listener)
+            if self.unix_socket is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.unix_socket)
             stopped.set()
         if body_error is not None:
             raise body_error
@@ -270,12 +345,16 @@ class Server:
             async with anyio.create_task_group() as conns:
                 self._spawn = asyncio_spawner(conns.start_soon)
                 for sub in listener.listeners:
-                    sock = sub.extra(SocketAttribute.raw_socket)
-                    servers.append(
-                        await loop.create_server(
-                            self._new_protocol, sock=sock, backlog=_BACKLOG, **extra
+                    raw = sub.extra(SocketAttribute.raw_socket)
+                    if is_tcp(raw):
+                        server = await loop.create_server(
+                            self._new_protocol, sock=raw, backlog=_BACKLOG, **extra
                         )
-                    )
+                    else:
+                        server = await loop.create_unix_server(
+                            self._new_protocol, sock=raw, backlog=_BACKLOG, **extra
+                        )
+                    servers.append(server)
                 with anyio.CancelScope() as accepting:
                     self._accepting = accepting
                     if self._closing:
@@ -304,6 +383,8 @@ class Server:
             self.options,
             handshake_hook=self.handshake_hook,
             http_handler=self.http_handler,
+            on_event=self.on_event,
+            logger=self.log,
         )
         return self._session_factory(
             loop,
@@ -318,20 +399,30 @@ class Server:
         assert session.transport is not None
         session.wire.peer = peer_name(session.transport)
         self._sessions.add(session)
-        if self._closing:
-            session.close(SHUTDOWN_CODE, SHUTDOWN_REASON)
+        if self._closing and not self._draining:
+            session.close(self._close_code, self._close_reason)
 
     async def _close_all(self, conns: anyio.abc.TaskGroup) -> None:
-        """Close every connection with 1001, wait up to close_timeout, abort the rest."""
+        """Drain if asked (bounded), then close every connection with the close
+        code (1001 by default), wait up to close_timeout, abort the rest."""
+        if self._draining:
+            bound = self._drain_timeout
+            with anyio.move_on_after(math.inf if bound is None else bound) as scope:
+                self._drain_scope = scope
+                while self._sessions and self._draining:
+                    self._idle = idle = anyio.Event()
+                    await idle.wait()
+            self._drain_scope = None
+            self._draining = False
         for session in list(self._sessions):
-            session.close(SHUTDOWN_CODE, SHUTDOWN_REASON)
+            session.close(self._close_code, self._close_reason)
         bound = self.options.close_timeout
         with anyio.move_on_after(math.inf if bound is None else bound):
             while self._sessions:
                 self._idle = idle = anyio.Event()
                 await idle.wait()
         if self._sessions:
-            logger.info("aborting %d connection(s) after close_timeout", len(self._sessions))
+            self.log.info("aborting %d connection(s) after close_timeout", len(self._sessions))
             for session in list(self._sessions):
                 session.abort()
         conns.cancel_scope.cancel()
@@ -356,8 +447,8 @@ class Server:
                         for sub in listener.listeners:
                             assert isinstance(sub, anyio.abc.SocketListener)
                             if self._raw_io is not None and self.ssl is None:
-                                sock = sub.extra(SocketAttribute.raw_socket)
-                                accept.start_soon(self._raw_accept_loop, sock, conns)
+                                raw = sub.extra(SocketAttribute.raw_socket)
+                                accept.start_soon(self._raw_accept_loop, raw, conns)
                             else:
                                 accept.start_soon(self._accept_loop, sub, conns)
                 # Stop accepting, then close every connection with 1001.
@@ -376,7 +467,7 @@ class Server:
             except anyio.ClosedResourceError:
                 return
             except OSError as exc:  # EMFILE and friends: keep the server up
-                logger.error("accept failed: %s", exc)
+                self.log.error("accept failed: %s", exc)
                 await anyio.sleep(0.1)
                 continue
             conns.start_soon(self._connection, stream)
@@ -394,12 +485,13 @@ class Server:
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError as exc:  # EMFILE and friends: keep the server up
-                    logger.error("accept failed: %s", exc)
+                    self.log.error("accept failed: %s", exc)
                     await anyio.sleep(0.1)
                     break
                 try:
                     sock.setblocking(False)
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    if is_tcp(sock):
+                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 except OSError:
                     sock.close()
                     continue
@@ -415,6 +507,8 @@ class Server:
             self.options,
             handshake_hook=self.handshake_hook,
             http_handler=self.http_handler,
+            on_event=self.on_event,
+            logger=self.log,
             peer=peer,
         )
         session = _StreamSession(
@@ -427,8 +521,8 @@ class Server:
             on_done=self._done,
         )
         self._sessions.add(session)
-        if self._closing:
-            session.close(SHUTDOWN_CODE, SHUTDOWN_REASON)
+        if self._closing and not self._draining:
+            session.close(self._close_code, self._close_reason)
         await session.run()
 
     async def _connection(self, raw: anyio.abc.SocketStream) -> None:
@@ -449,11 +543,11 @@ class Server:
                         raw, server_side=True, ssl_context=self.ssl, standard_compatible=False
                     )
                 if stream is raw:
-                    logger.info("server %s: TLS handshake timed out", peer)
+                    self.log.info("server %s: TLS handshake timed out", peer)
                     await anyio.aclose_forcefully(raw)
                     return
         except (*STREAM_ERRORS, anyio.EndOfStream) as exc:
-            logger.info("server %s: TLS handshake failed: %s", peer, exc)
+            self.log.info("server %s: TLS handshake failed: %s", peer, exc)
             await anyio.aclose_forcefully(raw)
             return
         wire = Wire.server(
@@ -462,6 +556,8 @@ class Server:
             self.options,
             handshake_hook=self.handshake_hook,
             http_handler=self.http_handler,
+            on_event=self.on_event,
+            logger=self.log,
             peer=peer,
         )
         assert self._spawn is not None
@@ -475,8 +571,8 @@ class Server:
             on_done=self._done,
         )
         self._sessions.add(session)
-        if self._closing:
-            session.close(SHUTDOWN_CODE, SHUTDOWN_REASON)
+        if self._closing and not self._draining:
+            session.close(self._close_code, self._close_reason)
         await session.run()
 
     def _opened(self, session: _SessionBase) -> None:
@@ -499,11 +595,26 @@ def serve(
     ssl: ssl_module.SSLContext | None = None,
     handshake_hook: HandshakeHook | None = None,
     http_handler: HttpHandler | None = None,
+    sock: socket.socket | None = None,
+    reuse_port: bool = False,
+    unix_socket: str | None = None,
+    on_event: EventHook | None = None,
+    logger: logging.Logger | None = None,
     **options: Unpack[OptionsDict],
 ) -> Server:
     """A websocket server for `routes` (one Flow, or a mapping path -> Flow: 404
     for other paths). Use as `async with serve(...) as server:`; port 0 picks a
-    free port (see `server.port` / `server.url`)."""
+    free port (see `server.port` / `server.url`).
+
+    Where it listens: `host:port` (with SO_REUSEPORT when `reuse_port=True`, so
+    several processes can share a port), or `sock=`, an already bound and
+    listening socket (systemd socket activation, a supervisor; the server closes
+    it when it stops), or `unix_socket=`, a path for a unix-domain socket
+    (a stale socket file is replaced, and removed when the server stops).
+
+    `on_event` receives every connection's `wire.observe` events (see
+    `socker_transports.metrics` for a Prometheus exporter); `logger` replaces
+    the "socker" logger for this server and its connections."""
     return Server(
         routes,
         host,
@@ -512,6 +623,11 @@ def serve(
         handshake_hook=handshake_hook,
         http_handler=http_handler,
         options=Options(**options),
+        sock=sock,
+        reuse_port=reuse_port,
+        unix_socket=unix_socket,
+        on_event=on_event,
+        logger=logger,
     )
 
 
@@ -535,12 +651,23 @@ class Client:
         origin: str | None,
         headers: Sequence[tuple[str, str]],
         options: Options,
+        unix_socket: str | None = None,
+        on_event: EventHook | None = None,
+        logger: logging.Logger | None = None,
     ) -> None:
         flow.validate()
+        self.on_event = on_event
+        self.log = logger if logger is not None else _SOCKER_LOGGER
         target = ClientTarget.parse(url)
         secure = target.secure
         if ssl is not None and not secure:
             raise ValueError("ssl= needs a wss:// URL")
+        if unix_socket is not None and secure:
+            raise ValueError(
+                "unix_socket= serves ws:// only (TLS over a unix socket is not offered)"
+            )
+        #: The unix-domain socket connected to instead of the URL's host:port.
+        self.unix_socket = unix_socket
         self.url = url
         self.flow = flow
         self.host = target.host
@@ -612,6 +739,8 @@ class Client:
 
     async def _open_stream(self) -> anyio.abc.ByteStream:
         try:
+            if self.unix_socket is not None:
+                return await anyio.connect_unix(self.unix_socket)
             if self.ssl is None:
                 return await anyio.connect_tcp(self.host, self.port)
             return await anyio.connect_tcp(
@@ -637,7 +766,13 @@ class Client:
             path=self.path,
             origin=self.origin,
             headers=self.headers,
-            peer=f"{format_host(self.host)}:{self.port}",
+            peer=(
+                f"unix:{self.unix_socket}"
+                if self.unix_socket is not None
+                else f"{format_host(self.host)}:{self.port}"
+            ),
+            on_event=self.on_event,
+            logger=self.log,
         )
 
     @asynccontextmanager
@@ -700,7 +835,10 @@ class Client:
             }
         timeout = self.options.open_timeout
         with anyio.fail_after(math.inf if timeout is None else timeout):
-            await loop.create_connection(lambda: session, self.host, self.port, **extra)
+            if self.unix_socket is not None:
+                await loop.create_unix_connection(lambda: session, self.unix_socket)
+            else:
+                await loop.create_connection(lambda: session, self.host, self.port, **extra)
         return session
 
     async def _connect_stream(
@@ -732,11 +870,26 @@ def connect(
     ssl: ssl_module.SSLContext | None = None,
     origin: str | None = None,
     headers: Sequence[tuple[str, str]] = (),
+    unix_socket: str | None = None,
+    on_event: EventHook | None = None,
+    logger: logging.Logger | None = None,
     **options: Unpack[OptionsDict],
 ) -> Client:
     """Connect to `url` (ws:// or wss://) and run `flow` on the connection.
-    Use as `async with connect(...) as client:`."""
-    return Client(url, flow, ssl=ssl, origin=origin, headers=headers, options=Options(**options))
+    Use as `async with connect(...) as client:`. With `unix_socket=` the client
+    connects to that unix-domain socket; the URL still gives the Host header and
+    the path (`ws://localhost/game`)."""
+    return Client(
+        url,
+        flow,
+        ssl=ssl,
+        origin=origin,
+        headers=headers,
+        options=Options(**options),
+        unix_socket=unix_socket,
+        on_event=on_event,
+        logger=logger,
+    )
 
 
 async def run_client(
@@ -746,6 +899,9 @@ async def run_client(
     ssl: ssl_module.SSLContext | None = None,
     origin: str | None = None,
     headers: Sequence[tuple[str, str]] = (),
+    unix_socket: str | None = None,
+    on_event: EventHook | None = None,
+    logger: logging.Logger | None = None,
     **options: Unpack[OptionsDict],
 ) -> CloseResult:
     """Connect, run `flow` to its end, and return how the connection ended.
@@ -753,7 +909,17 @@ async def run_client(
     A rejected handshake is a result (`handshake_status` is the HTTP status), not an
     error; an unreachable server raises `OSError`.
     """
-    client = connect(url, flow, ssl=ssl, origin=origin, headers=headers, **options)
+    client = connect(
+        url,
+        flow,
+        ssl=ssl,
+        origin=origin,
+        headers=headers,
+        unix_socket=unix_socket,
+        on_event=on_event,
+        logger=logger,
+        **options,
+    )
     try:
         async with client:
             return await client.wait_closed()

@@ -394,7 +394,7 @@ async def _serve_anyio(
         serve(routes, ns.host, ns.port, ssl=ssl, **options) as server,
         anyio.create_task_group() as tg,
     ):
-        await tg.start(_watch_signals, server)
+        await tg.start(_watch_signals, server, ns.drain_timeout)
         _announce(server.url, routes, f"anyio on {ns.backend or 'asyncio'}")
         await server.serve_forever()
         tg.cancel_scope.cancel()
@@ -402,14 +402,18 @@ async def _serve_anyio(
     return EXIT_OK
 
 
-async def _watch_signals(server: Any, *, task_status: Any) -> None:
+async def _watch_signals(server: Any, drain_timeout: float | None, *, task_status: Any) -> None:
     import anyio
 
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         task_status.started()
         async for signum in signals:
-            logger.info("%s: shutting down", signal.Signals(signum).name)
-            server.close()
+            # SIGTERM drains when --drain-timeout is given; another signal ends the drain.
+            drain = signum == signal.SIGTERM and drain_timeout is not None
+            logger.info(
+                "%s: %s", signal.Signals(signum).name, "draining" if drain else "shutting down"
+            )
+            server.close(drain=drain, drain_timeout=drain_timeout)
 
 
 def _serve_threaded(
@@ -420,9 +424,13 @@ def _serve_threaded(
     options: dict[str, Any],
 ) -> int:
     stop = threading.Event()
+    received: list[int] = []
 
     def on_signal(signum: int, frame: object) -> None:
         logger.info("%s: shutting down", signal.Signals(signum).name)
+        received.append(signum)
+        if len(received) > 1:
+            server.close()  # a second signal ends a drain
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -439,8 +447,12 @@ def _serve_threaded(
             runner = threading.Thread(target=run, name="socker-serve-forever")
             runner.start()
             _announce(server.url, routes, "threaded driver")
-            stop.wait()
-            server.shutdown()
+            # A timed wait: a signal delivered to another thread only runs its Python
+            # handler once the main thread executes bytecode again.
+            while not stop.wait(0.2):
+                pass
+            drain = received[:1] == [signal.SIGTERM] and ns.drain_timeout is not None
+            server.shutdown(drain=drain, drain_timeout=ns.drain_timeout)
             runner.join()
     finally:
         for sig, handler in previous.items():
@@ -600,6 +612,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="worker processes on one port (SO_REUSEPORT), supervised; default 1",
+    )
+    serve.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="on SIGTERM stop accepting and let live connections finish for up to SECONDS",
     )
     driver_flags(serve)
     _add_option_flags(serve, client=False)

@@ -86,12 +86,21 @@ from socker_core import (
     is_sendable_close_code,
 )
 
+from ._listen import (
+    bound_address,
+    check_choice,
+    check_listening,
+    is_tcp,
+    tcp_listener,
+    unix_listener,
+)
 from .wire import (
     SHUTDOWN_CODE,
     SHUTDOWN_REASON,
     AwaitHandshake,
     ClientTarget,
     CloseResult,
+    EventHook,
     HandshakeError,
     HandshakeFailed,
     HandshakeHook,
@@ -102,7 +111,9 @@ from .wire import (
     Phase,
     Wire,
     WireEvent,
+    check_shutdown,
     format_host,
+    shutdown_reason,
 )
 
 if sys.version_info >= (3, 11):
@@ -111,7 +122,7 @@ else:  # a dependency on 3.10 only
     from typing_extensions import Unpack
 
 
-logger = logging.getLogger("socker")
+logger = _SOCKER_LOGGER = logging.getLogger("socker")
 
 __all__ = [
     "SHUTDOWN_CODE",
@@ -467,7 +478,7 @@ class _Link(threading.Thread):
             if self._tls is None or self._tls_handshake():
                 self._loop()
         except Exception as exc:
-            logger.exception("socker: %s: driver error", self.name)
+            self.wire.log.exception("socker: %s: driver error", self.name)
             with self.lock:
                 self.wire.abort(monotonic(), f"driver error: {exc!r}")
         finally:
@@ -702,7 +713,9 @@ class _Link(threading.Thread):
                 if wire.is_open:
                     wire.send(first, now)
                 else:
-                    logger.debug("socker: %s: dropped a send_threadsafe after close", self.name)
+                    self.wire.log.debug(
+                        "socker: %s: dropped a send_threadsafe after close", self.name
+                    )
             elif kind == _CLOSE:
                 wire.close(first, second, now)  # the first one wins; later ones are no-ops
             else:
@@ -775,9 +788,22 @@ class Server:
         http_handler: HttpHandler | None,
         options: Options,
         backlog: int,
+        sock: socket.socket | None = None,
+        reuse_port: bool = False,
+        unix_socket: str | None = None,
+        on_event: EventHook | None = None,
+        logger: logging.Logger | None = None,
     ) -> None:
+        check_choice(sock, unix_socket, reuse_port)
+        self.on_event = on_event
+        #: Where this server and its connections log (`logger=`).
+        self.log = logger if logger is not None else _SOCKER_LOGGER
+        if sock is not None:
+            check_listening(sock)
         # Validate the routes (and flows) now, not on the first connection.
         Wire.server(routes, 0.0, options, handshake_hook=handshake_hook)
+        #: The unix-domain socket path served (unix_socket=), else None.
+        self.unix_socket = unix_socket
         self.routes = routes
         self.options = options
         self.ssl = ssl
@@ -786,26 +812,26 @@ class Server:
         self._lock = threading.Lock()
         self._links: set[_Link] = set()
         self._closing = False
+        self._close_code: int = SHUTDOWN_CODE
+        self._close_reason = SHUTDOWN_REASON
+        self._draining = False
+        self._drain_timeout: float | None = None
+        self._changed = threading.Condition(self._lock)  # a link ended, or the drain was cut
         self._stopped = threading.Event()
         self._waker = _Waker()
-        info = socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        listener = socket.socket(info[0], socket.SOCK_STREAM)
         try:
-            if os.name != "nt":
-                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind(info[4])
-            listener.listen(backlog)
+            if sock is not None:
+                listener = sock
+            elif unix_socket is not None:
+                listener = unix_listener(unix_socket, backlog)
+            else:
+                listener = tcp_listener(host, port, backlog, reuse_port=reuse_port)
             listener.setblocking(False)
         except BaseException:
-            listener.close()
             self._waker.close()
             raise
         self._listener = listener
-        bound = listener.getsockname()
-        self.host: str = bound[0]
-        self.port: int = bound[1]
+        self.host, self.port = bound_address(listener)
         self._runner = _AsyncRunner(f"socker-server-{self.port}")
         self._accept_thread = threading.Thread(
             target=self._accept_loop, name=f"socker-accept-{self.port}", daemon=True
@@ -814,8 +840,11 @@ class Server:
 
     @property
     def url(self) -> str:
-        """The ws:// (or wss://) URL the server listens on."""
+        """The URL clients use (for a unix socket: ws://localhost, with the
+        client's `unix_socket=` set to `server.unix_socket`)."""
         scheme = "wss" if self.ssl is not None else "ws"
+        if self.unix_socket is not None:
+            return f"{scheme}://localhost"
         return f"{scheme}://{format_host(self.host)}:{self.port}"
 
     def active_connections(self) -> int:
@@ -846,18 +875,40 @@ class Server:
         """Every connection thread still running, including those mid-handshake."""
         return self.active_connections()
 
-    def close(self) -> None:
+    def close(
+        self, code: int = SHUTDOWN_CODE, drain: bool = False, *, drain_timeout: float | None = None
+    ) -> None:
         """Start a graceful shutdown and return at once (safe from handlers);
-        `shutdown()` or `serve_forever()` wait for it to finish."""
-        self._closing = True
+        `shutdown()` or `serve_forever()` wait for it to finish.
+
+        The server stops accepting at once (new connections are refused); every
+        live connection is closed with `code` (1001 "server shutting down"; 1012
+        "service restart" when a new release takes over) and aborted if it has not
+        finished within `close_timeout`. With `drain=True` live connections first
+        run to completion, for at most `drain_timeout` seconds (None: no bound);
+        a later `close()` without `drain` ends the drain at once."""
+        check_shutdown(code, drain_timeout)
+        with self._lock:
+            if self._closing:
+                if not drain and self._draining:
+                    self._draining = False
+                    self._changed.notify_all()
+                return
+            self._close_code, self._close_reason = int(code), shutdown_reason(code)
+            self._draining, self._drain_timeout = drain, drain_timeout
+            self._closing = True
         self._waker.wake()
 
-    def shutdown(self) -> None:
-        """Stop accepting, close every connection with 1001 (abort after close_timeout)
-        and return once every thread this server started has ended. Idempotent and
-        safe from any thread; from a handler it only starts the shutdown (like
-        `close()`), since the handler's own thread is one of those to end."""
-        self.close()
+    def shutdown(
+        self, code: int = SHUTDOWN_CODE, drain: bool = False, *, drain_timeout: float | None = None
+    ) -> None:
+        """Stop accepting, close every connection with `code` (see `close`; abort
+        after close_timeout) and return once every thread this server started has
+        ended. Idempotent and safe from any thread; from a handler it only starts
+        the shutdown (like `close()`), since the handler's own thread is one of
+        those to end. If a shutdown is under way, waits for that one."""
+        if not self._closing:
+            self.close(code, drain, drain_timeout=drain_timeout)
         current = threading.current_thread()
         if (
             current is self._accept_thread
@@ -887,10 +938,13 @@ class Server:
         try:
             self._accept()
         except Exception:  # pragma: no cover - a driver bug: still shut down cleanly
-            logger.exception("socker: accept loop failed")
+            self.log.exception("socker: accept loop failed")
         finally:
             self._closing = True
             self._listener.close()
+            if self.unix_socket is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.unix_socket)
             self._shut_down()
 
     def _accept(self) -> None:
@@ -905,7 +959,7 @@ class Server:
                 except _WOULD_BLOCK:
                     break
                 except OSError as exc:
-                    logger.warning("socker: accept failed: %s", exc)
+                    self.log.warning("socker: accept failed: %s", exc)
                     # Back off (EMFILE and friends) without a sleep: until closing or 100 ms.
                     if _wait(None, False, False, waker, 0.1)[3]:
                         self._waker.drain()
@@ -913,9 +967,19 @@ class Server:
                 self._start_link(sock, address)
 
     def _shut_down(self) -> None:
+        if self._draining:
+            bound = self._drain_timeout
+            end = None if bound is None else monotonic() + bound
+            with self._lock:
+                while self._links and self._draining:
+                    left = None if end is None else end - monotonic()
+                    if left is not None and left <= 0:
+                        break
+                    self._changed.wait(left)
+                self._draining = False
         links = self._snapshot()
         for link in links:
-            link.request_close(SHUTDOWN_CODE, SHUTDOWN_REASON)
+            link.request_close(self._close_code, self._close_reason)
         grace = self.options.close_timeout
         grace = FALLBACK_TIMEOUT if grace is None else grace
         end = monotonic() + grace + 1.0
@@ -923,7 +987,7 @@ class Server:
             link.join(max(0.0, end - monotonic()))
         late = [link for link in links if link.is_alive()]
         if late:
-            logger.info("socker: aborting %d connection(s) after close_timeout", len(late))
+            self.log.info("socker: aborting %d connection(s) after close_timeout", len(late))
         for link in late:
             link.kill()
         for link in late:
@@ -934,9 +998,13 @@ class Server:
 
     def _start_link(self, sock: socket.socket, address: Any) -> None:
         now = monotonic()
-        peer = f"{format_host(str(address[0]))}:{address[1]}"
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if isinstance(address, tuple) and len(address) >= 2:
+            peer = f"{format_host(str(address[0]))}:{address[1]}"
+        else:  # a unix-domain socket: the peer has no address of its own
+            peer = f"unix:{self.host}"
+        if is_tcp(sock):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
         wire = Wire.server(
             self.routes,
@@ -944,6 +1012,8 @@ class Server:
             self.options,
             handshake_hook=self.handshake_hook,
             http_handler=self.http_handler,
+            on_event=self.on_event,
+            logger=self.log,
             peer=peer,
         )
         link = _Link(
@@ -959,7 +1029,7 @@ class Server:
         try:
             link.start()
         except RuntimeError:  # pragma: no cover - cannot start a thread
-            logger.exception("socker: cannot start a connection thread")
+            self.log.exception("socker: cannot start a connection thread")
             with self._lock:
                 self._links.discard(link)
             sock.close()
@@ -968,6 +1038,7 @@ class Server:
     def _link_done(self, link: _Link) -> None:
         with self._lock:
             self._links.discard(link)
+            self._changed.notify_all()
 
 
 def serve(
@@ -979,10 +1050,24 @@ def serve(
     handshake_hook: HandshakeHook | None = None,
     http_handler: HttpHandler | None = None,
     backlog: int = socket.SOMAXCONN,
+    sock: socket.socket | None = None,
+    reuse_port: bool = False,
+    unix_socket: str | None = None,
+    on_event: EventHook | None = None,
+    logger: logging.Logger | None = None,
     **options: Unpack[OptionsDict],
 ) -> Server:
     """Listen on `host:port` (0: an ephemeral port) and serve `routes` (one Flow for
     every path, or a mapping of path to Flow) until `Server.shutdown()`.
+
+    Instead of `host:port`: `sock=`, an already bound and listening socket
+    (systemd socket activation, a supervisor; closed when the server stops), or
+    `unix_socket=`, a unix-domain socket path (a stale socket file is replaced,
+    and removed when the server stops). `reuse_port=True` sets SO_REUSEPORT, so
+    several processes can share one TCP port.
+
+    `on_event` receives every connection's `wire.observe` events (called on the
+    connection's thread); `logger` replaces the "socker" logger for this server.
 
     `options` are the `wire.Options` fields (`max_size`, `close_timeout`, ...).
     Returns once listening; connections are accepted in a background thread.
@@ -996,6 +1081,11 @@ def serve(
         http_handler=http_handler,
         options=Options(**options),
         backlog=backlog,
+        sock=sock,
+        reuse_port=reuse_port,
+        unix_socket=unix_socket,
+        on_event=on_event,
+        logger=logger,
     )
 
 
@@ -1098,6 +1188,9 @@ def connect(
     ssl: ssl_module.SSLContext | None = None,
     origin: str | None = None,
     headers: Sequence[tuple[str, str]] = (),
+    unix_socket: str | None = None,
+    on_event: EventHook | None = None,
+    logger: logging.Logger | None = None,
     **options: Unpack[OptionsDict],
 ) -> ClientConnection:
     """Connect to `url` (ws:// or wss://) and run `flow` on a background thread.
@@ -1107,6 +1200,8 @@ def connect(
     the server (refused, DNS, TLS, `open_timeout`) raises the `OSError` (or
     `ssl.SSLError`) unchanged. `wss://` uses `ssl` (default: a verifying
     `ssl.create_default_context()`). `options` are the `wire.Options` fields.
+    With `unix_socket=` the client connects to that unix-domain socket; the URL
+    still gives the Host header and the path (`ws://localhost/game`).
     """
     opts = Options(**options)
     flow.validate()
@@ -1120,20 +1215,41 @@ def connect(
     )
     if ssl is not None and not secure:
         raise ValueError("ssl= needs a wss:// URL")
+    if unix_socket is not None and secure:
+        raise ValueError("unix_socket= serves ws:// only (TLS over a unix socket is not offered)")
     tls = (ssl or ssl_module.create_default_context()) if secure else None
     started = monotonic()
     timeout = opts.open_timeout
-    sock = socket.create_connection((host, port), timeout=timeout)
+    if unix_socket is not None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(unix_socket)
+        except BaseException:
+            sock.close()
+            raise
+    else:
+        sock = socket.create_connection((host, port), timeout=timeout)
     try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if is_tcp(sock):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if tls is not None:
             if timeout is not None:
                 sock.settimeout(max(0.001, started + timeout - monotonic()))
             sock = tls.wrap_socket(sock, server_hostname=host)
         sock.setblocking(False)
-        peer = f"{format_host(host)}:{port}"
+        peer = f"unix:{unix_socket}" if unix_socket is not None else f"{format_host(host)}:{port}"
         wire = Wire.client(
-            flow, host_header, started, opts, path=target, origin=origin, headers=headers, peer=peer
+            flow,
+            host_header,
+            started,
+            opts,
+            path=target,
+            origin=origin,
+            headers=headers,
+            peer=peer,
+            on_event=on_event,
+            logger=logger,
         )
         link = _Link(
             sock,

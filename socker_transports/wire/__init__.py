@@ -7,6 +7,11 @@ handshake and its limits, routing, origins, the handshake hook, ping/pong and
 keepalive, the close handshake and its timeout, fragment reassembly and
 `max_size`, the text-vs-binary policy and write-side backpressure.
 
+The decisions a server makes before any frame (routing, origins, the handshake
+hook's answer, text and size policy) are pure functions in `wire.policy`, shared
+with the ASGI adapter; what an operator can observe (the `on_event` events) is
+decided in `wire.observe`.
+
 Nothing on the receive path raises: a bad peer ends in a close code or an HTTP
 status. Misuse by the caller raises `socker_core.LocalProtocolError` (or
 `ConnectionClosedError` for a send once closing).
@@ -33,31 +38,38 @@ from .events import (
     WireEvent,
 )
 from .hooks import Accept, HandshakeHook, HandshakeRequest, HttpHandler, HttpResponse, Reject
+from .observe import EventHook, ObservedEvent
 from .options import (
     KEEPALIVE_TIMEOUT_REASON,
     SEND_BUFFER_OVERFLOW,
+    SERVICE_RESTART_CODE,
     SHUTDOWN_CODE,
     SHUTDOWN_REASON,
     Options,
     OptionsDict,
+    check_shutdown,
+    shutdown_reason,
 )
 from .target import ClientTarget, format_host
 
 __all__ = [
     "KEEPALIVE_TIMEOUT_REASON",
     "SEND_BUFFER_OVERFLOW",
+    "SERVICE_RESTART_CODE",
     "SHUTDOWN_CODE",
     "SHUTDOWN_REASON",
     "Accept",
     "AwaitHandshake",
     "ClientTarget",
     "CloseResult",
+    "EventHook",
     "HandshakeError",
     "HandshakeFailed",
     "HandshakeHook",
     "HandshakeRequest",
     "HttpHandler",
     "HttpResponse",
+    "ObservedEvent",
     "Opened",
     "Options",
     "OptionsDict",
@@ -65,5 +77,7 @@ __all__ = [
     "Reject",
     "Wire",
     "WireEvent",
+    "check_shutdown",
     "format_host",
+    "shutdown_reason",
 ]

@@ -18,9 +18,8 @@ from .events import CloseResult, Phase, WireEvent
 from .handshake import _upgrade_request
 from .handshake_phase import _HandshakePhase
 from .hooks import HandshakeHook, HttpHandler, _check_headers
+from .observe import EventHook
 from .options import _DEFAULT_OPTIONS, KEEPALIVE_TIMEOUT_REASON, Options
-
-logger = logging.getLogger("socker")
 
 
 class Wire(_HandshakePhase):
@@ -58,10 +57,14 @@ class Wire(_HandshakePhase):
         handshake_hook: HandshakeHook | None = None,
         http_handler: HttpHandler | None = None,
         peer: str = "",
+        on_event: EventHook | None = None,
+        logger: logging.Logger | None = None,
     ) -> Wire:
         """A server connection: one Flow for every path, or a path -> Flow map (404
         for other paths). The handshake hook may accept (choosing a flow, a
-        subprotocol, `conn.state`), reject with a status, or be `async def`."""
+        subprotocol, `conn.state`), reject with a status, or be `async def`.
+        `on_event` receives the connection's `wire.observe` events; `logger` is
+        where it logs (default: the "socker" logger)."""
         if isinstance(routes, Flow):
             routes.validate()
         else:
@@ -79,6 +82,8 @@ class Wire(_HandshakePhase):
             handshake_hook=handshake_hook,
             http_handler=http_handler,
             peer=peer,
+            on_event=on_event,
+            logger=logger,
         )
 
     @classmethod
@@ -93,6 +98,8 @@ class Wire(_HandshakePhase):
         origin: str | None = None,
         headers: Sequence[tuple[str, str]] = (),
         peer: str = "",
+        on_event: EventHook | None = None,
+        logger: logging.Logger | None = None,
     ) -> Wire:
         """A client connection; its opening request is already in `data_to_send()`.
         `host` is the Host header ("example.com:8000")."""
@@ -101,7 +108,9 @@ class Wire(_HandshakePhase):
         _check_headers(headers, "Wire.client")
         if origin is not None:
             _check_headers([("Origin", origin)], "Wire.client")
-        wire = cls(ConnectionType.CLIENT, opts, now, flow=flow, peer=peer)
+        wire = cls(
+            ConnectionType.CLIENT, opts, now, flow=flow, peer=peer, on_event=on_event, logger=logger
+        )
         wire.path = path.partition("?")[0]  # like the server's: the query is not part of it
         extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
         if origin is not None:
@@ -242,13 +251,13 @@ class Wire(_HandshakePhase):
                 )
             return
         if self._close_deadline is not None and now >= self._close_deadline:
-            if logger.isEnabledFor(logging.INFO):
-                logger.info("%s: close handshake timed out", self._label())
+            if self.log.isEnabledFor(logging.INFO):
+                self.log.info("%s: close handshake timed out", self._label())
             self._finish_transport(now, CloseCode.ABNORMAL, "close handshake timed out")
             return
         if self._pong_deadline is not None and now >= self._pong_deadline:
-            if logger.isEnabledFor(logging.INFO):
-                logger.info("%s: %s", self._label(), KEEPALIVE_TIMEOUT_REASON)
+            if self.log.isEnabledFor(logging.INFO):
+                self.log.info("%s: %s", self._label(), KEEPALIVE_TIMEOUT_REASON)
             self._fail(now, CloseCode.INTERNAL_ERROR, KEEPALIVE_TIMEOUT_REASON)
             return
         if self._ping_due is not None and now >= self._ping_due and self._phase is Phase.OPEN:
@@ -266,6 +275,8 @@ class Wire(_HandshakePhase):
         """An `Await`'s awaitable returned `result`."""
         if self.stepper is None:
             raise LocalProtocolError("resume before the flow started")
+        if self.observer is not None:
+            self.observer.resumed()
         self.collect(now)  # what the awaited handler sent goes out first
         self._stepper_events(self.stepper.resume(token, result, now), now)
         self._feed_held(now)
@@ -274,6 +285,8 @@ class Wire(_HandshakePhase):
         """An `Await`'s awaitable raised `error`."""
         if self.stepper is None:
             raise LocalProtocolError("resume_error before the flow started")
+        if self.observer is not None:
+            self.observer.resumed()
         self.collect(now)  # what the awaited handler sent goes out first
         self._stepper_events(self.stepper.resume_error(token, error, now), now)
         self._feed_held(now)

@@ -16,11 +16,10 @@ from socker_core import Flow, Stepper
 from .events import AwaitHandshake, Opened, Phase
 from .frames import _frame_connection
 from .handshake import _accept_response, _check_accept_response, _read_request, _valid_key
-from .hooks import _DEFAULT_ACCEPT, Accept, HandshakeRequest, Reject
+from .hooks import HandshakeRequest
 from .http1 import _STATUS_LINE_101, _h11_fields, _h11_head, _http_response, _Refused
 from .open_phase import _OpenPhase
-
-logger = logging.getLogger("socker")
+from .policy import Refused, check_request, handshake_verdict
 
 
 class _HandshakePhase(_OpenPhase):
@@ -74,25 +73,23 @@ class _HandshakePhase(_OpenPhase):
             if protocols
             else ()
         )
-        request = HandshakeRequest(path, query, tuple(headers), offered, origin)
+        request = HandshakeRequest(path, query, tuple(headers), offered, origin, parts[0])
         self._request = request
         self.path = path
         is_upgrade = upgrade is not None and "websocket" in upgrade.lower()
-        if not is_upgrade and self.http_handler is not None and parts[0] == "GET":
+        if not is_upgrade and self.http_handler is not None and len(parts) == 3:
             try:
                 response = self.http_handler(request)
             except Exception as exc:
-                logger.error("%s: http_handler raised", self._label(), exc_info=exc)
+                self.log.error("%s: http_handler raised", self._label(), exc_info=exc)
                 self._fail_handshake(500, "http_handler raised", now, respond=True)
                 return
             if response is not None:
-                self._write(
-                    _http_response(
-                        response.status, response.body, [("Content-Type", response.content_type)]
-                    ),
-                    now,
+                body = b"" if parts[0] == "HEAD" else response.body
+                self._write(_http_response(response.status, body, response.all_headers()), now)
+                self._fail_handshake(
+                    response.status, "plain HTTP request served", now, observed=False
                 )
-                self._fail_handshake(response.status, "plain HTTP request served", now)
                 return
         if isinstance(verdict, _Refused):
             self._fail_handshake(
@@ -102,12 +99,9 @@ class _HandshakePhase(_OpenPhase):
         if len(keys) != 1 or not _valid_key(keys[0]):
             self._fail_handshake(400, "invalid Sec-WebSocket-Key", now, respond=True)
             return
-        origins = self.options.origins
-        if origins is not None and origin not in origins:
-            self._fail_handshake(403, f"origin {origin!r} not allowed", now, respond=True)
-            return
-        if self._route(path) is None:
-            self._fail_handshake(404, f"no flow at path {path!r}", now, respond=True)
+        refused = check_request(self.options, self.routes, request)
+        if refused is not None:
+            self._fail_handshake(refused.status, refused.reason, now, respond=True)
             return
         self._key = verdict
         self._pending_after_head = rest
@@ -125,54 +119,29 @@ class _HandshakePhase(_OpenPhase):
             return
         self._decide(result, now)
 
-    def _route(self, path: str) -> Flow | None:
-        routes = self.routes
-        if isinstance(routes, Flow):
-            return routes
-        assert routes is not None
-        return routes.get(path)
-
     def _decide(self, result: object, now: float) -> None:
-        if isinstance(result, BaseException):
-            logger.error("%s: handshake hook raised", self._label(), exc_info=result)
-            self._fail_handshake(500, "handshake hook raised", now, respond=True)
-            return
-        if isinstance(result, Reject):
-            self._fail_handshake(
-                result.status,
-                "rejected by the handshake hook",
-                now,
-                respond=True,
-                body=result.body,
-                headers=result.headers,
-            )
-            return
-        if result is not None and not isinstance(result, Accept):
-            logger.error("%s: handshake hook returned %r", self._label(), result)
-            self._fail_handshake(
-                500, "handshake hook returned an invalid answer", now, respond=True
-            )
-            return
-        accept = result if isinstance(result, Accept) else _DEFAULT_ACCEPT
         request = self._request
         assert request is not None
-        flow = accept.flow or self._route(self.path)
-        assert flow is not None
-        subprotocol = accept.subprotocol
-        if subprotocol is None:
-            subprotocol = next(
-                (p for p in self.options.subprotocols if p in request.subprotocols), None
-            )
-        if subprotocol is not None and subprotocol not in request.subprotocols:
-            logger.error("%s: subprotocol %r was not offered", self._label(), subprotocol)
+        verdict = handshake_verdict(result, request, self.options, self.routes)
+        if isinstance(verdict, Refused):
+            if isinstance(verdict.error, BaseException):
+                self.log.error("%s: %s", self._label(), verdict.reason, exc_info=verdict.error)
+            elif verdict.error is not None:
+                self.log.error("%s: %s", self._label(), verdict.error)
             self._fail_handshake(
-                500, f"subprotocol {subprotocol!r} was not offered", now, respond=True
+                verdict.status,
+                verdict.reason,
+                now,
+                respond=True,
+                body=verdict.body,
+                headers=verdict.headers,
             )
             return
+        flow, subprotocol = verdict.flow, verdict.subprotocol
         try:
-            response = _accept_response(self._key, subprotocol, accept.headers)
+            response = _accept_response(self._key, subprotocol, verdict.headers)
         except Exception as exc:  # a header the h11 rules refuse to send
-            logger.error("%s: cannot accept: %s", self._label(), exc)
+            self.log.error("%s: cannot accept: %s", self._label(), exc)
             self._fail_handshake(500, "cannot build the handshake response", now, respond=True)
             return
         self._write(response, now)
@@ -180,7 +149,7 @@ class _HandshakePhase(_OpenPhase):
         rest = self._pending_after_head
         # Frames that came with (or after) the request: parsed lazily, like any later read.
         self._ws = _frame_connection(ConnectionType.SERVER, rest)
-        self._start_flow(flow, now, accept.state)
+        self._start_flow(flow, now, verdict.state)
         if rest and not self._transport_done:
             self._pump(now)
 
@@ -235,10 +204,13 @@ class _HandshakePhase(_OpenPhase):
             for key, value in state.items():
                 setattr(conn_state, key, value)
         stepper.wakeup = self._wakeup
+        stepper.run_blocking = self.run_blocking
         self.stepper = stepper
         if self.options.ping_interval is not None:
             self._ping_due = now + self.options.ping_interval
         self._events.append(Opened(self.path, self.subprotocol, flow.name))
-        if logger.isEnabledFor(logging.INFO):
-            logger.info("%s: open %s (flow %s)", self._label(), self.path, flow.name)
+        if self.observer is not None:
+            self.observer.opened(stepper, self.path, self.subprotocol, self.peer)
+        if self.log.isEnabledFor(logging.INFO):
+            self.log.info("%s: open %s (flow %s)", self._label(), self.path, flow.name)
         self._stepper_events(stepper.open(now), now)

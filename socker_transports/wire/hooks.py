@@ -31,13 +31,15 @@ def _check_headers(headers: Iterable[tuple[str, str]], what: str) -> None:
 class HandshakeRequest:
     """What a server's handshake hook (and `http_handler`) sees.
 
-    `headers` are (lowercased name, value) pairs in arrival order."""
+    `headers` are (lowercased name, value) pairs in arrival order; `method` is the
+    HTTP method ("GET" for every websocket upgrade)."""
 
     path: str
     query: str
     headers: tuple[tuple[str, str], ...]
     subprotocols: tuple[str, ...]
     origin: str | None
+    method: str = "GET"
 
     def header(self, name: str) -> str | None:
         """The first value of header `name` (case-insensitive), or None."""
@@ -62,9 +64,6 @@ class Accept:
         _check_headers(self.headers, "Accept")
 
 
-_DEFAULT_ACCEPT = Accept()
-
-
 @dataclass(frozen=True, slots=True)
 class Reject:
     """Handshake hook answer: refuse with an HTTP status (401, 403, ...; 300-599)."""
@@ -86,18 +85,31 @@ HandshakeHook = Callable[
 
 @dataclass(frozen=True, slots=True)
 class HttpResponse:
-    """A plain-HTTP answer (see `http_handler`): sent, then the transport is closed."""
+    """A plain-HTTP answer (see `http_handler`): sent, then the transport is closed.
+
+    `headers` are sent after Content-Type (for example `("Location", "/game")` with
+    status 302, or `("Cache-Control", "no-store")`); Content-Length and Connection
+    are the server's."""
 
     status: int = 200
     body: bytes = b""
     content_type: str = "text/plain; charset=utf-8"
+    headers: Sequence[tuple[str, str]] = ()
 
     def __post_init__(self) -> None:
         if not 200 <= self.status <= 599:
             raise LocalProtocolError(f"HttpResponse status must be 200-599, got {self.status}")
-        _check_headers([("Content-Type", self.content_type)], "HttpResponse")
+        _check_headers([("Content-Type", self.content_type), *self.headers], "HttpResponse")
+        for name, _ in self.headers:
+            if name.lower() in ("content-length", "connection", "transfer-encoding"):
+                raise LocalProtocolError(f"HttpResponse: {name} is set by the server")
+
+    def all_headers(self) -> list[tuple[str, str]]:
+        """Content-Type, then `headers`: what every server sends."""
+        return [("Content-Type", self.content_type), *self.headers]
 
 
-#: A plain-HTTP answer for a GET that is not a websocket upgrade (a health check,
-#: a redirect); None lets the request fail as a bad upgrade (400).
+#: A plain-HTTP answer for a request that is not a websocket upgrade (a health
+#: check, a redirect, `/metrics`); it sees `request.method`. None lets the request
+#: fail as a bad upgrade (400; 404 under ASGI).
 HttpHandler = Callable[[HandshakeRequest], "HttpResponse | None"]

@@ -12,9 +12,8 @@ from socker_core import is_sendable_close_code
 from socker_core._codes import CloseCode
 
 from .events import Phase
+from .policy import CloseDecision, oversize, text_message
 from .state import _WireState
-
-logger = logging.getLogger("socker")
 
 
 class _OpenPhase(_WireState):
@@ -36,12 +35,11 @@ class _OpenPhase(_WireState):
             elif isinstance(event, TextMessage):
                 if self._phase is not Phase.OPEN:
                     continue
-                if not self.options.accept_text:
-                    self._close_flow(
-                        now, CloseCode.UNSUPPORTED_DATA, "text messages are not accepted"
-                    )
+                decided = text_message(self.options, event.data)
+                if isinstance(decided, CloseDecision):
+                    self._close_flow(now, decided.code, decided.reason)
                     continue
-                chunk = event.data.encode("utf-8")
+                chunk = decided
             elif isinstance(event, Ping):
                 if ws.state is ConnectionState.OPEN:
                     self._write(ws.send(event.response()), now)
@@ -97,8 +95,9 @@ class _OpenPhase(_WireState):
     def _too_big(self, now: float) -> None:
         self._parts = None
         self._part_size = 0
-        max_size = self.options.max_size
-        self._close_flow(now, CloseCode.MESSAGE_TOO_BIG, f"message larger than {max_size} bytes")
+        decided = oversize(self.options, (self.options.max_size or 0) + 1)
+        assert decided is not None
+        self._close_flow(now, decided.code, decided.reason)
 
     def _deliver(self, message: bytes, now: float) -> None:
         stepper = self.stepper
@@ -110,6 +109,8 @@ class _OpenPhase(_WireState):
             held.append(message)
             self._held_size += len(message)
             return
+        if self.observer is not None:
+            self.observer.received(len(message))
         self._stepper_events(stepper.receive(message, now), now)
 
     def _feed_held(self, now: float) -> None:
@@ -120,6 +121,8 @@ class _OpenPhase(_WireState):
         while held and stepper is not None and stepper.accepting and self._phase is Phase.OPEN:
             message = held.popleft()
             self._held_size -= len(message)
+            if self.observer is not None:
+                self.observer.received(len(message))
             self._stepper_events(stepper.receive(message, now), now)
         if not held and self._held is held:
             self._held = None
@@ -143,8 +146,8 @@ class _OpenPhase(_WireState):
             # while still OPEN): fail the connection with its code, no waiting.
             if not is_sendable_close_code(code):
                 code = CloseCode.PROTOCOL_ERROR
-            if logger.isEnabledFor(logging.INFO):
-                logger.info("%s: protocol error %s: %s", self._label(), code, reason)
+            if self.log.isEnabledFor(logging.INFO):
+                self.log.info("%s: protocol error %s: %s", self._label(), code, reason)
             self._fail(now, code, reason or "protocol error")
 
     def _finish_close_handshake(self, now: float) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypedDict
 
-from socker_core import LocalProtocolError
+from socker_core import LocalProtocolError, is_sendable_close_code
 from socker_core._codes import CloseCode
 
 MiB = 1024 * 1024
@@ -114,3 +114,24 @@ _DEFAULT_OPTIONS = Options()
 #: Close code and reason a server sends to live connections when it shuts down.
 SHUTDOWN_CODE = CloseCode.GOING_AWAY
 SHUTDOWN_REASON = "server shutting down"
+
+#: The code for "a new release takes over": `server.close(code=SERVICE_RESTART_CODE)`.
+SERVICE_RESTART_CODE = CloseCode.SERVICE_RESTART
+
+_SHUTDOWN_REASONS = {
+    int(CloseCode.GOING_AWAY): SHUTDOWN_REASON,
+    int(CloseCode.SERVICE_RESTART): "service restart",
+}
+
+
+def shutdown_reason(code: int) -> str:
+    """The reason a server closing its connections with `code` sends."""
+    return _SHUTDOWN_REASONS.get(int(code), "server closing")
+
+
+def check_shutdown(code: int, drain_timeout: float | None) -> None:
+    """Refuse a server close code that cannot be sent, or a bad drain timeout."""
+    if not is_sendable_close_code(code):
+        raise LocalProtocolError(f"close code {code} cannot be sent in a close frame")
+    if drain_timeout is not None and not drain_timeout >= 0:
+        raise LocalProtocolError(f"drain_timeout must be >= 0 or None, got {drain_timeout}")

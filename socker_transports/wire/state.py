@@ -36,9 +36,10 @@ from .frames import (
 )
 from .hooks import HandshakeHook, HandshakeRequest, HttpHandler
 from .http1 import _HeadGuard, _http_response
+from .observe import EventHook, Observer
 from .options import SEND_BUFFER_OVERFLOW, Options
 
-logger = logging.getLogger("socker")
+_SOCKER_LOGGER = logging.getLogger("socker")
 
 
 class _WireState:
@@ -77,11 +78,14 @@ class _WireState:
         "handshake_hook",
         "handshake_status",
         "http_handler",
+        "log",
+        "observer",
         "options",
         "path",
         "peer",
         "role",
         "routes",
+        "run_blocking",
         "stepper",
         "subprotocol",
     )
@@ -97,11 +101,26 @@ class _WireState:
         http_handler: HttpHandler | None = None,
         flow: Flow | None = None,
         peer: str = "",
+        on_event: EventHook | None = None,
+        logger: logging.Logger | None = None,
     ) -> None:
         self.role = role
         self.options = options
         self.peer = peer
+        #: Where this connection logs (`logger=`, default the "socker" logger).
+        self.log = logger if logger is not None else _SOCKER_LOGGER
+        #: Reports to `on_event` (None: nothing is measured).
+        self.observer = (
+            None
+            if on_event is None
+            else Observer(
+                on_event, "client" if role is ConnectionType.CLIENT else "server", log=self.log
+            )
+        )
         self.routes = routes
+        #: Given to the Stepper (`Stepper.run_blocking`): how the driver runs
+        #: `blocking=True` steps; None calls them directly (the threaded driver).
+        self.run_blocking: Callable[..., Any] | None = None
         self.handshake_hook = handshake_hook
         self.http_handler = http_handler
         self._client = role is ConnectionType.CLIENT
@@ -145,6 +164,8 @@ class _WireState:
     # -- stepper events and output ------------------------------------------------
 
     def _stepper_events(self, events: list[Event], now: float) -> None:
+        if self.observer is not None:
+            self.observer.stepper_events(events)
         for event in events:
             if isinstance(event, Send):
                 if self._phase is Phase.OPEN:
@@ -153,8 +174,8 @@ class _WireState:
                 self._send_close(event.code, event.reason, now)
             elif isinstance(event, Closed):
                 self.close_code, self.close_reason = event.code, event.reason
-                if logger.isEnabledFor(logging.INFO):
-                    logger.info(
+                if self.log.isEnabledFor(logging.INFO):
+                    self.log.info(
                         "%s: closed %s %s (%s)",
                         self._label(),
                         event.code,
@@ -163,11 +184,13 @@ class _WireState:
                     )
                 self._events.append(event)
             elif isinstance(event, StepChanged):
-                if logger.isEnabledFor(logging.DEBUG):
-                    logger.debug("%s: step %s -> %s", self._label(), event.from_step, event.to_step)
+                if self.log.isEnabledFor(logging.DEBUG):
+                    self.log.debug(
+                        "%s: step %s -> %s", self._label(), event.from_step, event.to_step
+                    )
                 self._events.append(event)
             elif isinstance(event, HandlerFailed):
-                logger.error("%s: %s raised", self._label(), event.step, exc_info=event.exception)
+                self.log.error("%s: %s raised", self._label(), event.step, exc_info=event.exception)
                 self._events.append(event)
             else:
                 self._events.append(event)
@@ -177,6 +200,8 @@ class _WireState:
         if type(data) is not bytes:
             data = bytes(data)  # never keep a buffer the application may mutate
         n = len(data)
+        if self.observer is not None:
+            self.observer.sent(n)
         if self._client:
             key = os.urandom(4)
             if n < 126:
@@ -221,7 +246,7 @@ class _WireState:
             self._overflow(now)
 
     def _overflow(self, now: float) -> None:
-        logger.warning(
+        self.log.warning(
             "%s: peer stopped reading (%d bytes pending); dropping the connection",
             self._label(),
             self._out_size,
@@ -290,6 +315,7 @@ class _WireState:
         respond: bool = False,
         body: bytes = b"",
         headers: Iterable[tuple[str, str]] = (),
+        observed: bool = True,
     ) -> None:
         if respond and not self._client and status:
             payload = body or f"{reason}\n".encode()
@@ -302,9 +328,11 @@ class _WireState:
         self._phase = Phase.DONE
         self._transport_done = True
         self._drop_handshake_state()
-        if logger.isEnabledFor(logging.INFO):
-            logger.info("%s: handshake failed (%s): %s", self._label(), status or "-", reason)
+        if self.log.isEnabledFor(logging.INFO):
+            self.log.info("%s: handshake failed (%s): %s", self._label(), status or "-", reason)
         self._events.append(HandshakeFailed(status, reason))
+        if self.observer is not None and observed:
+            self.observer.refused(status, reason, self.path, self.peer)
 
     def _drop_handshake_state(self) -> None:
         self._guard = None
