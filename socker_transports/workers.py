@@ -25,16 +25,13 @@ Workers are forked, so `routes` (and whatever the flows close over) need not be
 picklable; each worker starts with the supervisor's memory as it was when the worker
 was (re)started.
 
-The socket is bound here and handed to the driver: through the servers' `sock=`
-argument where the driver has it. Until then the anyio driver receives it through a
-bridge confined to the worker process (`_bridged_listener`), and the threaded driver
-cannot be used with more than one worker.
+The socket is bound here and handed to the driver through the servers' `sock=`
+argument, on both drivers.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -45,7 +42,7 @@ import socket
 import ssl as ssl_module
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -132,31 +129,6 @@ def _driver_serve(driver: str) -> Callable[..., Any]:
     return serve
 
 
-def _takes_sock(serve: Callable[..., Any]) -> bool:
-    return "sock" in inspect.signature(serve).parameters
-
-
-@contextlib.contextmanager
-def _bridged_listener(sock: socket.socket) -> Iterator[None]:
-    """Until the anyio driver's `serve` takes `sock=`: while the server starts in this
-    worker process, the listener it asks anyio for is our socket. Confined to the
-    worker process (which runs nothing else) and to the server's start-up."""
-    import anyio
-    import anyio.abc
-    from anyio.streams.stapled import MultiListener
-
-    original = anyio.create_tcp_listener
-
-    async def our_socket(**_ignored: Any) -> MultiListener[anyio.abc.SocketStream]:
-        return MultiListener([await anyio.abc.SocketListener.from_socket(sock)])
-
-    anyio.create_tcp_listener = our_socket
-    try:
-        yield
-    finally:
-        anyio.create_tcp_listener = original
-
-
 async def _serve_anyio(spec: _WorkerSpec, sock: socket.socket, ready: Callable[[], None]) -> None:
     # The lifespan (the application's per-worker resources: its engine, its pools)
     # opens before the first connection and closes after the last one has ended.
@@ -172,14 +144,8 @@ async def _serve_anyio_server(
 
     serve = _driver_serve("anyio")
     kwargs: dict[str, Any] = {"ssl": spec.ssl, **spec.server_kwargs, **spec.options}
-    if _takes_sock(serve):
-        server_cm = serve(spec.routes, sock=sock, **kwargs)
-        bridge: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
-    else:
-        server_cm = serve(spec.routes, spec.host, spec.port, **kwargs)
-        bridge = _bridged_listener(sock)
-    with bridge:
-        server = await server_cm.__aenter__()
+    server_cm = serve(spec.routes, sock=sock, **kwargs)
+    server = await server_cm.__aenter__()
     try:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             ready()
@@ -457,11 +423,6 @@ def run(
         raise ValueError(f"unknown backend {backend!r}")
     if driver == "threaded" and lifespan is not None:
         raise ValueError("lifespan= is for the anyio driver (it runs on the worker's loop)")
-    if driver == "threaded" and not _takes_sock(_driver_serve("threaded")):
-        raise RuntimeError(
-            "the threaded driver serves with workers once its serve() takes sock=; "
-            "use the anyio driver (or --workers 1) for now"
-        )
     Options(**options)  # bad values fail here, before any process starts
     spec = _WorkerSpec(
         routes=routes,

@@ -131,13 +131,15 @@ def alive(pid: int) -> bool:
     return True
 
 
-@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize(
+    "driver", [["--backend", "asyncio"], ["--backend", "trio"], ["--driver", "threaded"]]
+)
 def test_two_workers_share_one_port_and_sigterm_drains_them(
-    supervised: type[Supervised], backend: str
+    supervised: type[Supervised], driver: list[str]
 ) -> None:
     server = supervised(
         "-m", "socker_transports", "serve", FLOW, "--port", "0", "--workers", "2",
-        "--backend", backend, "--close-timeout", "2",
+        *driver, "--close-timeout", "2",
     )  # fmt: skip
     pids = pids_until(server.url, 2)
     assert len(pids) == 2, "64 connections all went to one worker"
@@ -202,8 +204,8 @@ def test_workers_run_from_python_on_one_inherited_socket(supervised: type[Superv
     assert server.proc.wait(deadline(20)) == 0
 
 
-def test_bad_worker_counts_and_the_threaded_driver_are_usage_errors() -> None:
-    for extra in (["--workers", "0"], ["--workers", "2", "--driver", "threaded"]):
+def test_bad_worker_counts_are_usage_errors() -> None:
+    for extra in (["--workers", "0"], ["--workers", "-3"]):
         done = subprocess.run(
             [sys.executable, "-m", "socker_transports", "serve", FLOW, "--port", "0", *extra],
             cwd=ROOT,
