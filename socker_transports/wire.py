@@ -31,7 +31,9 @@ import inspect
 import logging
 import os
 import re
+import secrets
 import struct
+import sys
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -65,6 +67,7 @@ from socker_core import (
     FlowCompleted,
     HandlerFailed,
     LocalProtocolError,
+    Registry,
     Send,
     SockerError,
     StepChanged,
@@ -175,15 +178,18 @@ _DEFAULT_OPTIONS = Options()
 
 @dataclass(frozen=True, slots=True)
 class HandshakeRequest:
-    """What a server's handshake hook (and `http_handler`) sees.
+    """What a server's handshake hook (and `http_handler`) sees; kept as
+    `conn.request` once accepted.
 
-    `headers` are (lowercased name, value) pairs in arrival order."""
+    `headers` are (lowercased name, value) pairs in arrival order; `remote_address`
+    is the peer's (host, port) when the driver knows it."""
 
     path: str
     query: str
     headers: tuple[tuple[str, str], ...]
     subprotocols: tuple[str, ...]
     origin: str | None
+    remote_address: tuple[str, int] | None = None
 
     def header(self, name: str) -> str | None:
         """The first value of header `name` (case-insensitive), or None."""
@@ -608,7 +614,11 @@ def _read_request(head: bytes) -> tuple[str, list[tuple[str, str]], bytes | _Ref
         and head.count(b"\n") == head.count(b"\r\n")  # no bare LF: the guard's lines
     ):
         # h11 read the guard's lines, each one valid: the lenient reading is the same.
-        headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in fields]
+        # Names interned: every connection keeps its request (`conn.request`), and the
+        # same few names would otherwise be a string per connection each.
+        headers = [
+            (sys.intern(name.decode("latin-1")), value.decode("latin-1")) for name, value in fields
+        ]
         return start.decode("latin-1"), headers, verdict
     lines = head.split(b"\r\n")
     headers = []
@@ -873,6 +883,20 @@ def _mask(key: bytes, data: bytes) -> bytes:
     return bytes(masked)
 
 
+def frame_message(data: bytes | bytearray | memoryview) -> bytes:
+    """The bytes of one server (unmasked) binary frame carrying `data`: built once for
+    a broadcast, queued on many wires with `Wire.send_frame`. No extension is ever
+    negotiated, so this frame is the same for every server connection."""
+    n = len(data)
+    if n < 126:
+        header = _SMALL_HEADERS[n]
+    elif n < 65536:
+        header = _HEADER_16(0x82, 126, n)
+    else:
+        header = _HEADER_64(0x82, 127, n)
+    return header + bytes(data)
+
+
 class Wire:
     """One websocket connection, either role, with its Stepper. No I/O.
 
@@ -927,8 +951,11 @@ class Wire:
         "handshake_status",
         "http_handler",
         "options",
+        "owner",
         "path",
         "peer",
+        "registry",
+        "remote_address",
         "role",
         "routes",
         "stepper",
@@ -946,10 +973,19 @@ class Wire:
         http_handler: HttpHandler | None = None,
         flow: Flow | None = None,
         peer: str = "",
+        remote_address: tuple[str, int] | None = None,
+        registry: Registry | None = None,
+        owner: Any = None,
     ) -> None:
         self.role = role
         self.options = options
         self.peer = peer
+        #: The peer's (host, port), set by the driver before the handshake completes.
+        self.remote_address = remote_address
+        #: The rooms registry the connection's Stepper joins, and what `conn.server`
+        #: returns (the driver's Server; None for a client).
+        self.registry = registry
+        self.owner = owner
         self.routes = routes
         self.handshake_hook = handshake_hook
         self.http_handler = http_handler
@@ -1003,10 +1039,15 @@ class Wire:
         handshake_hook: HandshakeHook | None = None,
         http_handler: HttpHandler | None = None,
         peer: str = "",
+        remote_address: tuple[str, int] | None = None,
+        registry: Registry | None = None,
+        owner: Any = None,
     ) -> Wire:
         """A server connection: one Flow for every path, or a path -> Flow map (404
         for other paths). The handshake hook may accept (choosing a flow, a
-        subprotocol, `conn.state`), reject with a status, or be `async def`."""
+        subprotocol, `conn.state`), reject with a status, or be `async def`.
+        `remote_address` reaches the hook and `conn.remote_address`; the open
+        connection joins `registry` (rooms), and `conn.server` is `owner`."""
         if isinstance(routes, Flow):
             routes.validate()
         else:
@@ -1024,6 +1065,9 @@ class Wire:
             handshake_hook=handshake_hook,
             http_handler=http_handler,
             peer=peer,
+            remote_address=remote_address,
+            registry=registry,
+            owner=owner,
         )
 
     @classmethod
@@ -1313,7 +1357,9 @@ class Wire:
             if protocols
             else ()
         )
-        request = HandshakeRequest(path, query, tuple(headers), offered, origin)
+        request = HandshakeRequest(
+            path, query, tuple(headers), offered, origin, self.remote_address
+        )
         self._request = request
         self.path = path
         is_upgrade = upgrade is not None and "websocket" in upgrade.lower()
@@ -1475,9 +1521,20 @@ class Wire:
         self._phase = Phase.OPEN
         self.handshake_status = 101
         self._handshake_deadline = None
+        request = self._request  # kept as conn.request; the rest of the handshake goes
         self._drop_handshake_state()
         self._decoder = getattr(getattr(self._ws, "_proto", None), "_frame_decoder", None)
-        stepper = Stepper(flow, max_queue=self.options.max_queue)
+        stepper = Stepper(
+            flow,
+            max_queue=self.options.max_queue,
+            # Unique across processes and machines (connections may be spread over
+            # workers later): 96 random bits, 16 URL-safe characters.
+            id=secrets.token_urlsafe(12),
+            registry=self.registry,
+            server=self.owner,
+            remote_address=self.remote_address,
+            request=request,
+        )
         if state:
             conn_state = stepper.conn.state
             for key, value in state.items():
@@ -1760,6 +1817,32 @@ class Wire:
         if self._out_size > self.options.max_send_buffer:
             self._overflow(now)
 
+    def send_frame(self, frame: bytes, data: bytes, now: float) -> bool:
+        """Queue `frame`, the prebuilt server frame of message `data`
+        (`frame_message(data)`): one broadcast builds it once and queues the same
+        bytes on every recipient. Returns whether it was queued; never raises.
+
+        Skipped (False) when the connection is not open, and subject to
+        `max_send_buffer` like any send: past it the connection is dropped (4503)
+        and this returns False. While the flow is in a call or has sends waiting
+        in its outbox, the message goes through the flow instead, so it keeps its
+        place after them."""
+        stepper = self.stepper
+        if self._phase is not Phase.OPEN or stepper is None or self._client:
+            return False
+        if not stepper.quiet:
+            try:
+                stepper.conn.send(data)
+            except ConnectionClosedError:
+                return False
+            return True
+        self._out.append(frame)
+        self._out_size += len(frame)
+        if self._out_size > self.options.max_send_buffer:
+            self._overflow(now)
+            return False
+        return True
+
     def _send_close(self, code: int, reason: str, now: float) -> None:
         if self._phase is not Phase.OPEN:
             return
@@ -1823,4 +1906,5 @@ __all__ = [
     "Wire",
     "WireEvent",
     "format_host",
+    "frame_message",
 ]
