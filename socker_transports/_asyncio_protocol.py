@@ -134,6 +134,25 @@ class _ProtocolSession(_SessionBase, asyncio.Protocol):
         self.wire.collect(now)
         self._after(now)
 
+    def push_frame(self, frame: bytes, data: bytes, now: float) -> bool:
+        # Written at once (`transport.write` sends right away when its buffer is
+        # empty): the first recipient has it before the last one is queued.
+        if self._ended:
+            return False
+        wire = self.wire
+        if not wire.send_frame(frame, data, now):
+            if wire.should_close_transport:
+                self._after(now)  # dropped (max_send_buffer): close it
+            return False
+        transport = self.transport
+        if self._write_paused or self._closing or transport is None:
+            self._after(now)  # the wire keeps it; its own limits apply
+        else:
+            out = wire.data_to_send()
+            if out:
+                transport.write(out)
+        return True
+
     def abort(self) -> None:
         if self._ended:
             return

@@ -28,6 +28,11 @@ Client::
 `**options` are exactly the fields of `wire.Options`, with the same defaults
 (a misspelt name raises TypeError, a bad value `LocalProtocolError`).
 
+Rooms and broadcast: `conn.join(room)` / `conn.leave(room)` in handlers, and
+`server.broadcast(data, room=..., skip=...)` from any task on the loop (in a
+handler, `conn.server` is the Server). The frame is built once and written to each
+recipient at once: no task switch or cancel per recipient on any backend.
+
 Threads: the driver, its handlers and `Connection.send` / `close` must be used
 from the event loop's thread (any task on it: broadcasting from another task is
 fine). From another thread use `anyio.from_thread`.
@@ -47,7 +52,7 @@ import logging
 import math
 import socket
 import ssl as ssl_module
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Any
@@ -58,7 +63,7 @@ import anyio.streams.stapled
 from anyio.abc import SocketAttribute
 from anyio.streams.tls import TLSStream
 
-from socker_core import Connection, Flow
+from socker_core import Connection, ConnectionClosedError, Flow, Registry
 
 from ._anyio_session import (
     STREAM_ERRORS,
@@ -80,6 +85,7 @@ from .wire import (
     Options,
     Wire,
     format_host,
+    frame_message,
 )
 
 logger = logging.getLogger("socker")
@@ -139,6 +145,9 @@ class Server:
         self.port = 0
         self._sessions: set[_SessionBase] = set()
         self._open: dict[_SessionBase, Connection] = {}
+        self._session_of: dict[Connection, _SessionBase] = {}
+        #: Rooms and the recipients of a broadcast (socker_core's pure registry).
+        self.registry = Registry()
         self._accepting: anyio.CancelScope | None = None
         self._closing = False
         self._spawn: Spawn | None = None  # start_soon of the connections' task group
@@ -168,6 +177,55 @@ class Server:
         """Every connection still being served, including those mid-handshake and
         those whose on_close hooks are still running."""
         return len(self._sessions)
+
+    # -- rooms -------------------------------------------------------------------
+
+    def room(self, name: str) -> frozenset[Connection]:
+        """The open connections in room `name`."""
+        return self.registry.room(name)
+
+    @property
+    def rooms(self) -> frozenset[str]:
+        """The names of the rooms that have members."""
+        return self.registry.rooms
+
+    def broadcast(
+        self,
+        data: bytes,
+        *,
+        room: str | None = None,
+        skip: Connection | Collection[Connection] | None = None,
+    ) -> int:
+        """Send `data` to every open connection (or every member of `room`) except
+        `skip` (a connection or a collection of them); returns how many it was
+        queued for. From any task on the loop, in a handler or not. A connection
+        that is closing, or that `max_send_buffer` drops, is skipped: nothing
+        raises into the caller. The frame is built once; each recipient's copy is
+        written at once, in the order of the calls."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"broadcast() takes bytes, got {type(data).__name__}")
+        recipients = self.registry.recipients(room, skip)
+        if not recipients:
+            return 0
+        payload = bytes(data)
+        frame = frame_message(payload)
+        sessions = self._session_of
+        now = self._now()
+        count = 0
+        for conn in recipients:
+            session = sessions.get(conn)
+            if session is not None:
+                if session.push_frame(frame, payload, now):
+                    count += 1
+                continue
+            # Still opening (a broadcast from its own on_open hook): its Stepper is
+            # in a call, and takes the message in order.
+            try:
+                conn.send(payload)
+            except ConnectionClosedError:
+                continue
+            count += 1
+        return count
 
     def close(self) -> None:
         """Start a graceful shutdown; `await wait_closed()` for it to finish."""
@@ -280,6 +338,13 @@ class Server:
             self._spawn = None
             self._stopped_event().set()
 
+    def _now(self) -> float:
+        loop = self._loop
+        if loop is not None:
+            return loop.time()
+        raw_io = self._raw_io
+        return raw_io.current_time() if raw_io is not None else anyio.current_time()
+
     def _linger(self) -> float:
         bound = self.options.close_timeout
         return _SHUTDOWN_FALLBACK if bound is None else bound
@@ -293,6 +358,8 @@ class Server:
             self.options,
             handshake_hook=self.handshake_hook,
             http_handler=self.http_handler,
+            registry=self.registry,
+            owner=self,
         )
         return self._session_factory(
             loop,
@@ -306,6 +373,7 @@ class Server:
     def _made(self, session: Any) -> None:
         assert session.transport is not None
         session.wire.peer = peer_name(session.transport)
+        session.wire.remote_address = _address(session.transport.get_extra_info("peername"))
         self._sessions.add(session)
         if self._closing:
             session.close(SHUTDOWN_CODE, SHUTDOWN_REASON)
@@ -405,6 +473,9 @@ class Server:
             handshake_hook=self.handshake_hook,
             http_handler=self.http_handler,
             peer=peer,
+            remote_address=_address(address),
+            registry=self.registry,
+            owner=self,
         )
         session = _StreamSession(
             None,
@@ -452,6 +523,9 @@ class Server:
             handshake_hook=self.handshake_hook,
             http_handler=self.http_handler,
             peer=peer,
+            remote_address=_address(address),
+            registry=self.registry,
+            owner=self,
         )
         assert self._spawn is not None
         session = _StreamSession(
@@ -472,12 +546,22 @@ class Server:
         conn = session.conn
         if conn is not None:
             self._open[session] = conn
+            self._session_of[conn] = session
 
     def _done(self, session: _SessionBase) -> None:
         self._sessions.discard(session)
-        self._open.pop(session, None)
+        conn = self._open.pop(session, None)
+        if conn is not None:
+            self._session_of.pop(conn, None)
         if not self._sessions and self._idle is not None:
             self._idle.set()
+
+
+def _address(address: object) -> tuple[str, int] | None:
+    """(host, port) of a socket address (an IPv6 one has four fields), else None."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        return (str(address[0]), int(address[1]))
+    return None
 
 
 def serve(
