@@ -222,7 +222,8 @@ def test_a_member_leaving_mid_broadcast_does_not_stop_the_others(
     leaving = members[2]
     leaving_id = ask(leaving, b"id").decode()
     for i in range(100):
-        outside(server, lambda s, i=i: s.broadcast(b"%d" % i, room="match"))
+        message = b"%d" % i
+        outside(server, lambda s: s.broadcast(message, room="match"))  # noqa: B023
         if i == 40:
             leaving.reset()  # gone with a TCP reset while broadcasts go on
     expected = [b"%d" % i for i in range(100)]
