@@ -138,3 +138,52 @@ def test_run_pair_is_unchanged() -> None:
     hello.add(lambda conn, message: True)
     transcript = run_pair(echo, hello)
     assert transcript.received("client") == [b"hi"] and transcript.client_code == 1000
+
+
+# -- the README's examples, as written there ---------------------------------------
+
+
+def readme_match() -> Flow:
+    match = Flow("match")
+
+    @match.step
+    def hello(conn: Connection, message: bytes) -> bool:
+        conn.state.match = message.decode()
+        conn.join(conn.state.match)
+        conn.server.broadcast(f"{conn.id} joined".encode(), room=conn.state.match)
+        return True
+
+    @match.step
+    def play(conn: Connection, message: bytes) -> bool:
+        conn.server.broadcast(message, room=conn.state.match, skip=conn)
+        return False
+
+    @match.on_close
+    def left(conn: Connection) -> None:
+        conn.server.broadcast(f"{conn.id} left".encode(), room=conn.state.match)
+
+    return match
+
+
+def test_readme_run_room() -> None:
+    player = Flow("player")
+    player.on_open(lambda conn: conn.send(b"match-1"))
+    player.add(lambda conn, message: False)
+    transcript = run_room(
+        readme_match(), {"ann": player, "bob": player, "cat": player}, stagger=1.0
+    )
+    assert transcript.received("ann") == [b"ann joined", b"bob joined", b"cat joined"]
+    assert transcript.table().splitlines()[0] == "| Server | ann | bob | cat |"
+
+
+def test_readme_embedded_registry() -> None:
+    from socker_core import Send, Stepper
+
+    registry = Registry()
+    stepper = Stepper(readme_match(), registry=registry, remote_address=("10.0.0.7", 50123))
+    stepper.open(now=0.0)
+    assert stepper.conn.server is registry
+    events = stepper.receive(b"match-1", now=0.1)
+    assert events[0] == Send(f"{stepper.id} joined".encode())
+    assert registry.broadcast(b"tick", room="match-1") == 1
+    assert stepper.pending_events() == [Send(b"tick")]
