@@ -438,7 +438,7 @@ class _Link(threading.Thread):
         # allowed on a plain socket only (an SSL object is not safe across threads);
         # `_writing` while this thread holds bytes taken from the wire but not yet
         # written; `_carry`, what a foreign write left unwritten, for this thread.
-        self._direct = tls is None
+        self._direct = tls is None and not isinstance(sock, ssl_module.SSLSocket)
         self._writing = False
         self._carry: memoryview | None = None
         timeout = wire.options.close_timeout
@@ -479,12 +479,16 @@ class _Link(threading.Thread):
         return True
 
     def _write_frame(self, frame: bytes, data: bytes) -> bool:
-        """`push_frame`'s direct path, under the lock."""
-        now = monotonic()
+        """`push_frame`'s direct path, under the lock. Whatever would end the
+        connection (a frame past `max_send_buffer`, a failed write) is left to the
+        connection's own thread, so its on_close hooks run there as always."""
         wire = self.wire
-        if not wire.send_frame(frame, data, now):
-            if wire.should_close_transport:
-                self.waker.wake()  # dropped: the thread closes the socket
+        if not wire.is_open:
+            return False
+        if wire.buffered_amount + len(frame) > wire.options.max_send_buffer:
+            self.waker.post((_FRAME, frame, data))  # its thread applies the limit
+            return True
+        if not wire.send_frame(frame, data, monotonic()):
             return False
         out = wire.data_to_send()
         if out:
@@ -492,9 +496,10 @@ class _Link(threading.Thread):
                 sent = self.sock.send(out)
             except _WOULD_BLOCK:
                 sent = 0
-            except OSError as exc:
-                wire.abort(now, f"write failed: {exc}")
-                wire.data_to_send()
+            except OSError:
+                # Its own thread finds the socket broken (read error or EOF) and
+                # ends the connection; no more direct writes meanwhile.
+                self._direct = False
                 self.waker.wake()
                 return True
             if sent < len(out):

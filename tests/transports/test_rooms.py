@@ -31,6 +31,7 @@ class Seen:
     lock: threading.Lock = field(default_factory=threading.Lock)
     opened: list[str] = field(default_factory=list)
     closed: dict[str, tuple[frozenset[str], bool]] = field(default_factory=dict)
+    codes: dict[str, int | None] = field(default_factory=dict)
     closed_event: threading.Condition = field(default_factory=threading.Condition)
 
     def wait_closed(self, conn_id: str) -> tuple[frozenset[str], bool]:
@@ -80,6 +81,7 @@ def rooms_flow(seen: Seen) -> Flow:
         still_member = any(conn in conn.server.room(name) for name in conn.server.rooms)
         with seen.closed_event:
             seen.closed[conn.id] = (conn.rooms, still_member)
+            seen.codes[conn.id] = conn.close_code
             seen.closed_event.notify_all()
 
     return flow
@@ -233,6 +235,40 @@ def test_a_member_leaving_mid_broadcast_does_not_stop_the_others(
     rooms, still_member = seen.wait_closed(leaving_id)
     assert rooms == frozenset() and not still_member
     assert leaving_id not in by_id(server, "match")
+
+
+def test_a_member_that_stops_reading_is_dropped_not_the_broadcast(
+    start_server: StartServer, seen: Seen
+) -> None:
+    server = start_server(rooms_flow(seen), ping_interval=None, max_send_buffer=256 * 1024)
+    slow = RawPeer.connect(server.port, "/", rcvbuf=4096)
+    reader = RawPeer.connect(server.port, "/")
+    with slow, reader:
+        slow_id = ask(slow, b"id").decode()
+        for peer in (slow, reader):
+            assert ask(peer, b"join match") == b"ok"
+        got: list[int] = []
+
+        def read() -> None:
+            while (message := reader.recv_data()) != b"end":
+                got.append(len(message))
+
+        thread = threading.Thread(target=read)
+        thread.start()
+        chunk = b"x" * 16384
+        sent = 0
+        for _ in range(4096):  # 64 MiB at most: far beyond the kernel's buffers
+            outside(server, lambda s: s.broadcast(chunk, room="match"))
+            sent += 1
+            with seen.lock:
+                if slow_id in seen.codes:
+                    break
+        outside(server, lambda s: s.broadcast(b"end", room="match"))
+        thread.join(deadline(30))
+        assert not thread.is_alive()
+        assert seen.codes[slow_id] == 4503  # max_send_buffer: the peer stopped reading
+        assert got == [16384] * sent  # the reader lost nothing
+        assert by_id(server, "match") == {ask(reader, b"id").decode()}
 
 
 def test_membership_is_empty_after_close(
