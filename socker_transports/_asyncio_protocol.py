@@ -35,7 +35,7 @@ from typing import Any, cast
 
 import anyio
 
-from ._anyio_session import Spawn, _SessionBase, shared_read_buffer
+from ._anyio_session import Spawn, _SessionBase, shared_read_buffer, socket_address
 from .wire import SEND_BUFFER_OVERFLOW, Wire, format_host
 
 logger = logging.getLogger("socker")
@@ -252,6 +252,8 @@ class _ProtocolSession(_SessionBase, asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses.
         self.transport = transport = cast(asyncio.Transport, transport)
+        if self.wire.remote_address is None:
+            self.wire.remote_address = socket_address(transport.get_extra_info("peername"))
         if self._on_made is not None:
             self._on_made(self)
         limit = self.wire.options.write_limit

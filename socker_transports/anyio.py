@@ -71,6 +71,7 @@ from ._anyio_session import (
     Spawn,
     _SessionBase,
     _StreamSession,
+    socket_address,
     trio_raw_io,
 )
 from ._asyncio_protocol import asyncio_spawner, peer_name, session_factory, ssl_timeouts
@@ -168,8 +169,8 @@ class Server:
 
     @property
     def connections(self) -> frozenset[Connection]:
-        """The open connections (handshake done, not yet closed): e.g. for a broadcast
-        with `conn.send(...)` from a task on this loop."""
+        """The open connections (handshake done, not yet closed). To send to all of
+        them, or to a room, use `broadcast`."""
         return frozenset(conn for conn in self._open.values() if conn.is_open)
 
     @property
@@ -373,7 +374,6 @@ class Server:
     def _made(self, session: Any) -> None:
         assert session.transport is not None
         session.wire.peer = peer_name(session.transport)
-        session.wire.remote_address = _address(session.transport.get_extra_info("peername"))
         self._sessions.add(session)
         if self._closing:
             session.close(SHUTDOWN_CODE, SHUTDOWN_REASON)
@@ -473,7 +473,7 @@ class Server:
             handshake_hook=self.handshake_hook,
             http_handler=self.http_handler,
             peer=peer,
-            remote_address=_address(address),
+            remote_address=socket_address(address),
             registry=self.registry,
             owner=self,
         )
@@ -523,7 +523,7 @@ class Server:
             handshake_hook=self.handshake_hook,
             http_handler=self.http_handler,
             peer=peer,
-            remote_address=_address(address),
+            remote_address=socket_address(address),
             registry=self.registry,
             owner=self,
         )
@@ -555,13 +555,6 @@ class Server:
             self._session_of.pop(conn, None)
         if not self._sessions and self._idle is not None:
             self._idle.set()
-
-
-def _address(address: object) -> tuple[str, int] | None:
-    """(host, port) of a socket address (an IPv6 one has four fields), else None."""
-    if isinstance(address, tuple) and len(address) >= 2:
-        return (str(address[0]), int(address[1]))
-    return None
 
 
 def serve(
@@ -785,6 +778,7 @@ class Client:
         except BaseException:
             await anyio.aclose_forcefully(stream)
             raise
+        wire.remote_address = socket_address(stream.extra(SocketAttribute.remote_address, None))
         raw_io = trio_raw_io()
         sock = None
         if raw_io is not None and isinstance(stream, anyio.abc.SocketStream):

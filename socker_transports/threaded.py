@@ -24,12 +24,21 @@ Threads
 Locking
     Every call into a connection's `Wire` (and so into its `Stepper` and its
     handlers) happens under that connection's lock (`threading.RLock`). Sync
-    handlers run on the connection's thread. From any other thread (a game loop,
-    a broadcast to many connections) send with `send_threadsafe(conn, data)` (or
-    `ClientConnection.send`): it never blocks and the connection's own thread
-    sends the message. `conn.send` from a foreign thread is safe too: it takes the
-    connection's lock (the Stepper's `guard`), so it may wait for a handler in
-    progress, then lands in the outbox and wakes the connection's thread.
+    handlers run on the connection's thread. From any other thread (a game loop)
+    send with `conn.send` (or `ClientConnection.send`): it takes the connection's
+    lock (the Stepper's `guard`), so it may wait for a handler in progress, then
+    lands in the outbox and wakes the connection's thread. `send_threadsafe(conn,
+    data)` never blocks: the connection's own thread sends the message.
+
+Rooms and broadcast
+    `Server.broadcast(data, room=..., skip=...)` is safe from any thread and never
+    blocks. The rooms registry has a lock of its own (taken after a connection's
+    lock, never before). The frame is built once; for each recipient whose lock
+    is free and whose thread holds no unwritten bytes, the broadcasting thread
+    queues it and writes it with one non-blocking `send`; any other recipient
+    gets it posted, and one eventfd write wakes its thread for everything posted
+    before it wakes. Ending a connection (over `max_send_buffer`, a failed write)
+    is left to its own thread.
 
 Async handlers
     Steps, hooks and handshake hooks may be `async def`. They run on one private
@@ -1267,6 +1276,8 @@ def connect(
         wire = Wire.client(
             flow, host_header, started, opts, path=target, origin=origin, headers=headers, peer=peer
         )
+        address = sock.getpeername()
+        wire.remote_address = (str(address[0]), int(address[1]))
         link = _Link(
             sock,
             wire,

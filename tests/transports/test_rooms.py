@@ -15,10 +15,11 @@ from typing import Any, TypeVar
 
 import pytest
 
-from socker_core import Connection, Flow
+from socker_core import Connection, Flow, LocalProtocolError
 from socker_transports import threaded
 from tests.timing import deadline
 from tests.transports.conftest import StartServer, _Tracked
+from tests.transports.harness import DriverHarness
 from tests.transports.rawpeer import OP_CLOSE, RawPeer, upgrade_request
 
 T = TypeVar("T")
@@ -159,6 +160,40 @@ def test_remote_address_and_request(server: _Tracked) -> None:
         assert ask(peer, b"hdr X-PLAYER") == b"ann"
         assert ask(peer, b"path") == b"/play?match=7"
         assert ask(peer, b"hdr x-missing") == b"-"
+
+
+def test_a_client_connection_has_an_id_and_an_address_but_no_rooms(
+    driver: DriverHarness, server: _Tracked
+) -> None:
+    facts: dict[str, Any] = {}
+    flow = Flow("client")
+
+    @flow.on_open
+    def start(conn: Connection) -> None:
+        facts.update(
+            id=conn.id,
+            server=conn.server,
+            rooms=conn.rooms,
+            address=conn.remote_address,
+            request=conn.request,
+        )
+        try:
+            conn.join("lobby")
+        except LocalProtocolError:
+            facts["join"] = "refused"
+        conn.send(b"id")
+
+    @flow.step
+    def answer(conn: Connection, message: bytes) -> bool:
+        facts["server_side_id"] = message.decode()
+        return True
+
+    result = driver.run_client(server.url + "/", flow, timeout=deadline(10))
+    assert result.code == 1000
+    assert facts["server"] is None and facts["rooms"] == frozenset()
+    assert facts["request"] is None and facts["join"] == "refused"
+    assert facts["address"] == ("127.0.0.1", server.port)
+    assert len(facts["id"]) == 16 and facts["id"] != facts["server_side_id"]
 
 
 def test_join_leave_and_rooms(server: _Tracked, peers: Callable[[int], list[RawPeer]]) -> None:
