@@ -661,8 +661,9 @@ class _Link(threading.Thread):
                     out = None
                     continue
                 if out is None:
-                    with self.lock:
-                        self._writing = False  # broadcasts may write directly again
+                    # Broadcasts may write directly again. No lock needed: while
+                    # `_writing` is set, this thread alone owns the socket's writes.
+                    self._writing = False
                     if carried:
                         # A write started in an earlier pass is done: the wire may
                         # hold more output since then (and may accept data again).
