@@ -27,12 +27,10 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from contextlib import AbstractContextManager, nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._errors import ConnectionClosedError, LocalProtocolError
-
-if TYPE_CHECKING:
-    from ._stepper import Connection
+from ._stepper import Connection
 
 _NO_GUARD: AbstractContextManager[Any] = nullcontext()
 
@@ -185,7 +183,7 @@ class Registry:
                 pool = members
             if skip is None:
                 return list(pool)
-            if hasattr(skip, "_stepper"):  # one Connection (duck-typed: no import cycle)
+            if isinstance(skip, Connection):
                 return [conn for conn in pool if conn is not skip]
             skipped = skip if isinstance(skip, (set, frozenset, dict)) else set(skip)
             return [conn for conn in pool if conn not in skipped]

@@ -8,6 +8,8 @@ handler (the anyio server's loop through its portal, or any thread on threaded).
 from __future__ import annotations
 
 import logging
+import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -248,6 +250,29 @@ def test_a_broadcast_reaches_exactly_the_room_in_order(
     assert ask(members[0], b"shout match hello") == b"sent 3"
     for peer in members[1:]:
         assert peer.recv_data() == b"hello"
+
+
+def test_a_broadcast_over_tls(
+    start_server: StartServer, seen: Seen, tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    server_ctx, client_ctx = tls_contexts
+    server = start_server(rooms_flow(seen), ssl=server_ctx, ping_interval=None)
+    members = []
+    try:
+        for _ in range(3):
+            raw = socket.create_connection(("127.0.0.1", server.port), timeout=deadline(5))
+            peer = RawPeer(client_ctx.wrap_socket(raw, server_hostname="127.0.0.1"))
+            members.append(peer)
+            peer.handshake(server.port, "/")
+            assert ask(peer, b"join match") == b"ok"
+        for i in range(50):
+            message = b"%d" % i
+            assert outside(server, lambda s: s.broadcast(message, room="match")) == 3  # noqa: B023
+        for peer in members:
+            assert [peer.recv_data() for _ in range(50)] == [b"%d" % i for i in range(50)]
+    finally:
+        for peer in members:
+            peer.close()
 
 
 def test_a_member_leaving_mid_broadcast_does_not_stop_the_others(
