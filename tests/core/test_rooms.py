@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from socker_core import (
     Connection,
@@ -218,3 +220,74 @@ def test_a_guard_is_held_by_every_call() -> None:
     registry.recipients()
     registry.rooms  # noqa: B018
     assert entered and entered.count("in") == entered.count("out")
+
+
+# -- invariants under any sequence of joins, leaves, broadcasts and ends ---------------
+
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["join", "leave", "broadcast", "close", "lost"]),
+        st.integers(0, 4),  # which connection
+        st.sampled_from(["a", "b", "c"]),  # which room
+    ),
+    max_size=60,
+)
+
+
+@given(OPS)
+@settings(max_examples=150, deadline=None)
+def test_membership_invariants(ops: list[tuple[str, int, str]]) -> None:
+    registry = Registry()
+    flow = Flow("idle")
+    flow.add(lambda conn, message: False)
+    steppers = [Stepper(flow, registry=registry) for _ in range(5)]
+    for stepper in steppers:
+        stepper.open(0.0)
+    joined: dict[int, set[str]] = {i: set() for i in range(5)}  # the model
+    order: dict[str, list[int]] = {"a": [], "b": [], "c": []}  # members in join order
+
+    def forget(index: int) -> None:
+        joined[index].clear()
+        for members in order.values():
+            if index in members:
+                members.remove(index)
+
+    for op, index, room in ops:
+        stepper = steppers[index]
+        conn = stepper.conn
+        if op == "join":
+            if conn.is_open:
+                conn.join(room)
+                joined[index].add(room)
+                if index not in order[room]:
+                    order[room].append(index)
+            else:
+                with pytest.raises(ConnectionClosedError):
+                    conn.join(room)
+        elif op == "leave":
+            conn.leave(room)
+            joined[index].discard(room)
+            if index in order[room]:
+                order[room].remove(index)
+        elif op == "broadcast":
+            expected = [s.conn for i, s in enumerate(steppers) if room in joined[i]]
+            assert registry.recipients(room) == [steppers[i].conn for i in order[room]]
+            assert registry.broadcast(b"x", room=room, skip=conn) == len(set(expected) - {conn})
+            for other in steppers:
+                other.pending_events()
+        elif op == "close":
+            stepper.close(1000, "", 1.0)
+            forget(index)
+        elif not stepper.is_closed:
+            stepper.transport_closed(1006, "lost", 1.0)
+            forget(index)
+        # Every member is open, and both views of membership agree with the model.
+        for i, s in enumerate(steppers):
+            assert s.conn.rooms == joined[i]
+            assert not joined[i] or s.conn.is_open
+        for name in ("a", "b", "c"):
+            assert registry.room(name) == {
+                s.conn for i, s in enumerate(steppers) if name in joined[i]
+            }
+        assert registry.rooms == {name for rooms in joined.values() for name in rooms}
+        assert registry.connections == {s.conn for s in steppers if s.conn.is_open}
