@@ -471,8 +471,8 @@ class _Link(threading.Thread):
         posted waits, the caller queues the frame on the wire and writes it to the
         socket itself (one `send`, no wake-up, no thread switch); otherwise it is
         posted, and the wake-up is one eventfd write for every message posted
-        before the thread wakes. False
-        when the connection was skipped (not open, or dropped by max_send_buffer)."""
+        before the thread wakes. False when the connection was skipped (no longer
+        open)."""
         lock = self.lock
         if self._direct and lock.acquire(blocking=False):
             try:
