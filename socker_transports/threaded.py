@@ -464,7 +464,7 @@ class _Link(threading.Thread):
         """Send `data` from the connection's thread; never blocks."""
         self.waker.post((_SEND, data, None))
 
-    def push_frame(self, frame: bytes, data: bytes) -> bool:
+    def push_frame(self, frame: bytes, data: bytes, now: float) -> bool:
         """Queue a broadcast's prebuilt frame from any thread; never blocks.
 
         If the connection's lock is free, its thread is not mid-write and nothing
@@ -479,7 +479,7 @@ class _Link(threading.Thread):
                 # Again under the lock; and not while anything posted waits: this
                 # message must not overtake one posted before it.
                 if self._direct and not self._writing and self.waker.empty:
-                    return self._write_frame(frame, data)
+                    return self._write_frame(frame, data, now)
             finally:
                 lock.release()
         if self.ended:
@@ -487,7 +487,7 @@ class _Link(threading.Thread):
         self.waker.post((_FRAME, frame, data))
         return True
 
-    def _write_frame(self, frame: bytes, data: bytes) -> bool:
+    def _write_frame(self, frame: bytes, data: bytes, now: float) -> bool:
         """`push_frame`'s direct path, under the lock. Whatever would end the
         connection (a frame past `max_send_buffer`, a failed write) is left to the
         connection's own thread, so its on_close hooks run there as always."""
@@ -497,7 +497,7 @@ class _Link(threading.Thread):
         if wire.buffered_amount + len(frame) > wire.options.max_send_buffer:
             self.waker.post((_FRAME, frame, data))  # its thread applies the limit
             return True
-        if not wire.send_frame(frame, data, monotonic()):
+        if not wire.send_frame(frame, data, now):  # cannot overflow: checked above
             return False
         out = wire.data_to_send()
         if out:
@@ -968,11 +968,12 @@ class Server:
         payload = bytes(data)
         frame = frame_message(payload)
         links = _links_by_conn  # dict.get is atomic: no lock per recipient
+        now = monotonic()
         count = 0
         for conn in recipients:
             link = links.get(conn)
             if link is not None:
-                if link.push_frame(frame, payload):
+                if link.push_frame(frame, payload, now):
                     count += 1
                 continue
             # Not registered yet: its on_open hooks are running. Only its own thread
