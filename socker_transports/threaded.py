@@ -472,14 +472,25 @@ class _Link(threading.Thread):
         socket itself (one `send`, no wake-up, no thread switch); otherwise it is
         posted, and the wake-up is one eventfd write for every message posted
         before the thread wakes. False when the connection was skipped (no longer
-        open)."""
+        open).
+
+        Whatever would end the connection (a frame past `max_send_buffer`, a failed
+        write) is left to the connection's own thread, so its on_close hooks run
+        there as always."""
         lock = self.lock
-        if self._direct and lock.acquire(blocking=False):
+        if self._direct and lock.acquire(False):  # (positional: a hot path)
             try:
                 # Again under the lock; and not while anything posted waits: this
                 # message must not overtake one posted before it.
                 if self._direct and not self._writing and self.waker.empty:
-                    return self._write_frame(frame, data, now)
+                    wire = self.wire
+                    if wire.buffered_amount + len(frame) <= wire.options.max_send_buffer:
+                        if not wire.send_frame(frame, data, now):  # cannot overflow here
+                            return False
+                        out = wire.data_to_send()
+                        if out:
+                            self._write_now(out)
+                        return True
             finally:
                 lock.release()
         if self.ended:
@@ -487,35 +498,23 @@ class _Link(threading.Thread):
         self.waker.post((_FRAME, frame, data))
         return True
 
-    def _write_frame(self, frame: bytes, data: bytes, now: float) -> bool:
-        """`push_frame`'s direct path, under the lock. Whatever would end the
-        connection (a frame past `max_send_buffer`, a failed write) is left to the
-        connection's own thread, so its on_close hooks run there as always."""
-        wire = self.wire
-        if not wire.is_open:
-            return False
-        if wire.buffered_amount + len(frame) > wire.options.max_send_buffer:
-            self.waker.post((_FRAME, frame, data))  # its thread applies the limit
-            return True
-        if not wire.send_frame(frame, data, now):  # cannot overflow: checked above
-            return False
-        out = wire.data_to_send()
-        if out:
-            try:
-                sent = self.sock.send(out)
-            except _WOULD_BLOCK:
-                sent = 0
-            except OSError:
-                # Its own thread finds the socket broken (read error or EOF) and
-                # ends the connection; no more direct writes meanwhile.
-                self._direct = False
-                self.waker.wake()
-                return True
-            if sent < len(out):
-                self._carry = memoryview(out)[sent:]
-                self._writing = True
-                self.waker.wake()  # the thread writes the rest when the socket takes it
-        return True
+    def _write_now(self, out: bytes | bytearray) -> None:
+        """`push_frame`'s write, under the lock: what the socket does not take now
+        is left for this connection's thread."""
+        try:
+            sent = self.sock.send(out)
+        except _WOULD_BLOCK:
+            sent = 0
+        except OSError:
+            # Its own thread finds the socket broken (read error or EOF) and ends
+            # the connection; no more direct writes meanwhile.
+            self._direct = False
+            self.waker.wake()
+            return
+        if sent < len(out):
+            self._carry = memoryview(out)[sent:]
+            self._writing = True
+            self.waker.wake()  # the thread writes the rest when the socket takes it
 
     def kill(self) -> None:
         """Abort now: no close handshake."""
