@@ -160,9 +160,18 @@ def readme_match() -> Flow:
 
     @match.on_close
     def left(conn: Connection) -> None:
-        conn.server.broadcast(f"{conn.id} left".encode(), room=conn.state.match)
+        if hasattr(conn.state, "match"):
+            conn.server.broadcast(f"{conn.id} left".encode(), room=conn.state.match)
 
     return match
+
+
+def test_readme_match_survives_a_close_before_hello() -> None:
+    quitter = Flow("quitter")
+    quitter.on_open(lambda conn: Close(1000, "changed my mind"))
+    quitter.add(lambda conn, message: False)
+    transcript = run_room(readme_match(), {"ann": quitter})
+    assert transcript.failures() == [] and transcript.close_of("ann") == (1000, "changed my mind")
 
 
 def test_readme_run_room() -> None:
