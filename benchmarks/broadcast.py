@@ -355,7 +355,12 @@ def main(argv: list[str] | None = None) -> int:
         "clients": opts.clients,
         "rounds": opts.rounds,
         "size": SIZE,
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            # Other work on the machine disturbs the figures: say how busy it was.
+            "loadavg_start": os.getloadavg(),
+        },
         "command": "python -m benchmarks.broadcast " + " ".join(args),
         "results": {},
     }
@@ -378,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
             "call_ms": median(samples[name]["call"]) * 1e3,
             "rounds": len(samples[name]["last"]),
         }
+    report["machine"]["loadavg_end"] = os.getloadavg()
     print(render(report))
     opts.output.parent.mkdir(parents=True, exist_ok=True)
     opts.output.write_text(json.dumps(report, indent=2) + "\n")
