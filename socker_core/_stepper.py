@@ -328,12 +328,12 @@ class Stepper:
     def open(self, now: float) -> list[Event]:
         """The transport is open: enter the first step and run the on_open hooks."""
         self._check("open")
+        if self.registry is not None:
+            self.registry.add(self.conn)  # first: a clash of ids leaves this Stepper idle
         events = self._begin()
         try:
             self._opened = True
             self._move(Happening.OPENED)
-            if self.registry is not None:
-                self.registry.add(self.conn)
             self._enter_first(now)
             self._run_open_hooks(0, now)
         finally:

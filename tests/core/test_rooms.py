@@ -16,6 +16,7 @@ from socker_core import (
     LocalProtocolError,
     Registry,
     Send,
+    State,
     Stepper,
 )
 
@@ -179,6 +180,7 @@ def test_identity_given_by_the_embedder() -> None:
     twin = Stepper(lobby_flow(), id="player-7", registry=registry)
     with pytest.raises(LocalProtocolError):
         twin.open(0.0)
+    assert twin.phase is State.IDLE and registry.get("player-7") is conn
 
 
 def test_bad_room_names_and_data_are_local_errors() -> None:
