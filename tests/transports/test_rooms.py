@@ -8,9 +8,11 @@ handler (the anyio server's loop through its portal, or any thread on threaded).
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -20,7 +22,7 @@ import pytest
 from socker_core import Connection, Flow, LocalProtocolError
 from socker_transports import threaded
 from tests.timing import deadline
-from tests.transports.conftest import StartServer, _Tracked
+from tests.transports.conftest import DRIVERS, StartServer, _Tracked
 from tests.transports.harness import DriverHarness
 from tests.transports.rawpeer import OP_CLOSE, RawPeer, upgrade_request
 
@@ -250,6 +252,36 @@ def test_a_broadcast_reaches_exactly_the_room_in_order(
     assert ask(members[0], b"shout match hello") == b"sent 3"
     for peer in members[1:]:
         assert peer.recv_data() == b"hello"
+
+
+@pytest.mark.parametrize("name", [name for name in DRIVERS if name.startswith("anyio-")])
+def test_anyio_hands_every_copy_to_the_kernel_within_the_call(name: str, seen: Seen) -> None:
+    """No task switch per recipient: each copy is handed to the kernel during the
+    call, so it reaches its peer while the loop stays blocked in the caller (no
+    callback or task of the loop can run in between)."""
+    running = DRIVERS[name]().start_server(rooms_flow(seen), ping_interval=None)
+    peers = []
+    try:
+        peers = [RawPeer.connect(running.port, "/") for _ in range(20)]
+        for peer in peers:
+            assert ask(peer, b"join match") == b"ok"
+        socks = [peer.sock for peer in peers]
+
+        def broadcast_then_look(server: Any) -> tuple[int, int]:
+            count = server.broadcast(b"now", room="match")
+            end = time.monotonic() + deadline(2)
+            arrived = 0
+            for sock in socks:  # blocking the loop: nothing of it runs meanwhile
+                readable, _, _ = select.select([sock], [], [], max(0, end - time.monotonic()))
+                arrived += len(readable)
+            return count, arrived
+
+        assert outside(_Tracked(running), broadcast_then_look) == (20, 20)
+        assert all(peer.recv_data() == b"now" for peer in peers)
+    finally:
+        for peer in peers:
+            peer.close()
+        running.stop()
 
 
 def test_a_broadcast_over_tls(
