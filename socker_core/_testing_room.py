@@ -312,7 +312,8 @@ class _Room:
 
     def _act(self, target: str, action: RoomAction) -> None:
         if target == SERVER:
-            assert callable(action)
+            if not callable(action):
+                raise TypeError(f"a 'server' action is a callable(registry, now), got {action!r}")
             self.transcript.append(RoomEntry("*", SERVER, "action", action, self.now, ""))
             action(self.registry, self.now)
             self._collect()

@@ -128,6 +128,8 @@ def test_bad_arguments() -> None:
         run_room(match_server(), {"a:b": player("m")})
     with pytest.raises(ValueError):
         run_room(match_server(), {"ann": player("m")}, actions=[(0.0, "nobody", b"x")])
+    with pytest.raises(TypeError):
+        run_room(match_server(), {"ann": player("m")}, actions=[(0.0, "server", b"x")])
 
 
 def test_run_pair_is_unchanged() -> None:
