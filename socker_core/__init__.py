@@ -25,6 +25,7 @@ from ._events import (
     StepChanged,
 )
 from ._flow import Close, Flow, Goto, Handler, Hook, Result, Step
+from ._rooms import Registry
 from ._state import State
 from ._stepper import DEFAULT_MAX_QUEUE, ON_CLOSE, ON_OPEN, Connection, Stepper
 from ._version import __version__
@@ -53,6 +54,7 @@ __all__ = [
     "Hook",
     "LocalProtocolError",
     "QueueFullError",
+    "Registry",
     "RemoteProtocolError",
     "Result",
     "Send",

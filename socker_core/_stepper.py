@@ -8,7 +8,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from functools import partial
 from itertools import count
-from typing import Any, Generic
+from typing import TYPE_CHECKING, Any, Generic
 
 from ._codes import CloseCode, is_sendable_close_code
 from ._errors import (
@@ -30,6 +30,9 @@ from ._events import (
 )
 from ._flow import Close, Flow, Goto, StateT, Step
 from ._state import CALLS, IGNORE, TRANSITIONS, Happening, State
+
+if TYPE_CHECKING:
+    from ._rooms import Registry
 
 #: Default number of messages that may wait while an async handler is pending.
 DEFAULT_MAX_QUEUE = 16
@@ -99,6 +102,52 @@ class Connection(Generic[StateT]):
         """This connection's unique id (kept across a resume, once resume exists)."""
         return self._stepper.id
 
+    # -- identity and rooms ---------------------------------------------------
+
+    @property
+    def server(self) -> Any:
+        """What a handler broadcasts through: the driver's `Server`, or the core
+        `Registry` when embedded without a driver; None for a client."""
+        stepper = self._stepper
+        server = stepper.server
+        return stepper.registry if server is None else server
+
+    @property
+    def remote_address(self) -> tuple[str, int] | None:
+        """The peer's (host, port), or None when embedded without one."""
+        return self._stepper.remote_address
+
+    @property
+    def request(self) -> Any:
+        """The handshake request this server connection was accepted with (a
+        `socker_transports.wire.HandshakeRequest`: path, query, headers, ...);
+        None for a client or when embedded without one."""
+        return self._stepper.request
+
+    def join(self, room: str) -> None:
+        """Join `room` (a no-op if already in it). ConnectionClosedError once closing;
+        LocalProtocolError for a connection with no server (a client)."""
+        self._registry("join").join(self, room)
+
+    def leave(self, room: str) -> None:
+        """Leave `room` (a no-op if not in it)."""
+        self._registry("leave").leave(self, room)
+
+    @property
+    def rooms(self) -> frozenset[str]:
+        """The rooms this connection is in (empty once it stops being open)."""
+        registry = self._stepper.registry
+        return frozenset() if registry is None else registry.rooms_of(self)
+
+    def _registry(self, what: str) -> Registry:
+        registry = self._stepper.registry
+        if registry is None:
+            raise LocalProtocolError(
+                f"cannot {what} a room: this connection has no server (a client, or a "
+                "Stepper made without registry=)"
+            )
+        return registry
+
     @property
     def step(self) -> str:
         """The current step's name."""
@@ -158,12 +207,24 @@ class Stepper(Generic[StateT]):
         "handler_timer",
         "id",
         "max_queue",
+        "registry",
+        "remote_address",
+        "request",
         "run_blocking",
+        "server",
         "wakeup",
     )
 
     def __init__(
-        self, flow: Flow[StateT], *, max_queue: int = DEFAULT_MAX_QUEUE, id: str | None = None
+        self,
+        flow: Flow[StateT],
+        *,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        id: str | None = None,
+        registry: Registry | None = None,
+        server: Any = None,
+        remote_address: tuple[str, int] | None = None,
+        request: Any = None,
     ) -> None:
         flow.validate()
         if max_queue < 1:
@@ -175,6 +236,16 @@ class Stepper(Generic[StateT]):
         self.flow = flow
         self.max_queue = max_queue
         self.conn: Connection[StateT] = Connection(self, flow)
+        #: The rooms registry this connection joins (None: a client, no rooms). The
+        #: Stepper adds its connection when it opens and discards it as soon as it
+        #: stops being open, before any on_close hook runs.
+        self.registry = registry
+        #: What `conn.server` returns (a driver's Server); None: the registry.
+        self.server = server
+        #: The peer's (host, port), if known (`conn.remote_address`).
+        self.remote_address = remote_address
+        #: The handshake request the connection was accepted with (`conn.request`).
+        self.request = request
         #: Called (no arguments) whenever events land in the outbox outside a call.
         self.wakeup: Callable[[], None] | None = None
         #: A re-entrant context manager (a driver's lock) that `conn.send` and
@@ -261,6 +332,18 @@ class Stepper(Generic[StateT]):
         """True once `transport_closed` ended the connection."""
         return self._phase is State.CLOSED
 
+    @property
+    def quiet(self) -> bool:
+        """True when open (or awaiting), with no call in progress and nothing in the
+        outbox: bytes a driver queues for this connection directly now (a prebuilt
+        broadcast frame) cannot overtake a message the flow already sent."""
+        phase = self._phase
+        return (
+            (phase is _OPEN or phase is State.AWAITING)
+            and self._events is None
+            and self._outbox is None
+        )
+
     def pending_events(self) -> list[Event]:
         """Take the events produced outside a call (see the class docstring)."""
         outbox = self._outbox
@@ -274,6 +357,8 @@ class Stepper(Generic[StateT]):
     def open(self, now: float) -> list[Event]:
         """The transport is open: enter the first step and run the on_open hooks."""
         self._check("open")
+        if self.registry is not None:
+            self.registry.add(self.conn)  # first: a clash of ids leaves this Stepper idle
         events = self._begin()
         try:
             self._opened = True
@@ -380,6 +465,8 @@ class Stepper(Generic[StateT]):
                 self._initiated_locally = False
             self._drop_queue()
             self._move(Happening.TRANSPORT_CLOSED)
+            if self.registry is not None:
+                self.registry.discard(self.conn)  # out of every room before on_close
             if opened:
                 for hook in self.flow.close_hooks:
                     self._run_hook(hook, ON_CLOSE)
@@ -621,4 +708,6 @@ class Stepper(Generic[StateT]):
         self._initiated_locally = True
         self._deadline = None
         self._move(Happening.CLOSE_STARTED)
+        if self.registry is not None:
+            self.registry.discard(self.conn)  # closing: no longer a broadcast recipient
         self._emit(CloseRequested(int(code), reason))

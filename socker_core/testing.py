@@ -15,6 +15,10 @@ sockets, no event loop, no real clock:
 - `fuzz_flow(flow)` feeds random and adversarial message sequences, clock
   jumps, ticks and closes to fresh Steppers and checks the invariants every
   flow must keep.
+- `run_room(server_flow, {"ann": flow, "bob": flow})` runs one server flow
+  against several clients, with rooms and broadcast (one `Registry` shared by
+  the server's connections); its `RoomTranscript` names the client of every
+  line, and `table()` has a column per client.
 """
 
 from __future__ import annotations
@@ -53,6 +57,9 @@ __all__ = [
     "FuzzOp",
     "FuzzStats",
     "NeedsEventLoopError",
+    "RoomAction",
+    "RoomEntry",
+    "RoomTranscript",
     "Side",
     "Transcript",
     "arun_pair",
@@ -60,6 +67,7 @@ __all__ = [
     "replay_fuzz",
     "resolve",
     "run_pair",
+    "run_room",
 ]
 
 Side = Literal["server", "client"]
@@ -1255,3 +1263,7 @@ def fuzz_flow(
         test = hypothesis.seed(seed)(test)
     test()
     return stats
+
+
+# The multi-client kit lives in its own module (it builds on the helpers above).
+from ._testing_room import RoomAction, RoomEntry, RoomTranscript, run_room  # noqa: E402

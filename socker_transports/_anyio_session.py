@@ -85,6 +85,13 @@ def shared_read_buffer() -> memoryview:
     return buffer
 
 
+def socket_address(address: object) -> tuple[str, int] | None:
+    """(host, port) of a socket address (an IPv6 one has four fields), else None."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        return (str(address[0]), int(address[1]))
+    return None
+
+
 #: Errors a byte stream raises when the transport fails under us.
 STREAM_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 
@@ -198,6 +205,11 @@ class _SessionBase:
 
     def abort(self) -> None:
         """Drop the connection now (a server giving up after close_timeout)."""
+        raise NotImplementedError
+
+    def push_frame(self, frame: bytes, data: bytes, now: float) -> bool:
+        """Queue one prebuilt broadcast frame (`Wire.send_frame`) and start writing
+        it now, without a task switch; False when the connection was skipped."""
         raise NotImplementedError
 
     # -- public ----------------------------------------------------------------
@@ -485,6 +497,26 @@ class _StreamSession(_SessionBase):
     def _after(self, now: float) -> None:
         self._dispatch()
         self._poke()
+
+    def push_frame(self, frame: bytes, data: bytes, now: float) -> bool:
+        # Written here, by the broadcasting task: a non-blocking send on a bare socket
+        # (the flusher task starts only if the socket is full), or the TLS writer's
+        # Event. No cancel of run()'s scope, no task switch per recipient.
+        if self._closing:
+            return False
+        wire = self.wire
+        if not wire.send_frame(frame, data, now):
+            if wire.should_close_transport:
+                self._poke()  # dropped (max_send_buffer): run() closes it
+            return False
+        if self._sock is not None:
+            if self._flush_done is None and not self._send_raw(now):
+                self._start_flusher()
+            if wire.should_close_transport:
+                self._poke()  # the write failed: run() ends the connection
+        elif self._writer_wake is not None:
+            self._writer_wake.set()
+        return True
 
     def abort(self) -> None:
         """Nothing to do here: run() is a task in the owner's task group, and

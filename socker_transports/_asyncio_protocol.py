@@ -35,7 +35,7 @@ from typing import Any, cast
 
 import anyio
 
-from ._anyio_session import Spawn, _SessionBase, shared_read_buffer
+from ._anyio_session import Spawn, _SessionBase, shared_read_buffer, socket_address
 from .wire import SEND_BUFFER_OVERFLOW, Wire, format_host
 
 logger = logging.getLogger("socker")
@@ -133,6 +133,25 @@ class _ProtocolSession(_SessionBase, asyncio.Protocol):
         now = self.loop.time()
         self.wire.collect(now)
         self._after(now)
+
+    def push_frame(self, frame: bytes, data: bytes, now: float) -> bool:
+        # Written at once (`transport.write` sends right away when its buffer is
+        # empty): the first recipient has it before the last one is queued.
+        if self._ended:
+            return False
+        wire = self.wire
+        if not wire.send_frame(frame, data, now):
+            if wire.should_close_transport:
+                self._after(now)  # dropped (max_send_buffer): close it
+            return False
+        transport = self.transport
+        if self._write_paused or self._closing or transport is None:
+            self._after(now)  # the wire keeps it; its own limits apply
+        else:
+            out = wire.data_to_send()
+            if out:
+                transport.write(out)
+        return True
 
     def abort(self) -> None:
         if self._ended:
@@ -233,6 +252,8 @@ class _ProtocolSession(_SessionBase, asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses.
         self.transport = transport = cast(asyncio.Transport, transport)
+        if self.wire.remote_address is None:
+            self.wire.remote_address = socket_address(transport.get_extra_info("peername"))
         if self._on_made is not None:
             self._on_made(self)
         limit = self.wire.options.write_limit

@@ -29,6 +29,11 @@ Client:
 (typed as `Unpack[wire.OptionsDict]`: a misspelt name fails `mypy --strict`, and
 raises TypeError at run time; a bad value raises `LocalProtocolError`).
 
+Rooms and broadcast: `conn.join(room)` / `conn.leave(room)` in handlers, and
+`server.broadcast(data, room=..., skip=...)` from any task on the loop (in a
+handler, `conn.server` is the Server). The frame is built once and written to each
+recipient at once: no task switch or cancel per recipient on any backend.
+
 Threads: the driver, its handlers and `Connection.send` / `close` must be used
 from the event loop's thread (any task on it: broadcasting from another task is
 fine). From another thread use `anyio.from_thread`.
@@ -51,7 +56,7 @@ import os
 import socket
 import ssl as ssl_module
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Any
@@ -62,7 +67,7 @@ import anyio.streams.stapled
 from anyio.abc import SocketAttribute
 from anyio.streams.tls import TLSStream
 
-from socker_core import Connection, Flow
+from socker_core import Connection, ConnectionClosedError, Flow, Registry
 
 from ._anyio_session import (
     STREAM_ERRORS,
@@ -70,6 +75,7 @@ from ._anyio_session import (
     Spawn,
     _SessionBase,
     _StreamSession,
+    socket_address,
     trio_raw_io,
 )
 from ._asyncio_protocol import asyncio_spawner, peer_name, session_factory, ssl_timeouts
@@ -88,6 +94,7 @@ from .wire import (
     Wire,
     check_shutdown,
     format_host,
+    frame_message,
     shutdown_reason,
 )
 
@@ -169,6 +176,9 @@ class Server:
         self.port = 0
         self._sessions: set[_SessionBase] = set()
         self._open: dict[_SessionBase, Connection] = {}
+        self._session_of: dict[Connection, _SessionBase] = {}
+        #: Rooms and the recipients of a broadcast (socker_core's pure registry).
+        self.registry = Registry()
         self._accepting: anyio.CancelScope | None = None
         self._closing = False
         self._close_code: int = SHUTDOWN_CODE
@@ -198,8 +208,8 @@ class Server:
 
     @property
     def connections(self) -> frozenset[Connection]:
-        """The open connections (handshake done, not yet closed): e.g. for a broadcast
-        with `conn.send(...)` from a task on this loop."""
+        """The open connections (handshake done, not yet closed). To send to all of
+        them, or to a room, use `broadcast`."""
         return frozenset(conn for conn in self._open.values() if conn.is_open)
 
     @property
@@ -207,6 +217,55 @@ class Server:
         """Every connection still being served, including those mid-handshake and
         those whose on_close hooks are still running."""
         return len(self._sessions)
+
+    # -- rooms -------------------------------------------------------------------
+
+    def room(self, name: str) -> frozenset[Connection]:
+        """The open connections in room `name`."""
+        return self.registry.room(name)
+
+    @property
+    def rooms(self) -> frozenset[str]:
+        """The names of the rooms that have members."""
+        return self.registry.rooms
+
+    def broadcast(
+        self,
+        data: bytes,
+        *,
+        room: str | None = None,
+        skip: Connection | Collection[Connection] | None = None,
+    ) -> int:
+        """Send `data` to every open connection (or every member of `room`) except
+        `skip` (a connection or a collection of them); returns how many it was
+        queued for. From any task on the loop, in a handler or not. A connection
+        that is closing, or that `max_send_buffer` drops, is skipped: nothing
+        raises into the caller. The frame is built once; each recipient's copy is
+        written at once, in the order of the calls."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"broadcast() takes bytes, got {type(data).__name__}")
+        recipients = self.registry.recipients(room, skip)
+        if not recipients:
+            return 0
+        payload = bytes(data)
+        frame = frame_message(payload)
+        sessions = self._session_of
+        now = self._now()
+        count = 0
+        for conn in recipients:
+            session = sessions.get(conn)
+            if session is not None:
+                if session.push_frame(frame, payload, now):
+                    count += 1
+                continue
+            # Still opening (a broadcast from its own on_open hook): its Stepper is
+            # in a call, and takes the message in order.
+            try:
+                conn.send(payload)
+            except ConnectionClosedError:
+                continue
+            count += 1
+        return count
 
     def close(
         self, code: int = SHUTDOWN_CODE, drain: bool = False, *, drain_timeout: float | None = None
@@ -370,6 +429,13 @@ class Server:
             self._spawn = None
             self._stopped_event().set()
 
+    def _now(self) -> float:
+        loop = self._loop
+        if loop is not None:
+            return loop.time()
+        raw_io = self._raw_io
+        return raw_io.current_time() if raw_io is not None else anyio.current_time()
+
     def _linger(self) -> float:
         bound = self.options.close_timeout
         return _SHUTDOWN_FALLBACK if bound is None else bound
@@ -385,6 +451,8 @@ class Server:
             http_handler=self.http_handler,
             on_event=self.on_event,
             logger=self.log,
+            registry=self.registry,
+            owner=self,
         )
         return self._session_factory(
             loop,
@@ -510,6 +578,9 @@ class Server:
             on_event=self.on_event,
             logger=self.log,
             peer=peer,
+            remote_address=socket_address(address),
+            registry=self.registry,
+            owner=self,
         )
         session = _StreamSession(
             None,
@@ -559,6 +630,9 @@ class Server:
             on_event=self.on_event,
             logger=self.log,
             peer=peer,
+            remote_address=socket_address(address),
+            registry=self.registry,
+            owner=self,
         )
         assert self._spawn is not None
         session = _StreamSession(
@@ -579,10 +653,13 @@ class Server:
         conn = session.conn
         if conn is not None:
             self._open[session] = conn
+            self._session_of[conn] = session
 
     def _done(self, session: _SessionBase) -> None:
         self._sessions.discard(session)
-        self._open.pop(session, None)
+        conn = self._open.pop(session, None)
+        if conn is not None:
+            self._session_of.pop(conn, None)
         if not self._sessions and self._idle is not None:
             self._idle.set()
 
@@ -852,6 +929,7 @@ class Client:
         except BaseException:
             await anyio.aclose_forcefully(stream)
             raise
+        wire.remote_address = socket_address(stream.extra(SocketAttribute.remote_address, None))
         raw_io = trio_raw_io()
         sock = None
         if raw_io is not None and isinstance(stream, anyio.abc.SocketStream):

@@ -24,12 +24,21 @@ Threads
 Locking
     Every call into a connection's `Wire` (and so into its `Stepper` and its
     handlers) happens under that connection's lock (`threading.RLock`). Sync
-    handlers run on the connection's thread. From any other thread (a game loop,
-    a broadcast to many connections) send with `send_threadsafe(conn, data)` (or
-    `ClientConnection.send`): it never blocks and the connection's own thread
-    sends the message. `conn.send` from a foreign thread is safe too: it takes the
-    connection's lock (the Stepper's `guard`), so it may wait for a handler in
-    progress, then lands in the outbox and wakes the connection's thread.
+    handlers run on the connection's thread. From any other thread (a game loop)
+    send with `conn.send` (or `ClientConnection.send`): it takes the connection's
+    lock (the Stepper's `guard`), so it may wait for a handler in progress, then
+    lands in the outbox and wakes the connection's thread. `send_threadsafe(conn,
+    data)` never blocks: the connection's own thread sends the message.
+
+Rooms and broadcast
+    `Server.broadcast(data, room=..., skip=...)` is safe from any thread and never
+    blocks. The rooms registry has a lock of its own (taken after a connection's
+    lock, never before). The frame is built once; for each recipient whose lock
+    is free and whose thread holds no unwritten bytes, the broadcasting thread
+    queues it and writes it with one non-blocking `send`; any other recipient
+    gets it posted, and one eventfd write wakes its thread for everything posted
+    before it wakes. Ending a connection (over `max_send_buffer`, a failed write)
+    is left to its own thread.
 
 Async handlers
     Steps, hooks and handshake hooks may be `async def`. They run on one private
@@ -70,7 +79,7 @@ import socket
 import ssl as ssl_module
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Generator, Mapping, Sequence
 from time import monotonic
 from types import TracebackType
 from typing import Any
@@ -83,6 +92,7 @@ from socker_core import (
     ConnectionClosedError,
     Flow,
     LocalProtocolError,
+    Registry,
     is_sendable_close_code,
 )
 
@@ -113,6 +123,7 @@ from .wire import (
     WireEvent,
     check_shutdown,
     format_host,
+    frame_message,
     shutdown_reason,
 )
 
@@ -149,6 +160,7 @@ _HOOK_TOKEN = -1  # the resume queue's key for an awaited handshake hook
 _SEND = 0  # (_SEND, data, None)
 _CLOSE = 1  # (_CLOSE, code, reason)
 _RESUME = 2  # (_RESUME, token, future): an awaited handler or hook settled
+_FRAME = 3  # (_FRAME, frame, data): a broadcast's prebuilt frame (`Wire.send_frame`)
 
 
 # -- wake-ups -------------------------------------------------------------------------
@@ -196,6 +208,11 @@ class _Waker:
                 return
             self._mail = [item]
             self._signal()
+
+    @property
+    def empty(self) -> bool:
+        """Nothing posted waits (a peek: a post may land right after)."""
+        return self._mail is None
 
     def take(self) -> list[tuple[int, Any, Any]] | None:
         """Everything posted since the last `take`, in order (None: nothing)."""
@@ -389,6 +406,8 @@ class _Link(threading.Thread):
     # Slots: Thread's own attributes stay in its (key-sharing) __dict__; ours would
     # overflow that into a full dict of about 1.5 KiB per connection.
     __slots__ = (
+        "_carry",
+        "_direct",
         "_done",
         "_kill",
         "_on_done",
@@ -399,6 +418,7 @@ class _Link(threading.Thread):
         "_runner",
         "_tls",
         "_write_wants_read",
+        "_writing",
         "ended",
         "grace",
         "lock",
@@ -441,6 +461,13 @@ class _Link(threading.Thread):
         self._kill = False
         self._read_wants_write = False
         self._write_wants_read = False
+        # Broadcast writes from other threads (see `push_frame`), all under the lock:
+        # allowed on a plain socket only (an SSL object is not safe across threads);
+        # `_writing` while this thread holds bytes taken from the wire but not yet
+        # written; `_carry`, what a foreign write left unwritten, for this thread.
+        self._direct = tls is None and not isinstance(sock, ssl_module.SSLSocket)
+        self._writing = False
+        self._carry: memoryview | None = None
         timeout = wire.options.close_timeout
         self.grace = FALLBACK_TIMEOUT if timeout is None else timeout
         wire.wakeup = self.waker.wake
@@ -454,6 +481,58 @@ class _Link(threading.Thread):
     def request_send(self, data: bytes) -> None:
         """Send `data` from the connection's thread; never blocks."""
         self.waker.post((_SEND, data, None))
+
+    def push_frame(self, frame: bytes, data: bytes, now: float) -> bool:
+        """Queue a broadcast's prebuilt frame from any thread; never blocks.
+
+        If the connection's lock is free, its thread is not mid-write and nothing
+        posted waits, the caller queues the frame on the wire and writes it to the
+        socket itself (one `send`, no wake-up, no thread switch); otherwise it is
+        posted, and the wake-up is one eventfd write for every message posted
+        before the thread wakes. False when the connection was skipped (no longer
+        open).
+
+        Whatever would end the connection (a frame past `max_send_buffer`, a failed
+        write) is left to the connection's own thread, so its on_close hooks run
+        there as always."""
+        lock = self.lock
+        if self._direct and lock.acquire(False):  # (positional: a hot path)
+            try:
+                # Again under the lock; and not while anything posted waits: this
+                # message must not overtake one posted before it.
+                if self._direct and not self._writing and self.waker.empty:
+                    wire = self.wire
+                    if wire.buffered_amount + len(frame) <= wire.options.max_send_buffer:
+                        if not wire.send_frame(frame, data, now):  # cannot overflow here
+                            return False
+                        out = wire.data_to_send()
+                        if out:
+                            self._write_now(out)
+                        return True
+            finally:
+                lock.release()
+        if self.ended:
+            return False
+        self.waker.post((_FRAME, frame, data))
+        return True
+
+    def _write_now(self, out: bytes | bytearray) -> None:
+        """`push_frame`'s write, under the lock: what the socket does not take now
+        is left for this connection's thread."""
+        try:
+            sent = self.sock.send(out)
+        except _WOULD_BLOCK:
+            sent = 0
+        except OSError:
+            # Its own thread finds the socket broken (read error or EOF) and ends
+            # the connection; no more direct writes meanwhile.
+            self._direct = False
+            self.waker.wake()
+            return
+        if sent < len(out):
+            self._carry = memoryview(out)[sent:]
+            self._writing = True
+            self.waker.wake()  # the thread writes the rest when the socket takes it
 
     def kill(self) -> None:
         """Abort now: no close handshake."""
@@ -485,8 +564,11 @@ class _Link(threading.Thread):
             self._finish()
 
     def _finish(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.close()
+        with self.lock:
+            self._direct = False  # no foreign write to a closed (perhaps reused) fd
+            self._carry = None
+            with contextlib.suppress(OSError):
+                self.sock.close()
         with self.lock:
             now = monotonic()
             if not self.wire.should_close_transport:
@@ -571,10 +653,14 @@ class _Link(threading.Thread):
                 self._service(now)
                 carried = out is not None  # a partial write from an earlier pass
                 if not carried:
-                    data = wire.data_to_send()
-                    if data:
-                        out = memoryview(data)
-                    del data
+                    if self._carry is not None:  # a broadcast's write left some
+                        out, self._carry = self._carry, None
+                    else:
+                        data = wire.data_to_send()
+                        if data:
+                            out = memoryview(data)
+                        del data
+                    self._writing = out is not None
                 wants = wire.wants_data
                 closing = wire.should_close_transport
                 deadline = wire.next_deadline
@@ -591,10 +677,14 @@ class _Link(threading.Thread):
                         wire.data_to_send()
                     out = None
                     continue
-                if out is None and carried:
-                    # A write started in an earlier pass is done: the wire may hold
-                    # more output since then (and may accept data again).
-                    continue
+                if out is None:
+                    # Broadcasts may write directly again. No lock needed: while
+                    # `_writing` is set, this thread alone owns the socket's writes.
+                    self._writing = False
+                    if carried:
+                        # A write started in an earlier pass is done: the wire may
+                        # hold more output since then (and may accept data again).
+                        continue
             if closing:
                 if out is None:
                     return
@@ -716,6 +806,8 @@ class _Link(threading.Thread):
                     self.wire.log.debug(
                         "socker: %s: dropped a send_threadsafe after close", self.name
                     )
+            elif kind == _FRAME:
+                wire.send_frame(first, second, now)  # skipped if no longer open
             elif kind == _CLOSE:
                 wire.close(first, second, now)  # the first one wins; later ones are no-ops
             else:
@@ -811,6 +903,11 @@ class Server:
         self.http_handler = http_handler
         self._lock = threading.Lock()
         self._links: set[_Link] = set()
+        #: Rooms and the recipients of a broadcast (socker_core's pure registry),
+        #: behind a lock of its own: handlers on every connection thread join and
+        #: leave while other threads broadcast.
+        self.registry = Registry()
+        self.registry.guard = threading.Lock()
         self._closing = False
         self._close_code: int = SHUTDOWN_CODE
         self._close_reason = SHUTDOWN_REASON
@@ -874,6 +971,59 @@ class Server:
     def active(self) -> int:
         """Every connection thread still running, including those mid-handshake."""
         return self.active_connections()
+
+    # -- rooms -------------------------------------------------------------------
+
+    def room(self, name: str) -> frozenset[Connection]:
+        """The open connections in room `name`."""
+        return self.registry.room(name)
+
+    @property
+    def rooms(self) -> frozenset[str]:
+        """The names of the rooms that have members."""
+        return self.registry.rooms
+
+    def broadcast(
+        self,
+        data: bytes,
+        *,
+        room: str | None = None,
+        skip: Connection | Collection[Connection] | None = None,
+    ) -> int:
+        """Send `data` to every open connection (or every member of `room`) except
+        `skip` (a connection or a collection of them); returns how many it was
+        queued for. Safe from any thread, in a handler or not, and never blocks.
+        A connection that is closing, or that `max_send_buffer` drops, is skipped:
+        nothing raises into the caller. The frame is built once; a recipient whose
+        thread is idle gets it written by the caller at once (one `send`), a busy
+        one from its own thread (one wake-up for all it was sent meanwhile)."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"broadcast() takes bytes, got {type(data).__name__}")
+        recipients = self.registry.recipients(room, skip)
+        if not recipients:
+            return 0
+        payload = bytes(data)
+        frame = frame_message(payload)
+        links = _links_by_conn  # dict.get is atomic: no lock per recipient
+        now = monotonic()
+        count = 0
+        for conn in recipients:
+            link = links.get(conn)
+            if link is not None:
+                if link.push_frame(frame, payload, now):
+                    count += 1
+                continue
+            # Not registered yet: its on_open hooks are running. Only its own thread
+            # (a broadcast from those hooks) may reach its Stepper now.
+            current = threading.current_thread()
+            stepper = current.wire.stepper if isinstance(current, _Link) else None
+            if stepper is not None and stepper.conn is conn:
+                try:
+                    conn.send(payload)
+                except ConnectionClosedError:
+                    continue
+                count += 1
+        return count
 
     def close(
         self, code: int = SHUTDOWN_CODE, drain: bool = False, *, drain_timeout: float | None = None
@@ -1015,6 +1165,9 @@ class Server:
             on_event=self.on_event,
             logger=self.log,
             peer=peer,
+            remote_address=(str(address[0]), int(address[1])),
+            registry=self.registry,
+            owner=self,
         )
         link = _Link(
             sock,
@@ -1251,6 +1404,8 @@ def connect(
             on_event=on_event,
             logger=logger,
         )
+        address = sock.getpeername()
+        wire.remote_address = (str(address[0]), int(address[1]))
         link = _Link(
             sock,
             wire,

@@ -59,7 +59,9 @@ def _request_from_scope(scope: Scope, method: str = "GET") -> HandshakeRequest:
     origin = next((value for name, value in headers if name == "origin"), None)
     query = bytes(scope.get("query_string", b"")).decode("latin-1")
     subprotocols = tuple(scope.get("subprotocols", ()))
-    return HandshakeRequest(path, query, headers, subprotocols, origin, method)
+    client = scope.get("client")
+    remote = (str(client[0]), int(client[1])) if client else None
+    return HandshakeRequest(path, query, headers, subprotocols, origin, method, remote)
 
 
 def _peer(scope: Scope) -> str:

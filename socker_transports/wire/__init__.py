@@ -37,6 +37,7 @@ from .events import (
     Phase,
     WireEvent,
 )
+from .frames import frame_message
 from .hooks import Accept, HandshakeHook, HandshakeRequest, HttpHandler, HttpResponse, Reject
 from .observe import EventHook, ObservedEvent
 from .options import (
@@ -79,5 +80,6 @@ __all__ = [
     "WireEvent",
     "check_shutdown",
     "format_host",
+    "frame_message",
     "shutdown_reason",
 ]

@@ -6,12 +6,13 @@ import base64
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from wsproto import ConnectionType
 from wsproto.events import Ping
 from wsproto.utilities import LocalProtocolError as WsprotoLocalError
 
-from socker_core import ConnectionClosedError, Flow, LocalProtocolError
+from socker_core import ConnectionClosedError, Flow, LocalProtocolError, Registry
 from socker_core._codes import CloseCode
 
 from .events import CloseResult, Phase, WireEvent
@@ -57,12 +58,17 @@ class Wire(_HandshakePhase):
         handshake_hook: HandshakeHook | None = None,
         http_handler: HttpHandler | None = None,
         peer: str = "",
+        remote_address: tuple[str, int] | None = None,
+        registry: Registry | None = None,
+        owner: Any = None,
         on_event: EventHook | None = None,
         logger: logging.Logger | None = None,
     ) -> Wire:
         """A server connection: one Flow for every path, or a path -> Flow map (404
         for other paths). The handshake hook may accept (choosing a flow, a
         subprotocol, `conn.state`), reject with a status, or be `async def`.
+        `remote_address` reaches the hook and `conn.remote_address`; the open
+        connection joins `registry` (rooms), and `conn.server` is `owner`.
         `on_event` receives the connection's `wire.observe` events; `logger` is
         where it logs (default: the "socker" logger)."""
         if isinstance(routes, Flow):
@@ -82,6 +88,9 @@ class Wire(_HandshakePhase):
             handshake_hook=handshake_hook,
             http_handler=http_handler,
             peer=peer,
+            remote_address=remote_address,
+            registry=registry,
+            owner=owner,
             on_event=on_event,
             logger=logger,
         )
@@ -305,6 +314,34 @@ class Wire(_HandshakePhase):
                 self.close_reason,
             )
         self._stepper_events(self.stepper.send(data, now), now)
+
+    def send_frame(self, frame: bytes, data: bytes, now: float) -> bool:
+        """Queue `frame`, the prebuilt server frame of message `data`
+        (`frame_message(data)`): one broadcast builds it once and queues the same
+        bytes on every recipient. Returns whether it was queued; never raises.
+
+        Skipped (False) when the connection is not open, and subject to
+        `max_send_buffer` like any send: past it the connection is dropped (4503)
+        and this returns False. While the flow is in a call or has sends waiting
+        in its outbox, the message goes through the flow instead, so it keeps its
+        place after them."""
+        stepper = self.stepper
+        if self._phase is not Phase.OPEN or stepper is None or self._client:
+            return False
+        if not stepper.quiet:
+            try:
+                stepper.conn.send(data)
+            except ConnectionClosedError:
+                return False
+            return True
+        self._out.append(frame)
+        self._out_size += len(frame)
+        if self.observer is not None:
+            self.observer.sent(len(data))
+        if self._out_size > self.options.max_send_buffer:
+            self._overflow(now)
+            return False
+        return True
 
     def close(self, code: int = 1000, reason: str = "", now: float = 0.0) -> None:
         """Application close (a server shutting down uses 1001). Before the handshake

@@ -38,6 +38,20 @@ def _mask(key: bytes, data: bytes) -> bytes:
     return bytes(masked)
 
 
+def frame_message(data: bytes | bytearray | memoryview) -> bytes:
+    """The bytes of one server (unmasked) binary frame carrying `data`: built once for
+    a broadcast, queued on many wires with `Wire.send_frame`. No extension is ever
+    negotiated, so this frame is the same for every server connection."""
+    n = len(data)
+    if n < 126:
+        header = _SMALL_HEADERS[n]
+    elif n < 65536:
+        header = _HEADER_16(0x82, 126, n)
+    else:
+        header = _HEADER_64(0x82, 127, n)
+    return header + bytes(data)
+
+
 class _LazyDeque:
     """Stands in for the event deque of a wsproto `Connection`, which costs ~760 bytes
     even empty and which wsproto fills only in `receive_data(None)` (the wire handles

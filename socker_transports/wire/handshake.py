@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import sys
 from collections.abc import Sequence
 
 from wsproto.utilities import split_comma_header
@@ -59,7 +60,11 @@ def _read_request(head: bytes) -> tuple[str, list[tuple[str, str]], bytes | _Ref
         and head.count(b"\n") == head.count(b"\r\n")  # no bare LF: the guard's lines
     ):
         # h11 read the guard's lines, each one valid: the lenient reading is the same.
-        headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in fields]
+        # Names interned: every connection keeps its request (`conn.request`), and the
+        # same few names would otherwise be a string per connection each.
+        headers = [
+            (sys.intern(name.decode("latin-1")), value.decode("latin-1")) for name, value in fields
+        ]
         return start.decode("latin-1"), headers, verdict
     lines = head.split(b"\r\n")
     headers = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import secrets
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -73,7 +74,9 @@ class _HandshakePhase(_OpenPhase):
             if protocols
             else ()
         )
-        request = HandshakeRequest(path, query, tuple(headers), offered, origin, parts[0])
+        request = HandshakeRequest(
+            path, query, tuple(headers), offered, origin, parts[0], self.remote_address
+        )
         self._request = request
         self.path = path
         is_upgrade = upgrade is not None and "websocket" in upgrade.lower()
@@ -196,9 +199,20 @@ class _HandshakePhase(_OpenPhase):
         self._phase = Phase.OPEN
         self.handshake_status = 101
         self._handshake_deadline = None
+        request = self._request  # kept as conn.request; the rest of the handshake goes
         self._drop_handshake_state()
         self._decoder = getattr(getattr(self._ws, "_proto", None), "_frame_decoder", None)
-        stepper = Stepper(flow, max_queue=self.options.max_queue)
+        stepper = Stepper(
+            flow,
+            max_queue=self.options.max_queue,
+            # Unique across processes and machines (connections may be spread over
+            # workers): 96 random bits, 16 URL-safe characters.
+            id=secrets.token_urlsafe(12),
+            registry=self.registry,
+            server=self.owner,
+            remote_address=self.remote_address,
+            request=request,
+        )
         if state:
             conn_state = stepper.conn.state
             for key, value in state.items():

@@ -29,10 +29,12 @@ def _check_headers(headers: Iterable[tuple[str, str]], what: str) -> None:
 
 @dataclass(frozen=True, slots=True)
 class HandshakeRequest:
-    """What a server's handshake hook (and `http_handler`) sees.
+    """What a server's handshake hook (and `http_handler`) sees; kept as
+    `conn.request` once accepted.
 
     `headers` are (lowercased name, value) pairs in arrival order; `method` is the
-    HTTP method ("GET" for every websocket upgrade)."""
+    HTTP method ("GET" for every websocket upgrade); `remote_address` is the peer's
+    (host, port) when the driver knows it."""
 
     path: str
     query: str
@@ -40,6 +42,7 @@ class HandshakeRequest:
     subprotocols: tuple[str, ...]
     origin: str | None
     method: str = "GET"
+    remote_address: tuple[str, int] | None = None
 
     def header(self, name: str) -> str | None:
         """The first value of header `name` (case-insensitive), or None."""

@@ -19,6 +19,7 @@ from socker_core import (
     Event,
     Flow,
     HandlerFailed,
+    Registry,
     Send,
     StepChanged,
     Stepper,
@@ -81,8 +82,11 @@ class _WireState:
         "log",
         "observer",
         "options",
+        "owner",
         "path",
         "peer",
+        "registry",
+        "remote_address",
         "role",
         "routes",
         "run_blocking",
@@ -101,12 +105,21 @@ class _WireState:
         http_handler: HttpHandler | None = None,
         flow: Flow | None = None,
         peer: str = "",
+        remote_address: tuple[str, int] | None = None,
+        registry: Registry | None = None,
+        owner: Any = None,
         on_event: EventHook | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         self.role = role
         self.options = options
         self.peer = peer
+        #: The peer's (host, port), set by the driver before the handshake completes.
+        self.remote_address = remote_address
+        #: The rooms registry the connection's Stepper joins, and what `conn.server`
+        #: returns (the driver's Server; None for a client).
+        self.registry = registry
+        self.owner = owner
         #: Where this connection logs (`logger=`, default the "socker" logger).
         self.log = logger if logger is not None else _SOCKER_LOGGER
         #: Reports to `on_event` (None: nothing is measured).
