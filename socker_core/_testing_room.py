@@ -72,6 +72,7 @@ class RoomEntry:
     step: str = ""
 
     def describe(self, markdown: bool = False) -> str:
+        """This line as the two-sided transcript words it (`Entry.describe`)."""
         return _describe(Entry(self.side, self.kind, self.payload, self.time, self.step), markdown)
 
     def __str__(self) -> str:
@@ -97,6 +98,7 @@ class RoomTranscript(list[RoomEntry]):
     def entries(
         self, client: str | None = None, side: Side | None = None, kind: str | None = None
     ) -> list[RoomEntry]:
+        """The entries of one client (or all), one side (or both), one kind (or all)."""
         return [
             e
             for e in self
@@ -112,19 +114,23 @@ class RoomTranscript(list[RoomEntry]):
         ]
 
     def sent(self, client: str, side: Side = CLIENT) -> list[bytes]:
+        """The messages `side` of `client`'s connection sent, in order."""
         return [
             e.payload for e in self.entries(client, side, "send") if isinstance(e.payload, bytes)
         ]
 
     def steps(self, client: str, side: Side = CLIENT) -> list[str]:
+        """The steps `side` of `client`'s connection entered, in order."""
         return [str(e.payload) for e in self.entries(client, side, "step")]
 
     def failures(self) -> list[BaseException]:
+        """Every exception a handler or hook raised, on any connection."""
         return [
             e.payload for e in self.entries(kind="failed") if isinstance(e.payload, BaseException)
         ]
 
     def close_of(self, client: str, side: Side = CLIENT) -> tuple[int, str] | None:
+        """(code, reason) `side` of `client`'s connection closed with, or None."""
         for entry in self.entries(client, side, "closed"):
             code, reason = _pair_of(entry.payload)
             return int(code), str(reason)
@@ -132,9 +138,11 @@ class RoomTranscript(list[RoomEntry]):
 
     @property
     def closed(self) -> bool:
+        """True when the run ended with every connection closed."""
         return self.outcome == "closed"
 
     def log(self) -> str:
+        """The whole transcript, one line per entry."""
         return "\n".join(str(e) for e in self)
 
     def table(self, kinds: Iterable[str] | None = None) -> str:

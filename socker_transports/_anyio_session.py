@@ -85,13 +85,6 @@ def shared_read_buffer() -> memoryview:
     return buffer
 
 
-def socket_address(address: object) -> tuple[str, int] | None:
-    """(host, port) of a socket address (an IPv6 one has four fields), else None."""
-    if isinstance(address, tuple) and len(address) >= 2:
-        return (str(address[0]), int(address[1]))
-    return None
-
-
 #: Errors a byte stream raises when the transport fails under us.
 STREAM_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 

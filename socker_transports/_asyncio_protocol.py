@@ -35,8 +35,8 @@ from typing import Any, cast
 
 import anyio
 
-from ._anyio_session import Spawn, _SessionBase, shared_read_buffer, socket_address
-from .wire import SEND_BUFFER_OVERFLOW, Wire, format_host
+from ._anyio_session import Spawn, _SessionBase, shared_read_buffer
+from .wire import SEND_BUFFER_OVERFLOW, Wire, format_host, socket_address
 
 logger = logging.getLogger("socker")
 

@@ -75,7 +75,6 @@ from ._anyio_session import (
     Spawn,
     _SessionBase,
     _StreamSession,
-    socket_address,
     trio_raw_io,
 )
 from ._asyncio_protocol import asyncio_spawner, peer_name, session_factory, ssl_timeouts
@@ -96,6 +95,7 @@ from .wire import (
     format_host,
     frame_message,
     shutdown_reason,
+    socket_address,
 )
 
 if sys.version_info >= (3, 11):

@@ -125,6 +125,7 @@ from .wire import (
     format_host,
     frame_message,
     shutdown_reason,
+    socket_address,
 )
 
 if sys.version_info >= (3, 11):
@@ -1165,7 +1166,7 @@ class Server:
             on_event=self.on_event,
             logger=self.log,
             peer=peer,
-            remote_address=(str(address[0]), int(address[1])),
+            remote_address=socket_address(address),
             registry=self.registry,
             owner=self,
         )
@@ -1404,8 +1405,7 @@ def connect(
             on_event=on_event,
             logger=logger,
         )
-        address = sock.getpeername()
-        wire.remote_address = (str(address[0]), int(address[1]))
+        wire.remote_address = socket_address(sock.getpeername())
         link = _Link(
             sock,
             wire,

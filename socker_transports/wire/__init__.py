@@ -51,7 +51,7 @@ from .options import (
     check_shutdown,
     shutdown_reason,
 )
-from .target import ClientTarget, format_host
+from .target import ClientTarget, format_host, socket_address
 
 __all__ = [
     "KEEPALIVE_TIMEOUT_REASON",
@@ -82,4 +82,5 @@ __all__ = [
     "format_host",
     "frame_message",
     "shutdown_reason",
+    "socket_address",
 ]

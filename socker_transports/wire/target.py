@@ -6,6 +6,14 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 
+def socket_address(address: object) -> tuple[str, int] | None:
+    """(host, port) of an IP socket address (an IPv6 one has four fields); None for
+    anything else (a unix-domain socket's path, an unnamed peer)."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        return (str(address[0]), int(address[1]))
+    return None
+
+
 def format_host(host: str) -> str:
     """`host` as it appears in a URL or Host header (IPv6 literals bracketed)."""
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
