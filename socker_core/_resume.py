@@ -139,6 +139,10 @@ class ResumeSession:
     window: float
     holder: object = None
     detached_at: float | None = None
+    #: The token a resume presented, still accepted until the client shows it got
+    #: the new one (`SessionStore.confirm`): a drop during the resume handshake
+    #: must not strand the session.
+    previous_token: str | None = None
 
     def __repr__(self) -> str:  # never show the token
         return f"<ResumeSession {self.stepper.id} route={self.route!r} window={self.window:g}s>"
@@ -171,7 +175,12 @@ class SessionStore(Protocol):
         self, token: str, route: str, flow: Flow, new_token: str, now: float
     ) -> Claimed | Refused:
         """A resume presents `token` at `route`, which now serves `flow`. On success
-        the token is spent and the session answers to `new_token` from now on."""
+        the session answers to `new_token`; `token` is spent once confirmed."""
+        ...
+
+    def confirm(self, session: ResumeSession, now: float) -> None:
+        """The client used the transport it resumed on (so it has the new token):
+        the token it presented is spent for good."""
         ...
 
     def end(self, session: ResumeSession, code: int, now: float) -> None:
@@ -209,21 +218,34 @@ class MemorySessionStore:
             return Refused(CloseCode.RESUME_REFUSED, "token not valid for this route")
         if session.stepper.flow is not flow:
             return Refused(CloseCode.FLOW_CHANGED, "the route serves a different flow now")
-        if session.stepper.is_closed:
+        if session.stepper.is_closed:  # ended, and its holder has not told us yet
+            if session.stepper.close_code == CloseCode.RESUME_BUFFER_OVERFLOW:
+                return Refused(CloseCode.RESUME_BUFFER_OVERFLOW, "replay buffer overflowed")
             return Refused(CloseCode.SESSION_GONE, "session ended")
-        del self.sessions[token]
-        self._remember(token, CloseCode.RESUME_REFUSED, "session token already used", now)
+        for spent in (session.token, session.previous_token):
+            if spent is not None and spent != token:
+                self.sessions.pop(spent, None)
+                self._remember(spent, CloseCode.RESUME_REFUSED, "session token already used", now)
+        session.previous_token = token
         session.token = new_token
         self.sessions[new_token] = session
         return Claimed(session)
 
+    def confirm(self, session: ResumeSession, now: float) -> None:
+        spent = session.previous_token
+        if spent is not None and self.sessions.get(spent) is session:
+            del self.sessions[spent]
+            self._remember(spent, CloseCode.RESUME_REFUSED, "session token already used", now)
+        session.previous_token = None
+
     def end(self, session: ResumeSession, code: int, now: float) -> None:
-        if self.sessions.get(session.token) is session:
-            del self.sessions[session.token]
-            if code == CloseCode.RESUME_BUFFER_OVERFLOW:
-                self._remember(session.token, code, "replay buffer overflowed", now)
-            else:
-                self._remember(session.token, CloseCode.SESSION_GONE, "session ended", now)
+        for token in (session.token, session.previous_token):
+            if token is not None and self.sessions.get(token) is session:
+                del self.sessions[token]
+                if code == CloseCode.RESUME_BUFFER_OVERFLOW:
+                    self._remember(token, code, "replay buffer overflowed", now)
+                else:
+                    self._remember(token, CloseCode.SESSION_GONE, "session ended", now)
 
     def _remember(self, token: str, code: int, reason: str, now: float) -> None:
         tombstones = self.tombstones
@@ -240,7 +262,7 @@ class MemorySessionStore:
             del tombstones[oldest]
 
     def __len__(self) -> int:
-        return len(self.sessions)
+        return len({id(session) for session in self.sessions.values()})
 
 
 __all__ = [

@@ -72,6 +72,25 @@ from socker_core import (
     is_sendable_close_code,
 )
 from socker_core._codes import CloseCode
+from socker_core._resume import (
+    ACK_BYTES,
+    ACK_EVERY,
+    Claimed,
+    ReplayBuffer,
+    ResumeSession,
+    SessionStore,
+)
+
+from ._resume_wire import (
+    RESUME_SUBPROTOCOL,
+    WireResume,
+    control,
+    new_token,
+    parse_control,
+    parse_offer,
+    resume_offer,
+    without_token,
+)
 
 logger = logging.getLogger("socker")
 
@@ -345,8 +364,18 @@ class AwaitHandshake:
     awaitable: Awaitable[Accept | Reject | None]
 
 
+@dataclass(frozen=True, slots=True)
+class Detached:
+    """The transport was lost and the connection is detached for `window` seconds:
+    a client reconnects (`Wire.client(..., resume_from=this_wire)`); both sides
+    keep calling `tick` on this wire at `next_deadline` until it is `finished`."""
+
+    window: float
+
+
 WireEvent = (
     Opened
+    | Detached
     | HandshakeFailed
     | AwaitHandshake
     | Await
@@ -365,6 +394,10 @@ class Phase(Enum):
     CLOSING = "closing"  # our close frame sent, waiting for the peer's
     DRAINING = "draining"  # close handshake done; client waits for the server's EOF
     DONE = "done"
+    # Resume: the transport is gone but this wire still holds a detached session
+    # (it ticks it and takes its awaited results) until the session resumes on
+    # another wire or ends. The driver closes the socket and keeps calling tick.
+    DETACHED = "detached"
 
 
 _HEADERS_TOO_LARGE = 431
@@ -918,6 +951,8 @@ class Wire:
         "_ping_payload",
         "_pong_deadline",
         "_request",
+        "_resume",
+        "_sessions",
         "_transport_done",
         "_wakeup",
         "_ws",
@@ -946,6 +981,7 @@ class Wire:
         http_handler: HttpHandler | None = None,
         flow: Flow | None = None,
         peer: str = "",
+        sessions: SessionStore | None = None,
     ) -> None:
         self.role = role
         self.options = options
@@ -987,6 +1023,11 @@ class Wire:
         self._key = b""
         self._pending_after_head = b""  # server: bytes read while the hook runs
         self._client_flow = flow
+        #: Server: where resumable sessions live (None: this server does not resume).
+        self._sessions = sessions
+        #: Resume state, on connections that negotiated socker.resume.v1 (see
+        #: _resume_wire); None otherwise, so a plain connection pays one test.
+        self._resume: WireResume | None = None
         self._nonce = b""  # client: our Sec-WebSocket-Key
         # client: (host, path, extra headers), to read a refusal with wsproto
         self._client_request: tuple[str, str, list[tuple[bytes, bytes]]] | None = None
@@ -1003,10 +1044,14 @@ class Wire:
         handshake_hook: HandshakeHook | None = None,
         http_handler: HttpHandler | None = None,
         peer: str = "",
+        sessions: SessionStore | None = None,
     ) -> Wire:
         """A server connection: one Flow for every path, or a path -> Flow map (404
         for other paths). The handshake hook may accept (choosing a flow, a
-        subprotocol, `conn.state`), reject with a status, or be `async def`."""
+        subprotocol, `conn.state`), reject with a status, or be `async def`.
+
+        `sessions`: the server's session store; with it, routes whose flow has
+        `resume_window` accept resuming clients (one store per server)."""
         if isinstance(routes, Flow):
             routes.validate()
         else:
@@ -1024,6 +1069,7 @@ class Wire:
             handshake_hook=handshake_hook,
             http_handler=http_handler,
             peer=peer,
+            sessions=sessions,
         )
 
     @classmethod
@@ -1038,9 +1084,14 @@ class Wire:
         origin: str | None = None,
         headers: Sequence[tuple[str, str]] = (),
         peer: str = "",
+        reconnect: bool = False,
+        resume_from: Wire | None = None,
     ) -> Wire:
         """A client connection; its opening request is already in `data_to_send()`.
-        `host` is the Host header ("example.com:8000")."""
+        `host` is the Host header ("example.com:8000").
+
+        `reconnect`: offer resume (`socker.resume.v1`). `resume_from`: the previous
+        wire of a detached session: this connection resumes it (same flow)."""
         flow.validate()
         opts = options or _DEFAULT_OPTIONS
         _check_headers(headers, "Wire.client")
@@ -1048,12 +1099,25 @@ class Wire:
             _check_headers([("Origin", origin)], "Wire.client")
         wire = cls(ConnectionType.CLIENT, opts, now, flow=flow, peer=peer)
         wire.path = path.partition("?")[0]  # like the server's: the query is not part of it
+        offered = tuple(opts.subprotocols)
+        if reconnect or resume_from is not None:
+            resume = wire._resume = WireResume(reconnect=True)
+            offered += (RESUME_SUBPROTOCOL,)
+            previous = resume_from.resumable_session if resume_from is not None else None
+            if previous is not None:
+                if previous.stepper.flow is not flow:
+                    raise LocalProtocolError("resume_from holds a session of another flow")
+                replay = previous.stepper.replay
+                assert replay is not None
+                resume.resume_from = previous
+                offered += (resume_offer(previous.token, replay.received),)
+            resume.offered = offered
         extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
         if origin is not None:
             extra.append((b"Origin", origin.encode("latin-1")))
         nonce = base64.b64encode(os.urandom(16))
         try:
-            data = _upgrade_request(host, path, nonce, opts.subprotocols, extra)
+            data = _upgrade_request(host, path, nonce, offered, extra)
         except Exception as exc:  # idna or the h11 rules refusing the host, path or a header
             raise LocalProtocolError(f"cannot build the opening request: {exc}") from exc
         wire._nonce = nonce
@@ -1081,6 +1145,24 @@ class Wire:
         return self._phase
 
     @property
+    def resumable_session(self) -> ResumeSession | None:
+        """The resumable session this wire holds (None on plain connections, before
+        the server named one, and once it resumed elsewhere)."""
+        resume = self._resume
+        if resume is None or resume.handed_off or resume.session is None:
+            return None
+        if not resume.session.token or resume.session.stepper.is_closed:
+            return None
+        return resume.session
+
+    @property
+    def detached(self) -> bool:
+        """True while the transport is gone and this wire keeps a detached session:
+        the driver keeps calling `tick` at `next_deadline` (and `collect` on a
+        wakeup) until `finished`."""
+        return self._phase is Phase.DETACHED and not self.finished
+
+    @property
     def is_open(self) -> bool:
         return self._phase is Phase.OPEN
 
@@ -1102,13 +1184,21 @@ class Wire:
 
     @property
     def finished(self) -> bool:
-        """True once the transport is done and, if a flow ran, it is closed."""
-        return self._transport_done and (self.stepper is None or self.stepper.is_closed)
+        """True once the transport is done and, if a flow ran, it is closed (or
+        resumed on another wire)."""
+        if not self._transport_done:
+            return False
+        if self.stepper is None or self.stepper.is_closed:
+            return True
+        resume = self._resume
+        return resume is not None and resume.handed_off
 
     @property
     def next_deadline(self) -> float | None:
         """When `tick` next has something to do, or None."""
         if self._transport_done:
+            if self._phase is Phase.DETACHED and self.stepper is not None and not self.finished:
+                return self.stepper.next_deadline
             return None
         if self._phase is Phase.HANDSHAKE or self._phase is Phase.HOOK:
             return self._handshake_deadline
@@ -1176,6 +1266,8 @@ class Wire:
     def tick(self, now: float) -> None:
         """Handle every deadline at or before `now`."""
         if self._transport_done:
+            if self._phase is Phase.DETACHED and self.stepper is not None and not self.finished:
+                self._stepper_events(self.stepper.tick(now), now)
             return
         if self._phase is Phase.HANDSHAKE or self._phase is Phase.HOOK:
             if self._handshake_deadline is not None and now >= self._handshake_deadline:
@@ -1191,12 +1283,19 @@ class Wire:
         if self._pong_deadline is not None and now >= self._pong_deadline:
             if logger.isEnabledFor(logging.INFO):
                 logger.info("%s: %s", self._label(), KEEPALIVE_TIMEOUT_REASON)
+            if self._resume is not None and self._resume.session is not None:
+                # A silent drop: the session waits for a resume (no close frame,
+                # which a live but slow peer would take as the end).
+                self._finish_transport(now, CloseCode.ABNORMAL, KEEPALIVE_TIMEOUT_REASON)
+                return
             self._fail(now, CloseCode.INTERNAL_ERROR, KEEPALIVE_TIMEOUT_REASON)
             return
         if self._ping_due is not None and now >= self._ping_due and self._phase is Phase.OPEN:
             ws = self._ws
             assert ws is not None
             self._ping_payload = os.urandom(4)
+            if self._resume is not None and self._resume.unacked:
+                self._send_ack(now)  # a quiet peer still trims our replay buffer
             self._write(ws.send(Ping(self._ping_payload)), now)
             self._ping_due = None
             timeout = self.options.ping_timeout
@@ -1208,6 +1307,10 @@ class Wire:
         """An `Await`'s awaitable returned `result`."""
         if self.stepper is None:
             raise LocalProtocolError("resume before the flow started")
+        if self._resume is not None and self._resume.handed_off:
+            # The session moved to another wire: its events go there (outbox).
+            self.stepper.post(self.stepper.resume(token, result, now))
+            return
         self.collect(now)  # what the awaited handler sent goes out first
         self._stepper_events(self.stepper.resume(token, result, now), now)
         self._feed_held(now)
@@ -1216,17 +1319,24 @@ class Wire:
         """An `Await`'s awaitable raised `error`."""
         if self.stepper is None:
             raise LocalProtocolError("resume_error before the flow started")
+        if self._resume is not None and self._resume.handed_off:
+            self.stepper.post(self.stepper.resume_error(token, error, now))
+            return
         self.collect(now)  # what the awaited handler sent goes out first
         self._stepper_events(self.stepper.resume_error(token, error, now), now)
         self._feed_held(now)
 
     def collect(self, now: float) -> None:
         """Take what the flow produced outside a call (async handlers, application sends)."""
-        if self.stepper is not None:
+        if self.stepper is not None and not (self._resume is not None and self._resume.handed_off):
             self._stepper_events(self.stepper.pending_events(), now)
 
     def send(self, data: bytes, now: float) -> None:
-        """Application send from outside any handler (ConnectionClosedError once closing)."""
+        """Application send from outside any handler (ConnectionClosedError once closing).
+        While detached the message is kept for replay."""
+        if self._phase is Phase.DETACHED and self.stepper is not None and not self.finished:
+            self._stepper_events(self.stepper.send(data, now), now)
+            return
         if self.stepper is None or self._phase is not Phase.OPEN:
             raise ConnectionClosedError(
                 f"cannot send: the connection is {self._phase.value}",
@@ -1237,8 +1347,11 @@ class Wire:
 
     def close(self, code: int = 1000, reason: str = "", now: float = 0.0) -> None:
         """Application close (a server shutting down uses 1001). Before the handshake
-        completes a server answers 503 (1001) or 400 instead."""
+        completes a server answers 503 (1001) or 400 instead. A detached session
+        ends at once (its on_close hooks run)."""
         if self._transport_done:
+            if self._phase is Phase.DETACHED and self.stepper is not None and not self.finished:
+                self._stepper_events(self.stepper.close(code, reason, now), now)
             return
         if self.stepper is None:
             status = 0 if self._client else 503 if code == CloseCode.GOING_AWAY else 400
@@ -1256,14 +1369,27 @@ class Wire:
         self._phase = Phase.HANDSHAKE
         self._decide(result, now)
 
-    def abort(self, now: float, reason: str = "transport lost") -> None:
-        """The transport failed under us (reset, write error): end everything now."""
+    def abort(
+        self, now: float, reason: str = "transport lost", *, keep_session: bool = True
+    ) -> None:
+        """The transport failed under us (reset, write error): end everything now
+        (a resumable session detaches, unless `keep_session` is False: a driver
+        shutting down or cancelled)."""
         if self._transport_done:
+            if not keep_session and self.detached and self.stepper is not None:
+                self._stepper_events(self.stepper.transport_closed(1006, reason, now), now)
             return
         if self._phase is Phase.HANDSHAKE or self._phase is Phase.HOOK:
             self._fail_handshake(0, reason, now, respond=False)
         else:
+            if not keep_session:
+                self._resume_off()
             self._finish_transport(now, CloseCode.ABNORMAL, reason)
+
+    def _resume_off(self) -> None:
+        resume = self._resume
+        if resume is not None and not resume.handed_off:
+            resume.session = None  # a lost transport now ends the flow
 
     # -- handshake -------------------------------------------------------------
 
@@ -1313,6 +1439,16 @@ class Wire:
             if protocols
             else ()
         )
+        if self._sessions is not None and RESUME_SUBPROTOCOL in offered:
+            # The token never reaches a hook or a log: keep it here, strip it there.
+            self._resume = WireResume(offer=parse_offer(offered))
+            offered = without_token(offered)
+            headers = [
+                (name, ", ".join(without_token(tuple(v.strip() for v in value.split(",")))))
+                if name == "sec-websocket-protocol"
+                else (name, value)
+                for name, value in headers
+            ]
         request = HandshakeRequest(path, query, tuple(headers), offered, origin)
         self._request = request
         self.path = path
@@ -1402,6 +1538,11 @@ class Wire:
             subprotocol = next(
                 (p for p in self.options.subprotocols if p in request.subprotocols), None
             )
+        offer = self._resume.offer if self._resume is not None else None
+        if offer is not None and subprotocol is None and flow.resume_window is not None:
+            subprotocol = RESUME_SUBPROTOCOL
+        if subprotocol != RESUME_SUBPROTOCOL:
+            self._resume = None  # not resumable here: a plain connection
         if subprotocol is not None and subprotocol not in request.subprotocols:
             logger.error("%s: subprotocol %r was not offered", self._label(), subprotocol)
             self._fail_handshake(
@@ -1419,7 +1560,10 @@ class Wire:
         rest = self._pending_after_head
         # Frames that came with (or after) the request: parsed lazily, like any later read.
         self._ws = _frame_connection(ConnectionType.SERVER, rest)
-        self._start_flow(flow, now, accept.state)
+        if offer is not None and offer.token is not None and self._resume is not None:
+            self._resume_server(flow, offer.token, offer.received, now)
+        else:
+            self._start_flow(flow, now, accept.state)
         if rest and not self._transport_done:
             self._pump(now)
 
@@ -1430,7 +1574,9 @@ class Wire:
             return
         try:
             fields = _h11_fields(block)
-            subprotocol = _check_accept_response(fields, self._nonce, self.options.subprotocols)
+            resume = self._resume
+            offered = self.options.subprotocols if resume is None else resume.offered
+            subprotocol = _check_accept_response(fields, self._nonce, offered)
         except Exception as exc:  # the message says why; a non-ASCII value, for example
             self._fail_handshake(0, f"bad handshake response: {exc}", now)
             return
@@ -1439,7 +1585,15 @@ class Wire:
         assert flow is not None
         # Frames that came with the response: parsed lazily, like any later read.
         self._ws = _frame_connection(ConnectionType.CLIENT, head[end:] + rest)
-        self._start_flow(flow, now, {})
+        if resume is not None and subprotocol != RESUME_SUBPROTOCOL:
+            self._resume = None  # the server does not resume this route
+            if resume.resume_from is not None:
+                self._resume_refused_by_server(resume.resume_from, now)
+                return
+        if resume is not None and resume.resume_from is not None and self._resume is not None:
+            self._resume_client(resume.resume_from, now)
+        else:
+            self._start_flow(flow, now, {})
         if not self._transport_done:
             self._pump(now)
 
@@ -1471,25 +1625,276 @@ class Wire:
         self._nonce = b""
         self._client_request = None
 
-    def _start_flow(self, flow: Flow, now: float, state: Mapping[str, Any]) -> None:
+    def _opened_transport(self, now: float) -> None:
         self._phase = Phase.OPEN
         self.handshake_status = 101
         self._handshake_deadline = None
         self._drop_handshake_state()
         self._decoder = getattr(getattr(self._ws, "_proto", None), "_frame_decoder", None)
-        stepper = Stepper(flow, max_queue=self.options.max_queue)
+        if self.options.ping_interval is not None:
+            self._ping_due = now + self.options.ping_interval
+
+    def _start_flow(self, flow: Flow, now: float, state: Mapping[str, Any]) -> None:
+        self._opened_transport(now)
+        resume = self._resume
+        stepper = Stepper(
+            flow,
+            max_queue=self.options.max_queue,
+            replay=None if resume is None else ReplayBuffer(flow.max_resume_buffer),
+        )
+        if resume is not None:
+            if self._client:
+                # Named by the server's "session" message.
+                resume.session = ResumeSession("", self.path, stepper, 0.0, holder=self)
+            else:
+                assert self._sessions is not None and flow.resume_window is not None
+                token = new_token()
+                window = flow.resume_window
+                resume.session = ResumeSession(token, self.path, stepper, window, holder=self)
+                self._sessions.add(resume.session, now)
+                self._write_control(control("session", token=token, window=window), now)
         if state:
             conn_state = stepper.conn.state
             for key, value in state.items():
                 setattr(conn_state, key, value)
         stepper.wakeup = self._wakeup
         self.stepper = stepper
-        if self.options.ping_interval is not None:
-            self._ping_due = now + self.options.ping_interval
         self._events.append(Opened(self.path, self.subprotocol, flow.name))
         if logger.isEnabledFor(logging.INFO):
             logger.info("%s: open %s (flow %s)", self._label(), self.path, flow.name)
         self._stepper_events(stepper.open(now), now)
+
+    # -- resume ----------------------------------------------------------------
+
+    def _resume_server(self, flow: Flow, token: str, peer_received: int, now: float) -> None:
+        """A client presents a session token: take the session over, or refuse with
+        its code (after the 101: a browser sees close codes, never HTTP statuses)."""
+        self._opened_transport(now)
+        resume = self._resume
+        assert resume is not None and self._sessions is not None
+        answer = self._sessions.claim(token, self.path, flow, new_token(), now)
+        if not isinstance(answer, Claimed):
+            if logger.isEnabledFor(logging.INFO):
+                logger.info("%s: resume refused (%s %s)", self._label(), answer.code, answer.reason)
+            self._resume = None
+            self._close_transport_only(answer.code, answer.reason, now)
+            return
+        session = answer.session
+        self._adopt(session, now)
+        stepper = session.stepper
+        replay = stepper.replay
+        assert replay is not None
+        self._events.append(Opened(self.path, self.subprotocol, flow.name))
+        if stepper.is_closed:  # ended while being taken over (overflowed)
+            self._close_transport_only(stepper.close_code or 1006, stepper.close_reason, now)
+            return
+        missed = replay.replay_after(peer_received)
+        if missed is None:
+            self._stepper_events(
+                stepper.close(CloseCode.RESUME_BUFFER_OVERFLOW, "cannot replay", now), now
+            )
+            self._close_transport_only(CloseCode.RESUME_BUFFER_OVERFLOW, "cannot replay", now)
+            return
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "%s: resumed %s at step %s (replaying %d)",
+                self._label(),
+                stepper.id,
+                stepper.step,
+                len(missed),
+            )
+        resume.unconfirmed = True
+        self._write_control(control("resumed", token=session.token, received=replay.received), now)
+        for message in missed:
+            self._send_message(message, now)
+        self._stepper_events(stepper.attach(now), now)
+
+    def _resume_client(self, session: ResumeSession, now: float) -> None:
+        """Our resume was accepted at the HTTP level: hold the session, and wait for
+        the server's "resumed" (or its refusal: a close frame)."""
+        self._opened_transport(now)
+        resume = self._resume
+        assert resume is not None
+        self._adopt(session, now)
+        resume.resuming = True
+        self._events.append(Opened(self.path, self.subprotocol, session.stepper.flow.name))
+
+    def _resume_refused_by_server(self, session: ResumeSession, now: float) -> None:
+        self._opened_transport(now)
+        self._resume = WireResume()
+        self._adopt(session, now)
+        self._stepper_events(
+            session.stepper.close(CloseCode.SESSION_GONE, "the server does not resume", now), now
+        )
+        self._close_transport_only(CloseCode.NORMAL, "", now)
+
+    def _adopt(self, session: ResumeSession, now: float) -> None:
+        """Become the wire that moves `session`'s bytes (the old one lets go)."""
+        old = session.holder
+        if isinstance(old, Wire) and old is not self:
+            old._hand_off(now)
+        resume = self._resume
+        assert resume is not None
+        session.holder = self
+        resume.session = session
+        self.stepper = session.stepper
+        session.stepper.wakeup = self._wakeup
+
+    def _hand_off(self, now: float) -> None:
+        """Another wire resumed our session. A transport that still looks alive (half
+        open) is closed with 4409; the session detaches first if it had not."""
+        resume = self._resume
+        stepper = self.stepper
+        assert resume is not None and stepper is not None
+        if not self._transport_done:
+            if logger.isEnabledFor(logging.INFO):
+                logger.info("%s: session taken over by a new connection", self._label())
+            ws = self._ws
+            reason = "session taken over"
+            if ws is not None and ws.state is ConnectionState.OPEN:
+                self._write(
+                    ws.send(CloseConnection(code=CloseCode.SESSION_TAKEN_OVER, reason=reason)), now
+                )
+            self._leave_open()
+            self._transport_done = True
+            self._close_deadline = None
+            self.close_code, self.close_reason = int(CloseCode.SESSION_TAKEN_OVER), reason
+            if not stepper.is_detached and not stepper.is_closed and resume.session is not None:
+                self._stepper_events(stepper.detach(now, resume.session.window), now)
+        self._phase = Phase.DONE
+        resume.handed_off = True
+        if self._wakeup is not None:
+            self._wakeup()  # the driver sees `finished`
+
+    def _close_transport_only(self, code: int, reason: str, now: float) -> None:
+        """Close the transport with `code` without a flow behind it (a refused
+        resume, a session that ended while being resumed)."""
+        self.close_code, self.close_reason = code, reason
+        ws = self._ws
+        if ws is None or ws.state is not ConnectionState.OPEN or self._phase is not Phase.OPEN:
+            return
+        self._phase = Phase.CLOSING
+        self._leave_open()
+        timeout = self.options.close_timeout
+        self._close_deadline = None if timeout is None else now + timeout
+        self._write(ws.send(CloseConnection(code=code, reason=_truncate_reason(reason))), now)
+
+    def _can_detach(self) -> bool:
+        resume = self._resume
+        if resume is None or resume.handed_off or resume.session is None:
+            return False
+        stepper = self.stepper
+        if stepper is None or stepper.is_closed:
+            return False
+        return bool(resume.session.token)  # a client needs the server's "session" first
+
+    def _detach(self, now: float, reason: str) -> None:
+        resume = self._resume
+        stepper = self.stepper
+        assert resume is not None and resume.session is not None and stepper is not None
+        self._phase = Phase.DETACHED
+        window = resume.session.window
+        resume.session.detached_at = now
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "%s: %s: %s detached at step %s for %gs",
+                self._label(),
+                reason,
+                stepper.id,
+                stepper.step,
+                window,
+            )
+        if not stepper.is_detached:
+            self._stepper_events(stepper.detach(now, window), now)
+        if not stepper.is_closed:
+            self._events.append(Detached(window))
+
+    def _write_control(self, text: str, now: float) -> None:
+        ws = self._ws
+        if ws is not None and ws.state is ConnectionState.OPEN:
+            self._write(ws.send(TextMessage(data=text)), now)
+
+    def _send_ack(self, now: float) -> None:
+        resume = self._resume
+        stepper = self.stepper
+        assert resume is not None
+        if stepper is None or stepper.replay is None or self._phase is not Phase.OPEN:
+            return
+        resume.unacked = resume.unacked_bytes = 0
+        self._write_control(control("ack", received=stepper.replay.received), now)
+
+    def _count(self, message: bytes, now: float) -> bool:
+        """A binary message is about to reach the Stepper: count it (acking every
+        ACK_EVERY / ACK_BYTES). False when it must not reach it (protocol error)."""
+        resume = self._resume
+        assert resume is not None
+        stepper = self.stepper
+        if resume.resuming or stepper is None or stepper.replay is None:
+            self._fail(now, CloseCode.PROTOCOL_ERROR, "message before the resume completed")
+            return False
+        if resume.unconfirmed:
+            self._confirm(now)
+        stepper.replay.received += 1
+        resume.unacked += 1
+        resume.unacked_bytes += len(message)
+        if resume.unacked >= ACK_EVERY or resume.unacked_bytes >= ACK_BYTES:
+            self._send_ack(now)
+        return True
+
+    def _confirm(self, now: float) -> None:
+        resume = self._resume
+        assert resume is not None
+        resume.unconfirmed = False
+        if resume.session is not None and self._sessions is not None:
+            self._sessions.confirm(resume.session, now)
+
+    def _text_control(self, event: TextMessage, now: float) -> None:
+        resume = self._resume
+        assert resume is not None
+        resume.parts.append(event.data)
+        if sum(len(p) for p in resume.parts) > 4096:
+            resume.parts.clear()
+            self._fail(now, CloseCode.PROTOCOL_ERROR, "control message too large")
+            return
+        if not event.message_finished:
+            return
+        text = "".join(resume.parts)
+        resume.parts.clear()
+        if resume.unconfirmed:
+            self._confirm(now)
+        message = parse_control(text)
+        stepper = self.stepper
+        replay = stepper.replay if stepper is not None else None
+        kind = None if message is None else message["type"]
+        if message is None or stepper is None or replay is None:
+            self._fail(now, CloseCode.PROTOCOL_ERROR, "malformed control message")
+        elif kind == "ack":
+            if not replay.ack(message["received"]):
+                self._fail(now, CloseCode.PROTOCOL_ERROR, "impossible acknowledgement")
+        elif kind == "session" and self._client and resume.session is not None:
+            if resume.resuming or resume.session.token:
+                self._fail(now, CloseCode.PROTOCOL_ERROR, "unexpected session message")
+                return
+            resume.session.token = message["token"]
+            resume.session.window = float(message["window"])
+        elif kind == "resumed" and self._client and resume.resuming:
+            assert resume.session is not None
+            resume.session.token = message["token"]
+            resume.resuming = False
+            missed = replay.replay_after(message["received"])
+            if missed is None:
+                reason = "cannot replay"
+                self._stepper_events(
+                    stepper.close(CloseCode.RESUME_BUFFER_OVERFLOW, reason, now), now
+                )
+                self._close_transport_only(CloseCode.RESUME_BUFFER_OVERFLOW, reason, now)
+                return
+            self._send_ack(now)  # tells the server we have the new token
+            for data in missed:
+                self._send_message(data, now)
+            self._stepper_events(stepper.attach(now), now)
+        else:
+            self._fail(now, CloseCode.PROTOCOL_ERROR, f"unexpected control message {kind!r}")
 
     def _fail_handshake(
         self,
@@ -1531,6 +1936,9 @@ class Wire:
                 chunk = event.data
             elif isinstance(event, TextMessage):
                 if self._phase is not Phase.OPEN:
+                    continue
+                if self._resume is not None:
+                    self._text_control(event, now)  # socker's own (see _resume_wire)
                     continue
                 if not self.options.accept_text:
                     self._close_flow(
@@ -1606,6 +2014,8 @@ class Wire:
             held.append(message)
             self._held_size += len(message)
             return
+        if self._resume is not None and not self._count(message, now):
+            return
         self._stepper_events(stepper.receive(message, now), now)
 
     def _feed_held(self, now: float) -> None:
@@ -1616,6 +2026,8 @@ class Wire:
         while held and stepper is not None and stepper.accepting and self._phase is Phase.OPEN:
             message = held.popleft()
             self._held_size -= len(message)
+            if self._resume is not None and not self._count(message, now):
+                return
             self._stepper_events(stepper.receive(message, now), now)
         if not held and self._held is held:
             self._held = None
@@ -1650,6 +2062,8 @@ class Wire:
         self._finish_transport(now, code, reason)
 
     def _close_flow(self, now: float, code: int, reason: str) -> None:
+        if self._resume is not None and self._resume.handed_off:
+            return
         if self.stepper is not None:
             self._stepper_events(self.stepper.close(code, _truncate_reason(reason), now), now)
 
@@ -1689,6 +2103,9 @@ class Wire:
         self._phase = Phase.DONE
         self._transport_done = True
         self._close_deadline = None
+        if code == CloseCode.ABNORMAL and self._can_detach():
+            self._detach(now, reason)
+            return
         if code is not None:
             self._end_flow(now, code, reason)
         else:
@@ -1696,6 +2113,8 @@ class Wire:
 
     def _end_flow(self, now: float, code: int, reason: str) -> None:
         stepper = self.stepper
+        if self._resume is not None and self._resume.handed_off:
+            return  # the session lives on another wire now
         if stepper is None:
             if self.close_code is None:
                 self.close_code, self.close_reason = code, reason
@@ -1713,6 +2132,9 @@ class Wire:
             elif isinstance(event, CloseRequested):
                 self._send_close(event.code, event.reason, now)
             elif isinstance(event, Closed):
+                resume = self._resume
+                if resume is not None and resume.session is not None and self._sessions:
+                    self._sessions.end(resume.session, event.code, now)
                 self.close_code, self.close_reason = event.code, event.reason
                 if logger.isEnabledFor(logging.INFO):
                     logger.info(
@@ -1803,6 +2225,7 @@ class Wire:
 
 __all__ = [
     "KEEPALIVE_TIMEOUT_REASON",
+    "RESUME_SUBPROTOCOL",
     "SEND_BUFFER_OVERFLOW",
     "SHUTDOWN_CODE",
     "SHUTDOWN_REASON",
@@ -1810,6 +2233,7 @@ __all__ = [
     "AwaitHandshake",
     "ClientTarget",
     "CloseResult",
+    "Detached",
     "HandshakeError",
     "HandshakeFailed",
     "HandshakeHook",

@@ -183,9 +183,14 @@ def test_store_tokens_are_single_use_and_bound_to_route_and_flow() -> None:
     assert store.claim("t1", "/", other, "x", 0.0).code == 4412  # type: ignore[union-attr]
     claimed = store.claim("t1", "/", flow, "t2", 1.0)
     assert isinstance(claimed, Claimed) and claimed.session.token == "t2"
-    assert store.claim("t1", "/", flow, "t3", 1.0).code == 4403  # type: ignore[union-attr]
+    # Until the client shows it got t2, t1 still works (a drop mid-resume)...
+    again = store.claim("t1", "/", flow, "t3", 1.0)
+    assert isinstance(again, Claimed) and session.token == "t3"
+    assert store.claim("t2", "/", flow, "x", 1.0).code == 4403  # type: ignore[union-attr]
+    store.confirm(session, 1.5)  # ...and once it did, t1 is spent for good.
+    assert store.claim("t1", "/", flow, "t4", 1.5).code == 4403  # type: ignore[union-attr]
     store.end(session, 1006, 2.0)
-    assert store.claim("t2", "/", flow, "t4", 2.0).code == 4410  # type: ignore[union-attr]
+    assert store.claim("t3", "/", flow, "t4", 2.0).code == 4410  # type: ignore[union-attr]
     assert len(store) == 0
     assert "t2" not in repr(session)
 
