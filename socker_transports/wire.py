@@ -1156,6 +1156,12 @@ class Wire:
         return resume.session
 
     @property
+    def handed_off(self) -> bool:
+        """True once this wire's session resumed on another wire: awaited results
+        still go through `resume` (they reach the new wire), nothing else does."""
+        return self._resume is not None and self._resume.handed_off
+
+    @property
     def detached(self) -> bool:
         """True while the transport is gone and this wire keeps a detached session:
         the driver keeps calling `tick` at `next_deadline` (and `collect` on a
