@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import inspect
 import logging
@@ -967,6 +968,7 @@ class Wire:
         "role",
         "routes",
         "stepper",
+        "stepper_guard",
         "subprotocol",
     )
 
@@ -998,6 +1000,10 @@ class Wire:
         self._out_size = 0
         self._events: list[WireEvent] = []
         self.stepper: Stepper | None = None
+        #: The lock a threaded driver holds around every call into this wire; the
+        #: wire makes it its Stepper's `guard` (a resumed Stepper's too, taken
+        #: under the old one, so two drivers' threads never race on it).
+        self.stepper_guard: Any = None
         self.path = ""
         self.subprotocol: str | None = None
         self._parts: list[bytes | bytearray] | None = None  # fragments, once one arrives
@@ -1314,8 +1320,11 @@ class Wire:
         if self.stepper is None:
             raise LocalProtocolError("resume before the flow started")
         if self._resume is not None and self._resume.handed_off:
-            # The session moved to another wire: its events go there (outbox).
-            self.stepper.post(self.stepper.resume(token, result, now))
+            # The session moved to another wire: its events go there (outbox),
+            # under its driver's guard (a threaded driver's lock) if it has one.
+            stepper = self.stepper
+            with stepper.guard or contextlib.nullcontext():
+                stepper.post(stepper.resume(token, result, now))
             return
         self.collect(now)  # what the awaited handler sent goes out first
         self._stepper_events(self.stepper.resume(token, result, now), now)
@@ -1326,7 +1335,9 @@ class Wire:
         if self.stepper is None:
             raise LocalProtocolError("resume_error before the flow started")
         if self._resume is not None and self._resume.handed_off:
-            self.stepper.post(self.stepper.resume_error(token, error, now))
+            stepper = self.stepper
+            with stepper.guard or contextlib.nullcontext():
+                stepper.post(stepper.resume_error(token, error, now))
             return
         self.collect(now)  # what the awaited handler sent goes out first
         self._stepper_events(self.stepper.resume_error(token, error, now), now)
@@ -1664,6 +1675,8 @@ class Wire:
             for key, value in state.items():
                 setattr(conn_state, key, value)
         stepper.wakeup = self._wakeup
+        if self.stepper_guard is not None:
+            stepper.guard = self.stepper_guard
         self.stepper = stepper
         self._events.append(Opened(self.path, self.subprotocol, flow.name))
         if logger.isEnabledFor(logging.INFO):
@@ -1737,14 +1750,17 @@ class Wire:
     def _adopt(self, session: ResumeSession, now: float) -> None:
         """Become the wire that moves `session`'s bytes (the old one lets go)."""
         old = session.holder
-        if isinstance(old, Wire) and old is not self:
-            old._hand_off(now)
-        resume = self._resume
-        assert resume is not None
-        session.holder = self
-        resume.session = session
-        self.stepper = session.stepper
-        session.stepper.wakeup = self._wakeup
+        stepper = session.stepper
+        with stepper.guard or contextlib.nullcontext():  # the old driver's lock, if any
+            if isinstance(old, Wire) and old is not self:
+                old._hand_off(now)
+            resume = self._resume
+            assert resume is not None
+            session.holder = self
+            resume.session = session
+            self.stepper = stepper
+            stepper.wakeup = self._wakeup
+            stepper.guard = self.stepper_guard
 
     def _hand_off(self, now: float) -> None:
         """Another wire resumed our session. A transport that still looks alive (half
