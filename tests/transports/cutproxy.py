@@ -19,6 +19,7 @@ import select
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 
 from tests.timing import deadline
@@ -56,6 +57,7 @@ class CutProxy:
         self._lock = threading.Lock()
         self._stopping = False
         self._plan: list[int | None] = []
+        self._refuse_until = 0.0
         self._mode = "rst"
         self.connections = 0
         self.cuts = 0
@@ -73,6 +75,10 @@ class CutProxy:
         with self._lock:
             self._plan = list(budgets)
             self._mode = mode
+
+    def refuse_for(self, seconds: float) -> None:
+        """Reset every new connection for `seconds` (the server looks unreachable)."""
+        self._refuse_until = time.monotonic() + seconds
 
     def cut(self, mode: str = "rst") -> None:
         with self._lock:
@@ -118,6 +124,9 @@ class CutProxy:
             except OSError:
                 return
             client.settimeout(None)
+            if time.monotonic() < self._refuse_until:
+                _reset(client)
+                continue
             try:
                 server = socket.create_connection(("127.0.0.1", self.target_port))
             except OSError:
