@@ -99,6 +99,8 @@ class CutProxy:
                 pair.silent = True  # the pump keeps the sockets and drops what comes
 
     def stop(self) -> None:
+        if self._stopping:
+            return
         self._stopping = True
         self._listener.close()
         with self._lock:
