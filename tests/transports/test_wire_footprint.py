@@ -9,7 +9,8 @@ import tracemalloc
 from wsproto.connection import ConnectionType
 from wsproto.events import CloseConnection
 
-from socker_transports.wire import Options, Wire, _frame_connection
+from socker_transports.wire import Options, Wire
+from socker_transports.wire.frames import _frame_connection
 from tests.transports.wire_peer import echo_flow, frame, parse_frames, upgrade_request
 
 #: Bytes one idle open server connection may hold (about 1.7 KiB on CPython 3.11; an

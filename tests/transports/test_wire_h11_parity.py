@@ -21,16 +21,13 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, RejectConnection, Request
 from wsproto.utilities import ACCEPT_GUID, RemoteProtocolError
 
-from socker_transports.wire import (
-    _STATUS_LINE_101,
+from socker_transports.wire.handshake import (
     _accept_response,
     _check_accept_response,
-    _h11_fields,
-    _h11_head,
     _read_request,
-    _Refused,
     _upgrade_request,
 )
+from socker_transports.wire.http1 import _STATUS_LINE_101, _h11_fields, _h11_head, _Refused
 
 SETTINGS = settings(
     max_examples=int(os.environ.get("SOCKER_FUZZ_EXAMPLES", "300")),

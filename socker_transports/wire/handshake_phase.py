@@ -1,0 +1,367 @@
+"""The handshake phase of a connection: the HTTP head in, the flow started."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import RejectConnection, Request
+
+from socker_core import Flow, ReplayBuffer, ResumeSession, Stepper
+from socker_core._codes import CloseCode
+from socker_core._resume import Claimed
+
+from .events import AwaitHandshake, Opened, Phase
+from .frames import _frame_connection
+from .handshake import _accept_response, _check_accept_response, _read_request, _valid_key
+from .hooks import _DEFAULT_ACCEPT, Accept, HandshakeRequest, Reject
+from .http1 import _STATUS_LINE_101, _h11_fields, _h11_head, _http_response, _Refused
+from .open_phase import _OpenPhase
+from .resume import (
+    RESUME_SUBPROTOCOL,
+    WireResume,
+    control,
+    new_token,
+    parse_offer,
+    without_token,
+)
+
+logger = logging.getLogger("socker")
+
+
+class _HandshakePhase(_OpenPhase):
+    """Before open: the opening handshake on either side, the handshake hook, the flow's start."""
+
+    __slots__ = ()
+
+    def _receive_handshake(self, data: bytes | bytearray, now: float) -> None:
+        guard = self._guard
+        if guard is None:  # head already complete; waiting on the hook
+            self._pending_after_head += data
+            return
+        status, head, rest = guard.feed(data)
+        if status:
+            reason = "bad request" if status == 400 else "handshake exceeds header limits"
+            self._fail_handshake(0 if self._client else status, reason, now, respond=True)
+            return
+        if head is None:
+            return
+        self._guard = None
+        if self._client:
+            self._client_head(head, rest, now)
+        else:
+            self._server_head(head, rest, now)
+
+    def _server_head(self, head: bytes, rest: bytes, now: float) -> None:
+        request_line, headers, verdict = _read_request(head)
+        parts = request_line.split(" ")
+        target = parts[1] if len(parts) == 3 else ""
+        if "://" in target and not target.startswith("/"):  # absolute-form (RFC 9112 3.2.2)
+            split = urlsplit(target)
+            path, query = split.path or "/", split.query
+        else:
+            path, _, query = target.partition("?")
+        origin = upgrade = None
+        protocols = []
+        keys = []
+        for name, value in headers:
+            if name == "origin":
+                if origin is None:
+                    origin = value
+            elif name == "upgrade":
+                if upgrade is None:
+                    upgrade = value
+            elif name == "sec-websocket-key":
+                keys.append(value)
+            elif name == "sec-websocket-protocol":
+                protocols.append(value)
+        offered = (
+            tuple(p.strip() for p in ",".join(protocols).split(",") if p.strip())
+            if protocols
+            else ()
+        )
+        if self._sessions is not None and RESUME_SUBPROTOCOL in offered:
+            # The token never reaches a hook or a log: keep it here, strip it there.
+            self._resume = WireResume(offer=parse_offer(offered))
+            offered = without_token(offered)
+            headers = [
+                (name, ", ".join(without_token(tuple(v.strip() for v in value.split(",")))))
+                if name == "sec-websocket-protocol"
+                else (name, value)
+                for name, value in headers
+            ]
+        request = HandshakeRequest(path, query, tuple(headers), offered, origin)
+        self._request = request
+        self.path = path
+        is_upgrade = upgrade is not None and "websocket" in upgrade.lower()
+        if not is_upgrade and self.http_handler is not None and parts[0] == "GET":
+            try:
+                response = self.http_handler(request)
+            except Exception as exc:
+                logger.error("%s: http_handler raised", self._label(), exc_info=exc)
+                self._fail_handshake(500, "http_handler raised", now, respond=True)
+                return
+            if response is not None:
+                self._write(
+                    _http_response(
+                        response.status, response.body, [("Content-Type", response.content_type)]
+                    ),
+                    now,
+                )
+                self._fail_handshake(response.status, "plain HTTP request served", now)
+                return
+        if isinstance(verdict, _Refused):
+            self._fail_handshake(
+                verdict.status, verdict.reason, now, respond=True, headers=verdict.headers
+            )
+            return
+        if len(keys) != 1 or not _valid_key(keys[0]):
+            self._fail_handshake(400, "invalid Sec-WebSocket-Key", now, respond=True)
+            return
+        origins = self.options.origins
+        if origins is not None and origin not in origins:
+            self._fail_handshake(403, f"origin {origin!r} not allowed", now, respond=True)
+            return
+        if self._route(path) is None:
+            self._fail_handshake(404, f"no flow at path {path!r}", now, respond=True)
+            return
+        self._key = verdict
+        self._pending_after_head = rest
+        if self.handshake_hook is None:
+            self._decide(None, now)
+            return
+        try:
+            result = self.handshake_hook(request)
+        except Exception as exc:
+            self._decide(exc, now)
+            return
+        if inspect.isawaitable(result):
+            self._phase = Phase.HOOK
+            self._events.append(AwaitHandshake(result))
+            return
+        self._decide(result, now)
+
+    def _route(self, path: str) -> Flow | None:
+        routes = self.routes
+        if isinstance(routes, Flow):
+            return routes
+        assert routes is not None
+        return routes.get(path)
+
+    def _decide(self, result: object, now: float) -> None:
+        if isinstance(result, BaseException):
+            logger.error("%s: handshake hook raised", self._label(), exc_info=result)
+            self._fail_handshake(500, "handshake hook raised", now, respond=True)
+            return
+        if isinstance(result, Reject):
+            self._fail_handshake(
+                result.status,
+                "rejected by the handshake hook",
+                now,
+                respond=True,
+                body=result.body,
+                headers=result.headers,
+            )
+            return
+        if result is not None and not isinstance(result, Accept):
+            logger.error("%s: handshake hook returned %r", self._label(), result)
+            self._fail_handshake(
+                500, "handshake hook returned an invalid answer", now, respond=True
+            )
+            return
+        accept = result if isinstance(result, Accept) else _DEFAULT_ACCEPT
+        request = self._request
+        assert request is not None
+        flow = accept.flow or self._route(self.path)
+        assert flow is not None
+        subprotocol = accept.subprotocol
+        if subprotocol is None:
+            subprotocol = next(
+                (p for p in self.options.subprotocols if p in request.subprotocols), None
+            )
+        offer = self._resume.offer if self._resume is not None else None
+        if offer is not None and subprotocol is None and flow.resume_window is not None:
+            subprotocol = RESUME_SUBPROTOCOL
+        if subprotocol != RESUME_SUBPROTOCOL:
+            self._resume = None  # not resumable here: a plain connection
+        if subprotocol is not None and subprotocol not in request.subprotocols:
+            logger.error("%s: subprotocol %r was not offered", self._label(), subprotocol)
+            self._fail_handshake(
+                500, f"subprotocol {subprotocol!r} was not offered", now, respond=True
+            )
+            return
+        try:
+            response = _accept_response(self._key, subprotocol, accept.headers)
+        except Exception as exc:  # a header the h11 rules refuse to send
+            logger.error("%s: cannot accept: %s", self._label(), exc)
+            self._fail_handshake(500, "cannot build the handshake response", now, respond=True)
+            return
+        self._write(response, now)
+        self.subprotocol = subprotocol
+        rest = self._pending_after_head
+        # Frames that came with (or after) the request: parsed lazily, like any later read.
+        self._ws = _frame_connection(ConnectionType.SERVER, rest)
+        if offer is not None and offer.token is not None and self._resume is not None:
+            self._resume_server(flow, offer.token, offer.received, now)
+        else:
+            self._start_flow(flow, now, accept.state)
+        if rest and not self._transport_done:
+            self._pump(now)
+
+    def _client_head(self, head: bytes, rest: bytes, now: float) -> None:
+        start, block, end = _h11_head(head)
+        if start is None or _STATUS_LINE_101.fullmatch(start) is None:
+            self._client_refused(head + rest, now)
+            return
+        try:
+            fields = _h11_fields(block)
+            resume = self._resume
+            offered = self.options.subprotocols if resume is None else resume.offered
+            subprotocol = _check_accept_response(fields, self._nonce, offered)
+        except Exception as exc:  # the message says why; a non-ASCII value, for example
+            self._fail_handshake(0, f"bad handshake response: {exc}", now)
+            return
+        self.subprotocol = subprotocol
+        flow = self._client_flow
+        assert flow is not None
+        # Frames that came with the response: parsed lazily, like any later read.
+        self._ws = _frame_connection(ConnectionType.CLIENT, head[end:] + rest)
+        if resume is not None and subprotocol != RESUME_SUBPROTOCOL:
+            self._resume = None  # the server does not resume this route
+            if resume.resume_from is not None:
+                self._resume_refused_by_server(resume.resume_from, now)
+                return
+        if resume is not None and resume.resume_from is not None and self._resume is not None:
+            self._resume_client(resume.resume_from, now)
+        else:
+            self._start_flow(flow, now, {})
+        if not self._transport_done:
+            self._pump(now)
+
+    def _client_refused(self, data: bytes, now: float) -> None:
+        """Anything but a 101: read (the start of) the answer with wsproto, which gives
+        the refusal's status or the reason it is malformed."""
+        assert self._client_request is not None
+        host, path, extra = self._client_request
+        ws = WSConnection(ConnectionType.CLIENT)
+        try:
+            subprotocols = list(self.options.subprotocols)
+            ws.send(Request(host=host, target=path, extra_headers=extra, subprotocols=subprotocols))
+            ws.receive_data(data)
+            first = next(ws.events(), None)
+        except Exception as exc:  # RemoteProtocolError, or a non-ASCII header value
+            self._fail_handshake(0, f"bad handshake response: {exc}", now)
+            return
+        if isinstance(first, RejectConnection):
+            self._fail_handshake(first.status_code, "server rejected the handshake", now)
+            return
+        self._fail_handshake(0, "unexpected handshake response", now)
+
+    def _opened_transport(self, now: float) -> None:
+        self._phase = Phase.OPEN
+        self.handshake_status = 101
+        self._handshake_deadline = None
+        self._drop_handshake_state()
+        self._decoder = getattr(getattr(self._ws, "_proto", None), "_frame_decoder", None)
+        if self.options.ping_interval is not None:
+            self._ping_due = now + self.options.ping_interval
+
+    def _start_flow(self, flow: Flow, now: float, state: Mapping[str, Any]) -> None:
+        self._opened_transport(now)
+        resume = self._resume
+        stepper = Stepper(
+            flow,
+            max_queue=self.options.max_queue,
+            replay=None if resume is None else ReplayBuffer(flow.max_resume_buffer),
+        )
+        if resume is not None:
+            if self._client:
+                # Named by the server's "session" message.
+                resume.session = ResumeSession("", self.path, stepper, 0.0, holder=self)
+            else:
+                assert self._sessions is not None and flow.resume_window is not None
+                token = new_token()
+                window = flow.resume_window
+                resume.session = ResumeSession(token, self.path, stepper, window, holder=self)
+                self._sessions.add(resume.session, now)
+                self._write_control(control("session", token=token, window=window), now)
+        if state:
+            conn_state = stepper.conn.state
+            for key, value in state.items():
+                setattr(conn_state, key, value)
+        stepper.wakeup = self._wakeup
+        if self.stepper_guard is not None:
+            stepper.guard = self.stepper_guard
+        self.stepper = stepper
+        self._events.append(Opened(self.path, self.subprotocol, flow.name))
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("%s: open %s (flow %s)", self._label(), self.path, flow.name)
+        self._stepper_events(stepper.open(now), now)
+
+    # -- resume ------------------------------------------------------------------
+
+    def _resume_server(self, flow: Flow, token: str, peer_received: int, now: float) -> None:
+        """A client presents a session token: take the session over, or refuse with
+        its code (after the 101: a browser sees close codes, never HTTP statuses)."""
+        self._opened_transport(now)
+        resume = self._resume
+        assert resume is not None and self._sessions is not None
+        answer = self._sessions.claim(token, self.path, flow, new_token(), now)
+        if not isinstance(answer, Claimed):
+            if logger.isEnabledFor(logging.INFO):
+                logger.info("%s: resume refused (%s %s)", self._label(), answer.code, answer.reason)
+            self._resume = None
+            self._close_transport_only(answer.code, answer.reason, now)
+            return
+        session = answer.session
+        self._adopt(session, now)
+        stepper = session.stepper
+        replay = stepper.replay
+        assert replay is not None
+        self._events.append(Opened(self.path, self.subprotocol, flow.name))
+        if stepper.is_closed:  # ended while being taken over (overflowed)
+            self._close_transport_only(stepper.close_code or 1006, stepper.close_reason, now)
+            return
+        missed = replay.replay_after(peer_received)
+        if missed is None:
+            self._stepper_events(
+                stepper.close(CloseCode.RESUME_BUFFER_OVERFLOW, "cannot replay", now), now
+            )
+            self._close_transport_only(CloseCode.RESUME_BUFFER_OVERFLOW, "cannot replay", now)
+            return
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "%s: resumed %s at step %s (replaying %d)",
+                self._label(),
+                stepper.id,
+                stepper.step,
+                len(missed),
+            )
+        resume.unconfirmed = True
+        self._write_control(control("resumed", token=session.token, received=replay.received), now)
+        for message in missed:
+            self._send_message(message, now)
+        self._stepper_events(stepper.attach(now), now)
+
+    def _resume_client(self, session: ResumeSession, now: float) -> None:
+        """Our resume was accepted at the HTTP level: hold the session, and wait for
+        the server's "resumed" (or its refusal: a close frame)."""
+        self._opened_transport(now)
+        resume = self._resume
+        assert resume is not None
+        self._adopt(session, now)
+        resume.resuming = True
+        self._events.append(Opened(self.path, self.subprotocol, session.stepper.flow.name))
+
+    def _resume_refused_by_server(self, session: ResumeSession, now: float) -> None:
+        self._opened_transport(now)
+        self._resume = WireResume()
+        self._adopt(session, now)
+        self._stepper_events(
+            session.stepper.close(CloseCode.SESSION_GONE, "the server does not resume", now), now
+        )
+        self._close_transport_only(CloseCode.NORMAL, "", now)
