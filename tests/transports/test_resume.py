@@ -5,6 +5,7 @@ exactly once, in order; on_close runs once; nothing is left running."""
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
@@ -72,6 +73,7 @@ def _run(
     mode: str,
 ) -> tuple[Any, Any, Any, CutProxy]:
     server_flow, client_flow, srec, crec = make_pair(window=deadline(10.0))
+    gc.collect()  # sockets earlier tests dropped are closed before the baseline
     threads, fds = threading.active_count(), _open_fds()
     server = start_server(server_flow, **KEEPALIVE)
     proxy = proxy_for(server.port)
@@ -85,10 +87,11 @@ def _run(
     server.stop()
     proxy.stop()
     end = time.monotonic() + deadline(5.0)
-    while (threading.active_count(), _open_fds()) != (threads, fds) and time.monotonic() < end:
+    while (threading.active_count() > threads or _open_fds() > fds) and time.monotonic() < end:
         time.sleep(0.01)
-    assert threading.active_count() == threads
-    assert _open_fds() == fds
+        gc.collect()
+    assert threading.active_count() <= threads
+    assert _open_fds() <= fds
     return result, srec, crec, proxy
 
 
