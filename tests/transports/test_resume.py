@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from socker_core import CloseCode, Connection, Flow
+from socker_core import Connection, Flow
 from tests.resume_flows import expected, make_pair
 from tests.timing import deadline
 from tests.transports.conftest import StartServer
@@ -129,45 +129,44 @@ def test_five_consecutive_drops(
     assert (srec.opened, crec.opened) == (1, 1)
 
 
-def test_window_expiry_ends_both_sides_and_another_client_is_undisturbed(
+def test_an_awaited_handler_pending_at_the_drop_finishes_on_the_new_transport(
     driver: DriverHarness, start_server: StartServer, proxy_for: Any
 ) -> None:
-    server_flow = Flow("hold", resume_window=0.3)
-    closes: list[int | None] = []
-    server_flow.on_close(lambda conn: closes.append(conn.close_code))
+    import anyio
+
+    proxies: list[CutProxy] = []
+    server_flow = Flow("slow", resume_window=deadline(10.0))
+    server_closes: list[int | None] = []
+    server_flow.on_close(lambda conn: server_closes.append(conn.close_code))
 
     @server_flow.step
-    def echo(conn: Connection, message: bytes) -> bool:
-        conn.send(message)
+    async def slow(conn: Connection, message: bytes) -> bool:
+        proxies[0].cut("rst")  # the transport dies while this handler runs
+        await anyio.sleep(0.3)
+        conn.send(b"done:" + message)
+        return True
+
+    @server_flow.step
+    def bye(conn: Connection, message: bytes) -> bool:
         return message == b"bye"
 
     server = start_server(server_flow)
-    proxy = proxy_for(server.port)
+    proxies.append(proxy_for(server.port))
     client_flow = Flow("c")
-    client_closes: list[int | None] = []
-    client_flow.on_close(lambda conn: client_closes.append(conn.close_code))
+    seen: list[bytes] = []
+    client_flow.on_open(lambda conn: conn.send(b"go"))
 
-    @client_flow.on_open
-    def hello(conn: Connection) -> None:
-        conn.send(b"hi")
+    client_flow.on_resume(lambda conn: seen.append(b"<resumed>"))
 
     @client_flow.step
-    def got(conn: Connection, message: bytes) -> bool:
-        proxy._listener.close()  # every reconnect is refused from now on
-        proxy.cut("rst")
-        return False
-
-    result = driver.run_client(proxy.url, client_flow, timeout=deadline(10.0), reconnect=True)
-    assert result.code == CloseCode.ABNORMAL and result.reason == "resume window expired"
-    assert client_closes == [CloseCode.ABNORMAL]
-    other_flow = Flow("other")
-
-    @other_flow.on_open
-    def bye(conn: Connection) -> None:
+    def wait(conn: Connection, message: bytes) -> bool:
+        seen.append(message)
         conn.send(b"bye")
+        return True
 
-    other_flow.add(lambda conn, message: True, name="done")
-    other = driver.run_client(server.url, other_flow, timeout=deadline(10.0))
-    assert other.code == 1000
+    result = driver.run_client(proxies[0].url, client_flow, timeout=deadline(10.0), reconnect=True)
+    assert result.code == 1000, result
+    assert seen == [b"<resumed>", b"done:go"]  # resumed first: the handler was pending
     _wait_idle(server)
-    assert closes == [CloseCode.ABNORMAL, 1000]
+    assert server_closes == [1000]
+    assert proxies[0].connections == 2
