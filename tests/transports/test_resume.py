@@ -170,3 +170,45 @@ def test_an_awaited_handler_pending_at_the_drop_finishes_on_the_new_transport(
     _wait_idle(server)
     assert server_closes == [1000]
     assert proxies[0].connections == 2
+
+
+def test_shutdown_ends_detached_sessions_once_with_1001(
+    driver: DriverHarness, start_server: StartServer, proxy_for: Any
+) -> None:
+    server_flow = Flow("hold", resume_window=1.0)
+    closes: list[int | None] = []
+    detached = threading.Event()
+    server_flow.on_close(lambda conn: closes.append(conn.close_code))
+    server_flow.on_detach(lambda conn: detached.set())
+    server_flow.add(lambda conn, message: False, name="hold")
+    server = start_server(server_flow)
+    proxy = proxy_for(server.port)
+    client_flow = Flow("c")
+    client_flow.on_open(lambda conn: conn.send(b"hi"))
+
+    def cut_for_good(conn: Connection, message: bytes) -> bool:
+        return False
+
+    client_flow.add(cut_for_good, name="wait")
+
+    @server_flow.on_open
+    def cut_soon(conn: Connection) -> None:
+        threading.Timer(0.1, lambda: (proxy._listener.close(), proxy.cut("rst"))).start()
+
+    outcome: dict[str, Any] = {}
+
+    def client() -> None:
+        outcome["result"] = driver.run_client(
+            proxy.url, client_flow, timeout=deadline(10.0), reconnect=True
+        )
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    assert detached.wait(deadline(5.0))
+    started = time.monotonic()
+    server.stop()  # the detached session ends now, not at its window's end
+    assert time.monotonic() - started < deadline(5.0)
+    assert closes == [1001]
+    thread.join(deadline(10.0))
+    assert not thread.is_alive()
+    assert outcome["result"].code == 1006  # the client's window ended, unreachable
