@@ -231,3 +231,12 @@ def test_any_drop_schedule_delivers_each_message_once_in_order(
     assert srec.closed == [1000] and crec.closed == [1000]
     assert (srec.opened, crec.opened) == (1, 1)
     assert srec.detached == srec.resumed and crec.detached == crec.resumed
+
+
+def test_the_transcript_shows_the_drop_and_the_replay() -> None:
+    server, client, _, _ = make_pair()
+    transcript = run_pair(server, client, latency=0.01, drops=[(0.025, 1.0)])
+    table = transcript.table(kinds=["lost", "detach", "resumed", "replay"])
+    assert "loses `b'c1-0'` (transport dropped)" in table
+    assert "detached (transport lost)" in table
+    assert "resumed, replaying 3" in table and "replays `b'c1-2'`" in table
