@@ -234,4 +234,7 @@ def test_window_expiry_ends_both_sides_and_another_client_is_undisturbed(
     other_flow.add(lambda conn, message: True, name="done")
     other = driver.run_client(server.url, other_flow, timeout=deadline(10.0))
     assert other.code == 1000
-    assert closes == [CloseCode.ABNORMAL, 1000]
+    end = time.monotonic() + deadline(5.0)
+    while len(closes) < 2 and time.monotonic() < end:
+        time.sleep(0.01)  # the server's window may end a moment after the client's
+    assert sorted(closes) == [1000, CloseCode.ABNORMAL]
