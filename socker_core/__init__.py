@@ -25,18 +25,42 @@ from ._events import (
     StepChanged,
 )
 from ._flow import Close, Flow, Goto, Handler, Hook, Result, Step
+from ._resume import (
+    DEFAULT_MAX_RESUME_BUFFER,
+    Claimed,
+    MemorySessionStore,
+    Refused,
+    ReplayBuffer,
+    ResumeSession,
+    SessionStore,
+    reconnect_delay,
+)
 from ._rooms import Registry
 from ._state import State
-from ._stepper import DEFAULT_MAX_QUEUE, ON_CLOSE, ON_OPEN, Connection, Stepper
+from ._stepper import (
+    DEFAULT_MAX_QUEUE,
+    HOOK_STEPS,
+    ON_CLOSE,
+    ON_DETACH,
+    ON_OPEN,
+    ON_RESUME,
+    Connection,
+    Stepper,
+)
 from ._version import __version__
 
 __all__ = [
     "CLOSE_CODES",
     "DEFAULT_MAX_QUEUE",
+    "DEFAULT_MAX_RESUME_BUFFER",
+    "HOOK_STEPS",
     "ON_CLOSE",
+    "ON_DETACH",
     "ON_OPEN",
+    "ON_RESUME",
     "Await",
     "CancelAwait",
+    "Claimed",
     "Close",
     "CloseCode",
     "CloseRequested",
@@ -53,11 +77,16 @@ __all__ = [
     "HandlerFailed",
     "Hook",
     "LocalProtocolError",
+    "MemorySessionStore",
     "QueueFullError",
+    "Refused",
     "Registry",
     "RemoteProtocolError",
+    "ReplayBuffer",
     "Result",
+    "ResumeSession",
     "Send",
+    "SessionStore",
     "SockerError",
     "State",
     "Step",
@@ -65,4 +94,5 @@ __all__ = [
     "Stepper",
     "__version__",
     "is_sendable_close_code",
+    "reconnect_delay",
 ]

@@ -31,6 +31,7 @@ from .connection import Wire
 from .events import (
     AwaitHandshake,
     CloseResult,
+    Detached,
     HandshakeError,
     HandshakeFailed,
     Opened,
@@ -51,10 +52,12 @@ from .options import (
     check_shutdown,
     shutdown_reason,
 )
+from .resume import RESUME_SUBPROTOCOL
 from .target import ClientTarget, format_host, socket_address
 
 __all__ = [
     "KEEPALIVE_TIMEOUT_REASON",
+    "RESUME_SUBPROTOCOL",
     "SEND_BUFFER_OVERFLOW",
     "SERVICE_RESTART_CODE",
     "SHUTDOWN_CODE",
@@ -63,6 +66,7 @@ __all__ = [
     "AwaitHandshake",
     "ClientTarget",
     "CloseResult",
+    "Detached",
     "EventHook",
     "HandshakeError",
     "HandshakeFailed",

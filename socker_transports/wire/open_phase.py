@@ -13,10 +13,10 @@ from socker_core._codes import CloseCode
 
 from .events import Phase
 from .policy import CloseDecision, oversize, text_message
-from .state import _WireState
+from .resume_phase import _ResumePhase
 
 
-class _OpenPhase(_WireState):
+class _OpenPhase(_ResumePhase):
     """Once open: messages, fragments and `max_size`, ping/pong, the close handshake."""
 
     __slots__ = ()
@@ -34,6 +34,9 @@ class _OpenPhase(_WireState):
                 chunk = event.data
             elif isinstance(event, TextMessage):
                 if self._phase is not Phase.OPEN:
+                    continue
+                if self._resume is not None:
+                    self._text_control(event, now)  # socker's own (see resume.py)
                     continue
                 decided = text_message(self.options, event.data)
                 if isinstance(decided, CloseDecision):
@@ -109,6 +112,8 @@ class _OpenPhase(_WireState):
             held.append(message)
             self._held_size += len(message)
             return
+        if self._resume is not None and not self._count(message, now):
+            return
         if self.observer is not None:
             self.observer.received(len(message))
         self._stepper_events(stepper.receive(message, now), now)
@@ -121,6 +126,8 @@ class _OpenPhase(_WireState):
         while held and stepper is not None and stepper.accepting and self._phase is Phase.OPEN:
             message = held.popleft()
             self._held_size -= len(message)
+            if self._resume is not None and not self._count(message, now):
+                return
             if self.observer is not None:
                 self.observer.received(len(message))
             self._stepper_events(stepper.receive(message, now), now)
