@@ -46,7 +46,10 @@ def _server_flow(joined: threading.Event, members: list[int]) -> Flow:
 
 @pytest.mark.parametrize("mode", ["rst", "silent"])
 def test_broadcasts_to_a_cut_member_arrive_after_it_resumes(
-    driver: DriverHarness, start_server: StartServer, proxy_for: Any, mode: str  # noqa: F811
+    driver: DriverHarness,
+    start_server: StartServer,
+    proxy_for: Any,
+    mode: str,  # noqa: F811
 ) -> None:
     joined = threading.Event()
     members: list[int] = []
