@@ -57,7 +57,9 @@ class _WireState:
         "_handshake_deadline",
         "_held",
         "_held_size",
+        "_input_pending",
         "_key",
+        "_lingers",
         "_nonce",
         "_out",
         "_out_size",
@@ -128,6 +130,8 @@ class _WireState:
         self._ping_payload = b""
         self._eof = False
         self._transport_done = False
+        self._input_pending = False  # frames_per_turn reached with input still buffered
+        self._lingers = True  # False once the end needs no lingering close (see Wire.linger)
         self.close_code: int | None = None
         self.close_reason = ""
         self.handshake_status = 0
@@ -228,6 +232,7 @@ class _WireState:
         )
         self._out.clear()
         self._out_size = 0
+        self._lingers = False  # the peer reads nothing: no point waiting for it
         reason = "send buffer overflow: peer not reading"
         if self.stepper is None:
             self._fail_handshake(0, reason, now)
@@ -290,6 +295,7 @@ class _WireState:
         respond: bool = False,
         body: bytes = b"",
         headers: Iterable[tuple[str, str]] = (),
+        log: bool = True,
     ) -> None:
         if respond and not self._client and status:
             payload = body or f"{reason}\n".encode()
@@ -302,7 +308,7 @@ class _WireState:
         self._phase = Phase.DONE
         self._transport_done = True
         self._drop_handshake_state()
-        if logger.isEnabledFor(logging.INFO):
+        if log and logger.isEnabledFor(logging.INFO):
             logger.info("%s: handshake failed (%s): %s", self._label(), status or "-", reason)
         self._events.append(HandshakeFailed(status, reason))
 
