@@ -850,6 +850,9 @@ class Server:
         self.host: str = bound[0]
         self.port: int = bound[1]
         self._runner = _AsyncRunner(f"socker-server-{self.port}")
+        # Made here, not on the accept thread: the server's descriptors all exist
+        # once `serve()` returns.
+        self._selector = selectors.DefaultSelector()
         self._accept_thread = threading.Thread(
             target=self._accept_loop, name=f"socker-accept-{self.port}", daemon=True
         )
@@ -938,7 +941,7 @@ class Server:
     def _accept(self) -> None:
         listener = self._listener
         waker = self._waker.fileno()
-        with selectors.DefaultSelector() as selector:
+        with self._selector as selector:
             selector.register(listener, selectors.EVENT_READ)
             selector.register(waker, selectors.EVENT_READ)
             try:

@@ -137,7 +137,9 @@ class _WireState:
         self.handshake_status = 0
         self._wakeup: Callable[[], None] | None = None
         # Handshake-only state, all dropped (None/b"") once the handshake ends.
-        self._guard: _HeadGuard | None = _HeadGuard(options.max_line, options.max_headers)
+        self._guard: _HeadGuard | None = _HeadGuard(
+            options.max_line, options.max_headers, request=role is ConnectionType.SERVER
+        )
         self._request: HandshakeRequest | None = None  # server: for the hook's answer
         self._key = b""
         self._pending_after_head = b""  # server: bytes read while the hook runs
