@@ -555,7 +555,9 @@ class _StreamSession(_SessionBase):
                 logger.warning("%s: deadline %s not consumed by tick", wire.peer, deadline)
                 return _BACKOFF
         self._dispatch()
-        if self._sock is not None:
+        if wire.input_pending:
+            pass  # the output waits for the last turn (or write_limit): one write per read
+        elif self._sock is not None:
             if self._flush_done is None and not self._send_raw(now):
                 self._start_flusher()
         elif wire.buffered_amount and self._writer_wake is not None:

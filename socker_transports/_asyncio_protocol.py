@@ -167,7 +167,9 @@ class _ProtocolSession(_SessionBase, asyncio.Protocol):
                 transport.write(data)
             self._close_transport(transport)
             return
-        if not self._write_paused:
+        if not self._write_paused and not wire.input_pending:
+            # While input is pending the output waits for the last turn (or for
+            # write_limit, which ends input_pending): one write per read, not per turn.
             data = wire.data_to_send()
             if data:
                 transport.write(data)

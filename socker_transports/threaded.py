@@ -560,7 +560,9 @@ class _Link(threading.Thread):
                     wire.receive_pending(now)
                 self._service(now)
                 carried = out is not None  # a partial write from an earlier pass
-                if not carried:
+                if not carried and not wire.input_pending:
+                    # (While input is pending the output waits for the last turn, or
+                    # for write_limit: one write per read, not per turn.)
                     data = wire.data_to_send()
                     if data:
                         out = memoryview(data)

@@ -75,7 +75,7 @@ class Options:
     accept_text: bool = False
     write_limit: int = 64 * 1024
     max_send_buffer: int = 16 * MiB
-    frames_per_turn: int | None = 256
+    frames_per_turn: int | None = 64
     linger_timeout: float | None = 2.0
     linger_bytes: int = 1 * MiB
     max_connections: int | None = None
