@@ -36,6 +36,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -163,9 +164,11 @@ def serve(impl: str, options: dict[str, Any], lifetime: float) -> None:
 
 
 class Server:
-    """A server child process: `with Server(impl, **options) as server: server.port`."""
+    """A server child process (for 120 s at most): `with Server(impl, **options) as
+    server: server.port`."""
 
-    def __init__(self, impl: str, lifetime: float = 120.0, **options: Any) -> None:
+    def __init__(self, impl: str, **options: Any) -> None:
+        lifetime = 120.0
         self.impl = impl
         command = [PY, "-m", "benchmarks.hostile", "serve", impl, json.dumps(options)]
         command.append(str(lifetime))
@@ -314,7 +317,7 @@ def upgrade(port: int, *lines: str, version: str = "HTTP/1.1") -> bytes:
 
 
 BODY = client_frame(b"smuggled")
-HANDSHAKES = {
+HANDSHAKES: dict[str, Callable[[int], bytes]] = {
     "content-length body": lambda p: upgrade(p, f"Content-Length: {len(BODY)}") + BODY,
     "chunked body": lambda p: upgrade(p, "Transfer-Encoding: chunked") + b"0\r\n\r\n",
     "both framings": lambda p: upgrade(p, "Content-Length: 5", "Transfer-Encoding: chunked"),
@@ -360,7 +363,11 @@ def part_throughput(rounds: int, duration: float) -> dict[str, Any]:
     results: dict[str, dict[str, list[float]]] = {}
     for _ in range(rounds):
         for impl in SOCKER:
-            for label, options in (("budget", {}), ("unlimited", {"frames_per_turn": None})):
+            budgets: tuple[tuple[str, dict[str, Any]], ...] = (
+                ("budget", {}),
+                ("unlimited", {"frames_per_turn": None}),
+            )
+            for label, options in budgets:
                 with Server(impl, **options) as server:
                     command = [PY, "-m", "benchmarks.client", "pipelined", "--port"]
                     command += [str(server.port), "--duration", str(duration)]
@@ -435,7 +442,7 @@ def part_linger(count: int) -> dict[str, Any]:
             threads = []
             results: list[bool] = []
 
-            def one(port: int = server.port) -> None:
+            def one(port: int = server.port, results: list[bool] = results) -> None:
                 results.append(trickle(port))
 
             for _ in range(count):
