@@ -591,7 +591,7 @@ class _Link(threading.Thread):
                     continue
             if closing:
                 if out is None:
-                    if linger is not None and self._tls is None:
+                    if linger is not None and not isinstance(sock, ssl_module.SSLSocket):
                         self._linger(sock, *linger)
                     return
                 if flush_deadline is None:
