@@ -15,7 +15,8 @@ in count and time.
   both framings, folding, HTTP/1.0 and 2.0, a TLS ClientHello and bare LF, and
   how long it took (an answer only after open_timeout is a 408);
 - linger: trickling handshakes cut by open_timeout (0.5 s here): how many peers,
-  still sending, read the 408 and then an orderly EOF rather than a reset;
+  still sending, read the 408 and then an orderly EOF rather than a reset (socker
+  also with `linger_timeout=None`, as before lingering);
 - cap: with max_connections=40 (socker; websockets has no such option), 50
   connections: how many are served, refused with 503, and how fast.
 
@@ -329,9 +330,10 @@ HANDSHAKES: dict[str, Callable[[int], bytes]] = {
 }
 
 
-def trickle(port: int) -> bool:
-    """A trickling handshake that keeps sending after the answer: True when it read
-    the 408 and then an orderly EOF."""
+def trickle(port: int) -> str:
+    """A trickling handshake that keeps sending after the answer: "408, EOF" when it
+    read the 408 and then an orderly EOF; else what it got ("408, reset", "reset",
+    "closed without an answer", ...)."""
     request = upgrade(port)
     with socket.create_connection((HOST, port), timeout=10) as sock:
         end = time.monotonic() + 10
@@ -341,19 +343,22 @@ def trickle(port: int) -> bool:
             sent += 1
             if select.select([sock], [], [], 0.02)[0]:
                 break
+        orderly = True
         for byte in request[sent : sent + 3]:
             time.sleep(0.02)
             try:
                 sock.sendall(bytes([byte]))
             except OSError:
-                return False
+                orderly = False
+                break
         got = b""
         try:
             while chunk := sock.recv(4096):
                 got += chunk
         except ConnectionResetError:
-            return False
-    return got.startswith(b"HTTP/1.1 408")
+            orderly = False
+    answer = got[:12].decode("latin-1").removeprefix("HTTP/1.1 ") or "no answer"
+    return f"{answer}, {'EOF' if orderly else 'reset'}"
 
 
 # -- the parts -----------------------------------------------------------------------
@@ -435,14 +440,15 @@ def part_handshake() -> dict[str, Any]:
 
 def part_linger(count: int) -> dict[str, Any]:
     table: dict[str, Any] = {}
-    print(f"\nlinger: {count} trickling handshakes, open_timeout 0.5 s: 408 then orderly EOF")
-    for impl in IMPLS:
-        with Server(impl, open_timeout=0.5) as server:
-            ok = 0
+    print(f"\nlinger: {count} trickling handshakes, open_timeout 0.5 s: answer, then EOF/reset")
+    runs: list[tuple[str, str, dict[str, Any]]] = [(impl, impl, {}) for impl in IMPLS]
+    runs += [(f"{impl} no linger", impl, {"linger_timeout": None}) for impl in SOCKER]
+    for label, impl, options in runs:
+        with Server(impl, open_timeout=0.5, **options) as server:
             threads = []
-            results: list[bool] = []
+            results: list[str] = []
 
-            def one(port: int = server.port, results: list[bool] = results) -> None:
+            def one(port: int = server.port, results: list[str] = results) -> None:
                 results.append(trickle(port))
 
             for _ in range(count):
@@ -450,9 +456,9 @@ def part_linger(count: int) -> dict[str, Any]:
                 threads[-1].start()
             for thread in threads:
                 thread.join(30)
-            ok = sum(results)
-        table[impl] = {"orderly_408": ok, "of": count}
-        print(f"  {impl:16} {ok}/{count}")
+        outcomes = {o: results.count(o) for o in sorted(set(results))}
+        table[label] = outcomes
+        print(f"  {label:26} " + "  ".join(f"{o}: {n}" for o, n in outcomes.items()))
     return table
 
 
