@@ -289,3 +289,29 @@ def test_max_connections_default_stays_under_the_os_limits(driver: DriverHarness
     elif fds is not None:
         assert limit < fds
     assert limit >= 1
+
+
+def test_threaded_at_the_os_thread_limit_answers_503_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from socker_transports import threaded
+
+    def no_thread(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    caplog.set_level(logging.INFO, logger="socker")
+    threads = set(threading.enumerate())
+    with threaded.serve(make_game_server(), close_timeout=deadline(2)) as server:
+        monkeypatch.setattr(threaded._Link, "start", no_thread)
+        for _ in range(3):
+            response = http_exchange(server.port, upgrade_request(server.port, "/"))
+            assert http_status(response) == 503, response
+        monkeypatch.undo()
+        assert server.active == 0
+    refusals = [r for r in caplog.records if "cannot start a connection thread" in r.getMessage()]
+    assert len(refusals) == 3, [r.getMessage() for r in caplog.records]
+    assert all(r.exc_info is None for r in caplog.records)
+    leftover = [t for t in threading.enumerate() if t not in threads and t.is_alive()]
+    for thread in leftover:
+        thread.join(deadline(2))
+    assert not [t for t in leftover if t.is_alive()]
