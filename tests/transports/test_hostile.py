@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -49,6 +50,7 @@ from tests.transports.rawpeer import (
 )
 
 MiB = 1024 * 1024
+ROOT = Path(__file__).resolve().parents[2]
 
 #: How long a flood lasts (the witness runs as long): short, but long enough for
 #: dozens of witness flows. And how much it sends at most: it bounds the backlog
@@ -101,7 +103,12 @@ def run_flood(arena: Arena, kind: str) -> dict[str, Any]:
     command = [sys.executable, "-m", "tests.transports.hostile_peer"]
     command += [str(arena.port), kind, str(FLOOD_SECONDS), str(FLOOD_MEGABYTES)]
     done = subprocess.run(
-        command, capture_output=True, text=True, timeout=deadline(30) + FLOOD_SECONDS, check=False
+        command,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=deadline(30) + FLOOD_SECONDS,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     result: dict[str, Any] = json.loads(done.stdout)
