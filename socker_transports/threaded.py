@@ -128,6 +128,9 @@ RECV_SIZE = 64 * 1024
 FALLBACK_TIMEOUT = 10.0
 
 _WOULD_BLOCK = (BlockingIOError, InterruptedError)
+#: While a connection works through pending input (frames_per_turn), it lets the
+#: other threads take the GIL this often (seconds).
+_GIL_YIELD = 0.001
 #: Refused (503) sockets the accept thread lingers on at once; past it, closed at once.
 _MAX_REFUSED = 256
 _HOOK_TOKEN = -1  # the resume queue's key for an awaited handshake hook
@@ -551,6 +554,7 @@ class _Link(threading.Thread):
         waker = self.waker.fileno()
         out: memoryview | None = None
         flush_deadline: float | None = None
+        last_yield = monotonic()
         while True:
             with self.lock:
                 now = monotonic()
@@ -612,11 +616,14 @@ class _Link(threading.Thread):
                     del received  # an idle connection keeps no last read alive
                     continue
             if more_input and out is None:
-                # The next turn at once (nothing new is read), after offering the
-                # GIL to the other connections' threads (sleep(0) releases it):
-                # without it they wait for the interpreter's switch interval (5 ms)
-                # at every step, and a witness's p99 under a flood was ~100 ms.
-                sleep(0)
+                # The next turn at once (nothing new is read). Every _GIL_YIELD
+                # seconds of turns, first a sleep(0) (some 50 us), which lets the
+                # other connections' threads take the GIL: otherwise each of their
+                # steps waits for the interpreter's switch interval (5 ms), and a
+                # witness's p99 under a flood was ~100 ms.
+                if now - last_yield >= _GIL_YIELD:
+                    sleep(0)
+                    last_yield = monotonic()
                 continue
             timeout = None if deadline is None else deadline - monotonic()
             pending = out is not None
