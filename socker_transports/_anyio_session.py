@@ -23,6 +23,13 @@ time and writes.
   writing to each other must not deadlock).
 - Any other stream (TLS) is read with `receive` (cancel-safe) and gets one
   writer task.
+- Fairness: the wire handles at most `Options.frames_per_turn` frames per call;
+  while it holds more (`wire.input_pending`) the task checkpoints (lets every other
+  task run) before each further turn, and reads nothing new meanwhile.
+- Closing a plain socket: when the wire asks to linger (`wire.linger`), shut down
+  the write side and read and discard until the peer's EOF, bounded in time and
+  bytes, so our last bytes (an HTTP error, a close frame) are read instead of
+  being destroyed by the reset that closing with unread input sends.
 
 Every wire call happens on the event loop thread, between awaits, so the wire
 needs no lock.
@@ -39,6 +46,7 @@ from typing import Any, NamedTuple
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from socker_core import HOOK_STEPS as _HOOK_STEPS
 from socker_core import Await, CancelAwait, Connection
@@ -394,6 +402,7 @@ class RawIO(NamedTuple):
     cancel_scope: Callable[..., Any]  # (deadline=...) -> a scope with .cancel()
     current_time: Callable[[], float]
     close: Callable[[socket.socket], None]  # close a socket others may wait on
+    checkpoint: Callable[[], Awaitable[None]]  # let every other task run
 
 
 def trio_raw_io() -> RawIO | None:
@@ -419,6 +428,7 @@ def trio_raw_io() -> RawIO | None:
         trio.CancelScope,
         trio.current_time,
         close,
+        trio.lowlevel.checkpoint,
     )
 
 
@@ -429,6 +439,7 @@ class _StreamSession(_SessionBase):
 
     __slots__ = (
         "_broken",
+        "_checkpoint",
         "_clock",
         "_closing",
         "_dirty",
@@ -476,9 +487,11 @@ class _StreamSession(_SessionBase):
         self._io = raw_io
         self._clock: Callable[[], float] = anyio.current_time
         self._scope_factory: Callable[..., Any] = anyio.CancelScope
+        self._checkpoint: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint
         if raw_io is not None:
             self._clock = raw_io.current_time
             self._scope_factory = raw_io.cancel_scope
+            self._checkpoint = raw_io.checkpoint
         self._scope: Any = None  # the cancel scope run() waits in
         self._dirty = False  # the flow has events for collect()
         self._unsent: bytes | bytearray | memoryview | None = None
@@ -617,7 +630,9 @@ class _StreamSession(_SessionBase):
                 wire.log.warning("%s: deadline %s not consumed by tick", wire.peer, deadline)
                 return _BACKOFF
         self._dispatch()
-        if self._sock is not None:
+        if wire.input_pending:
+            pass  # the output waits for the last turn (or write_limit): one write per read
+        elif self._sock is not None:
             if self._flush_done is None and not self._send_raw(now):
                 self._start_flusher()
         elif wire.buffered_amount and self._writer_wake is not None:
@@ -635,6 +650,7 @@ class _StreamSession(_SessionBase):
         io = self._io
         clock = self._clock
         new_scope = self._scope_factory
+        checkpoint = self._checkpoint
         buffer = shared_read_buffer()
         big = False  # reads of at least _EAGER_READ: a big message is arriving
         data = b""
@@ -656,6 +672,19 @@ class _StreamSession(_SessionBase):
                 self._scope = scope
                 try:
                     while not self._dirty:
+                        if wire.input_pending:
+                            # The wire stopped at its per-turn budget: let every
+                            # other task run, then take the next turn.
+                            await checkpoint()
+                            now = clock()
+                            wire.receive_pending(now)
+                            if self._step(now) != _GO:
+                                break
+                            new_deadline = wire.next_deadline
+                            if new_deadline != deadline:
+                                deadline = new_deadline
+                                scope.deadline = math.inf if deadline is None else deadline
+                            continue
                         if not wire.wants_data:
                             self._waiting_idle = True
                             await anyio.sleep_forever()
@@ -813,6 +842,28 @@ class _StreamSession(_SessionBase):
             self._writer_done.set()
             self._task_done()
 
+    async def _linger_raw(self, sock: socket.socket, seconds: float, limit: int) -> None:
+        """Half-close, then read and discard until the peer's EOF, at most `seconds`
+        and `limit` bytes."""
+        io = self._io
+        assert io is not None
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        with anyio.move_on_after(seconds):
+            while limit >= 0:
+                await io.wait_readable(sock)
+                try:
+                    got = sock.recv(65536)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    return
+                if not got:
+                    return
+                limit -= len(got)
+
     async def _finish(self) -> None:
         """The wire is done: write what is left (bounded), then close the stream."""
         self._closing = True
@@ -832,7 +883,10 @@ class _StreamSession(_SessionBase):
                         await self._io.wait_writable(sock)
             if self._flush_scope is not None:
                 self._flush_scope.cancel()
-            # A plain socket closes at once (the kernel sends what it holds).
+            linger = self.wire.linger
+            if linger is not None and not self._broken and self._unsent is None:
+                await self._linger_raw(sock, *linger)
+            # A plain socket closes now (the kernel sends what it holds).
             self._stream_closed = True
             if self.stream is None:
                 assert self._io is not None

@@ -10,6 +10,10 @@ A connection is an `asyncio.Protocol` around one `Wire`, with no task of its own
   (uvloop already reads into one shared buffer);
 - one `loop.call_at` timer, armed at `wire.next_deadline` or earlier (it is moved
   only to an earlier deadline; firing early just re-arms it);
+- fairness: the wire handles at most `Options.frames_per_turn` frames per call;
+  while it holds more (`wire.input_pending`) reading is paused and the rest is
+  handled one turn at a time from `call_soon` callbacks, so other connections'
+  callbacks run between turns;
 - reading is paused while `wire.wants_data` is False (backpressure) and resumed
   when it flips back; while the transport's write buffer is above `write_limit`
   (`pause_writing`) the wire keeps its output, so its own limits apply;
@@ -18,8 +22,12 @@ A connection is an `asyncio.Protocol` around one `Wire`, with no task of its own
   `call_soon` callback, once per burst;
 - awaited handlers, hooks and on_close hooks run as tasks in the owner's anyio
   task group (see `_anyio_session._SessionBase`);
-- closing: `transport.close()` (which flushes) with a timer that aborts the
-  transport if it is still open after `close_timeout`.
+- closing: when the wire asks to linger (`wire.linger`), `write_eof()` (a FIN
+  after the last bytes) and read and discard until the peer's EOF, bounded in
+  time and bytes, so that what was written is read rather than destroyed by the
+  reset that closing with unread input sends; then `transport.close()` (which
+  flushes) with a timer that aborts the transport if it is still open after
+  `close_timeout`.
 
 Time is `loop.time()` (what `anyio.current_time()` returns on asyncio), read once
 per callback.
@@ -84,10 +92,12 @@ class _ProtocolSession(_SessionBase, asyncio.Protocol):
         "_closing",
         "_collect_soon",
         "_keeping",
+        "_linger_left",
         "_linger_timer",
         "_on_made",
         "_paused",
         "_timer",
+        "_turn_soon",
         "_write_paused",
         "loop",
         "transport",
@@ -126,6 +136,8 @@ class _ProtocolSession(_SessionBase, asyncio.Protocol):
         self._closing = False  # transport.close() called
         self._collect_soon = False
         self._keeping = False  # transport gone; the wire keeps a detached session
+        self._turn_soon = False  # a _next_turn callback is scheduled
+        self._linger_left = -1  # bytes still discarded while lingering (-1: not lingering)
 
     # -- the session API -------------------------------------------------------
 
@@ -193,10 +205,17 @@ class _ProtocolSession(_SessionBase, asyncio.Protocol):
                 transport.write(data)
             self._close_transport(transport)
             return
-        if not self._write_paused:
+        if not self._write_paused and not wire.input_pending:
+            # While input is pending the output waits for the last turn (or for
+            # write_limit, which ends input_pending): one write per read, not per turn.
             data = wire.data_to_send()
             if data:
                 transport.write(data)
+        if wire.input_pending and not self._turn_soon:
+            # The wire stopped at its per-turn budget: the rest waits for the next
+            # loop iteration, after every other ready callback.
+            self._turn_soon = True
+            self.loop.call_soon(self._next_turn)
         deadline = wire.next_deadline
         if deadline is not None and (self._armed is None or deadline < self._armed):
             # Re-armed only for an earlier deadline: a later one (the handshake
@@ -209,6 +228,17 @@ class _ProtocolSession(_SessionBase, asyncio.Protocol):
                 transport.resume_reading()
             else:
                 transport.pause_reading()
+
+    def _next_turn(self) -> None:
+        self._turn_soon = False
+        if self._ended or self._closing:
+            return
+        now = self.loop.time()
+        try:
+            self.wire.receive_pending(now)
+            self._after(now)
+        except Exception:
+            self._driver_error()
 
     def _arm(self, deadline: float) -> None:
         if self._timer is not None:
@@ -242,11 +272,34 @@ class _ProtocolSession(_SessionBase, asyncio.Protocol):
         if self.wire.close_code == SEND_BUFFER_OVERFLOW:
             transport.abort()  # the peer reads nothing: flushing to it is pointless
             return
+        linger = self.wire.linger
+        if linger is not None and transport.can_write_eof():
+            # Half-close, then drain what the peer still sends (data_received /
+            # eof_received), so our last bytes reach it instead of a reset.
+            seconds, self._linger_left = linger
+            transport.write_eof()
+            if self._paused:
+                self._paused = False
+                transport.resume_reading()
+            self._linger_timer = self.loop.call_later(seconds, self._end_linger)
+            return
+        self._really_close(transport)
+
+    def _really_close(self, transport: asyncio.Transport) -> None:
+        self._linger_left = -1
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
         if transport.get_write_buffer_size() or transport.get_extra_info("sslcontext"):
             # close() waits for the buffer to drain (and TLS for its shutdown):
             # bounded, like every other wait.
             self._linger_timer = self.loop.call_later(self._linger, transport.abort)
         transport.close()
+
+    def _end_linger(self) -> None:
+        self._linger_timer = None
+        if self.transport is not None and not self._ended:
+            self._really_close(self.transport)
 
     def _lost(self, reason: str, *, keep_session: bool = True) -> None:
         """The transport is gone: end the wire, cancel what waits, report (or keep
@@ -308,6 +361,11 @@ class _ProtocolSession(_SessionBase, asyncio.Protocol):
             self._driver_error()
 
     def data_received(self, data: bytes) -> None:
+        if self._linger_left >= 0:
+            self._linger_left -= len(data)  # discarded: the connection is over
+            if self._linger_left < 0 and self.transport is not None:
+                self._really_close(self.transport)
+            return
         now = self.loop.time()
         try:
             self.wire.receive_data(data, now)
@@ -316,6 +374,10 @@ class _ProtocolSession(_SessionBase, asyncio.Protocol):
             self._driver_error()
 
     def eof_received(self) -> bool:
+        if self._linger_left >= 0:
+            if self.transport is not None:
+                self._really_close(self.transport)
+            return True  # closed by us, above
         now = self.loop.time()
         try:
             self.wire.receive_data(None, now)

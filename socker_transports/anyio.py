@@ -86,6 +86,7 @@ from ._anyio_session import (
     trio_raw_io,
 )
 from ._asyncio_protocol import asyncio_spawner, peer_name, session_factory, ssl_timeouts
+from ._limits import effective_max_connections
 from ._listen import bound_address, check_choice, check_listening, is_tcp, unix_listener
 from .wire import (
     SHUTDOWN_CODE,
@@ -185,6 +186,14 @@ class Server:
         #: Detached (resumable) sessions, shared by this server's connections.
         self.session_store = MemorySessionStore()
         self._sessions: set[_SessionBase] = set()
+        #: Connections answered 503 (max_connections), lingering until they end.
+        self._refused: set[_SessionBase] = set()
+        #: The most connections served at once (`Options.max_connections`, or the
+        #: default under this process's descriptor limit: one per connection).
+        #: Past it, new connections get 503 at once.
+        self.max_connections = effective_max_connections(
+            options.max_connections, fds_per_connection=1, threads_per_connection=0
+        )
         self._open: dict[_SessionBase, Connection] = {}
         self._session_of: dict[Connection, _SessionBase] = {}
         #: Rooms and the recipients of a broadcast (socker_core's pure registry).
@@ -225,7 +234,8 @@ class Server:
     @property
     def active(self) -> int:
         """Every connection still being served, including those mid-handshake and
-        those whose on_close hooks are still running."""
+        those whose on_close hooks are still running: the count `max_connections`
+        bounds (503 refusals are not counted)."""
         return len(self._sessions)
 
     # -- rooms -------------------------------------------------------------------
@@ -475,12 +485,23 @@ class Server:
             on_done=self._done,
         )
 
-    def _made(self, session: Any) -> None:
-        assert session.transport is not None
-        session.wire.peer = peer_name(session.transport)
+    def _full(self) -> bool:
+        return len(self._sessions) >= self.max_connections
+
+    def _admit(self, session: _SessionBase, now: float) -> None:
+        """Count a new connection, or answer it 503 at once (max_connections)."""
+        if self._full():
+            self._refused.add(session)
+            session.wire.refuse_busy(now, "server at max_connections")  # its one log line
+            return
         self._sessions.add(session)
         if self._closing and not self._draining:
             session.close(self._close_code, self._close_reason)
+
+    def _made(self, session: Any) -> None:
+        assert session.transport is not None
+        session.wire.peer = peer_name(session.transport)
+        self._admit(session, session.loop.time())
 
     async def _close_all(self, conns: anyio.abc.TaskGroup) -> None:
         """Drain if asked (bounded), then close every connection with the close
@@ -498,13 +519,13 @@ class Server:
             session.close(self._close_code, self._close_reason)
         bound = self.options.close_timeout
         with anyio.move_on_after(math.inf if bound is None else bound):
-            while self._sessions:
+            while self._sessions or self._refused:
                 self._idle = idle = anyio.Event()
                 await idle.wait()
         if self._sessions:
             self.log.info("aborting %d connection(s) after close_timeout", len(self._sessions))
-            for session in list(self._sessions):
-                session.abort()
+        for session in [*self._sessions, *self._refused]:
+            session.abort()
         conns.cancel_scope.cancel()
 
     async def _main_streams(
@@ -604,9 +625,7 @@ class Server:
             on_open=self._opened,
             on_done=self._done,
         )
-        self._sessions.add(session)
-        if self._closing and not self._draining:
-            session.close(self._close_code, self._close_reason)
+        self._admit(session, session._now())
         await session.run()
 
     async def _connection(self, raw: anyio.abc.SocketStream) -> None:
@@ -658,9 +677,7 @@ class Server:
             on_open=self._opened,
             on_done=self._done,
         )
-        self._sessions.add(session)
-        if self._closing and not self._draining:
-            session.close(self._close_code, self._close_reason)
+        self._admit(session, session._now())
         await session.run()
 
     def _opened(self, session: _SessionBase) -> None:
@@ -671,10 +688,11 @@ class Server:
 
     def _done(self, session: _SessionBase) -> None:
         self._sessions.discard(session)
+        self._refused.discard(session)
         conn = self._open.pop(session, None)
         if conn is not None and self._session_of.get(conn) is session:
             del self._session_of[conn]  # (a resumed session already maps to its new one)
-        if not self._sessions and self._idle is not None:
+        if not self._sessions and not self._refused and self._idle is not None:
             self._idle.set()
 
 

@@ -76,12 +76,13 @@ import logging
 import os
 import random
 import select
+import selectors
 import socket
 import ssl as ssl_module
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Collection, Generator, Mapping, Sequence
-from time import monotonic
+from time import monotonic, sleep
 from types import TracebackType
 from typing import Any
 
@@ -99,6 +100,7 @@ from socker_core import (
     reconnect_delay,
 )
 
+from ._limits import effective_max_connections
 from ._listen import (
     bound_address,
     check_choice,
@@ -159,6 +161,11 @@ RECV_SIZE = 64 * 1024
 FALLBACK_TIMEOUT = 10.0
 
 _WOULD_BLOCK = (BlockingIOError, InterruptedError)
+#: While a connection works through pending input (frames_per_turn), it lets the
+#: other threads take the GIL this often (seconds).
+_GIL_YIELD = 0.001
+#: Refused (503) sockets the accept thread lingers on at once; past it, closed at once.
+_MAX_REFUSED = 256
 _HOOK_TOKEN = -1  # the resume queue's key for an awaited handshake hook
 # What other threads post to a connection's thread (`_Waker.post`): (kind, a, b).
 _SEND = 0  # (_SEND, data, None)
@@ -754,15 +761,22 @@ class _Link(threading.Thread):
         waker = self.waker.fileno()
         out: memoryview | None = None
         flush_deadline: float | None = None
+        last_yield = monotonic()
         while True:
             with self.lock:
                 now = monotonic()
+                if wire.input_pending:
+                    # The rest of the last read, one `frames_per_turn` budget per
+                    # pass: the lock is free between passes for other threads.
+                    wire.receive_pending(now)
                 self._service(now)
                 carried = out is not None  # a partial write from an earlier pass
                 if not carried:
                     if self._carry is not None:  # a broadcast's write left some
                         out, self._carry = self._carry, None
-                    else:
+                    elif not wire.input_pending:
+                        # (While input is pending the output waits for the last turn,
+                        # or for write_limit: one write per read, not per turn.)
                         data = wire.data_to_send()
                         if data:
                             out = memoryview(data)
@@ -771,6 +785,8 @@ class _Link(threading.Thread):
                 wants = wire.wants_data
                 closing = wire.should_close_transport
                 deadline = wire.next_deadline
+                more_input = wire.input_pending
+                linger = wire.linger if closing else None
             if self._kill:
                 with self.lock:
                     wire.abort(now, "aborted by the driver")
@@ -794,6 +810,8 @@ class _Link(threading.Thread):
                         continue
             if closing:
                 if out is None:
+                    if linger is not None and not isinstance(sock, ssl_module.SSLSocket):
+                        self._linger(sock, *linger)
                     return
                 if flush_deadline is None:
                     flush_deadline = now + self.grace
@@ -812,6 +830,16 @@ class _Link(threading.Thread):
                         wire.receive_data(received or None, monotonic())
                     del received  # an idle connection keeps no last read alive
                     continue
+            if more_input and out is None:
+                # The next turn at once (nothing new is read). Every _GIL_YIELD
+                # seconds of turns, first a sleep(0) (some 50 us), which lets the
+                # other connections' threads take the GIL: otherwise each of their
+                # steps waits for the interpreter's switch interval (5 ms), and a
+                # witness's p99 under a flood was ~100 ms.
+                if now - last_yield >= _GIL_YIELD:
+                    sleep(0)
+                    last_yield = monotonic()
+                continue
             timeout = None if deadline is None else deadline - monotonic()
             pending = out is not None
             read = (wants and not self._read_wants_write) or (pending and self._write_wants_read)
@@ -822,6 +850,33 @@ class _Link(threading.Thread):
             if error and not read and not write:
                 with self.lock:
                     wire.abort(monotonic(), "connection lost")
+
+    def _linger(self, sock: socket.socket, seconds: float, limit: int) -> None:
+        """Half-close, then read and discard until the peer's EOF (at most `seconds`
+        and `limit` bytes), so that our last bytes (an HTTP error, a close frame)
+        are read instead of being destroyed by the reset that closing a socket with
+        unread input sends. A `kill` ends it at once."""
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        end = monotonic() + seconds
+        waker = self.waker.fileno()
+        while limit >= 0 and not self._kill:
+            try:
+                got = sock.recv(RECV_SIZE)
+            except _WOULD_BLOCK:
+                left = end - monotonic()
+                if left <= 0:
+                    return
+                if _wait(sock.fileno(), True, False, waker, left)[3]:
+                    self.waker.drain()
+                continue
+            except OSError:
+                return
+            if not got:
+                return
+            limit -= len(got)
 
     def _recv(self, sock: socket.socket) -> bytes | None:
         """One read: the bytes (b"" at end of file), or None when there are none yet.
@@ -1049,6 +1104,15 @@ class Server:
         #: leave while other threads broadcast.
         self.registry = Registry()
         self.registry.guard = threading.Lock()
+        #: The most connections served at once (`Options.max_connections`, or the
+        #: default under this process's descriptor and thread limits: each
+        #: connection holds two descriptors and one thread). Past it, 503.
+        self.max_connections = effective_max_connections(
+            options.max_connections, fds_per_connection=2, threads_per_connection=1
+        )
+        # Refused sockets lingering (503 written, write side shut): fd -> (socket,
+        # until when, bytes still drained). Only the accept thread touches it.
+        self._refused: dict[int, tuple[socket.socket, float, int]] = {}
         self._closing = False
         self._close_code: int = SHUTDOWN_CODE
         self._close_reason = SHUTDOWN_REASON
@@ -1071,6 +1135,9 @@ class Server:
         self._listener = listener
         self.host, self.port = bound_address(listener)
         self._runner = _AsyncRunner(f"socker-server-{self.port}")
+        # Made here, not on the accept thread: the server's descriptors all exist
+        # once `serve()` returns.
+        self._selector = selectors.DefaultSelector()
         self._accept_thread = threading.Thread(
             target=self._accept_loop, name=f"socker-accept-{self.port}", daemon=True
         )
@@ -1110,7 +1177,8 @@ class Server:
 
     @property
     def active(self) -> int:
-        """Every connection thread still running, including those mid-handshake."""
+        """Every connection thread still running, including those mid-handshake: the
+        count `max_connections` bounds (503 refusals are not counted)."""
         return self.active_connections()
 
     # -- rooms -------------------------------------------------------------------
@@ -1243,21 +1311,95 @@ class Server:
     def _accept(self) -> None:
         listener = self._listener
         waker = self._waker.fileno()
-        while not self._closing:
-            if _wait(listener.fileno(), True, False, waker, None)[3]:
+        with self._selector as selector:
+            selector.register(listener, selectors.EVENT_READ)
+            selector.register(waker, selectors.EVENT_READ)
+            try:
+                while not self._closing:
+                    self._wait_accept(selector, waker)
+                    while not self._closing:
+                        try:
+                            sock, address = listener.accept()
+                        except _WOULD_BLOCK:
+                            break
+                        except OSError as exc:
+                            self.log.warning("socker: accept failed: %s", exc)
+                            # Back off (EMFILE and friends) without a sleep: until
+                            # closing or 100 ms.
+                            if _wait(None, False, False, waker, 0.1)[3]:
+                                self._waker.drain()
+                            break
+                        with self._lock:
+                            full = len(self._links) >= self.max_connections
+                        if full:
+                            self._refuse(selector, sock, address, "server at max_connections")
+                        else:
+                            self._start_link(sock, address, selector)
+            finally:
+                for sock, _, _ in self._refused.values():
+                    sock.close()
+                self._refused.clear()
+
+    def _wait_accept(self, selector: selectors.BaseSelector, waker: int) -> None:
+        """Until a connection, a wake-up or a refused socket's input (drained and
+        dropped), expiring refused sockets past their linger bound."""
+        refused = self._refused
+        timeout = None
+        if refused:
+            timeout = max(0.0, min(until for _, until, _ in refused.values()) - monotonic())
+        for key, _ in selector.select(timeout):
+            if key.fd == waker:
                 self._waker.drain()
-            while not self._closing:
+            elif key.fd in refused:
+                sock, until, left = refused[key.fd]
                 try:
-                    sock, address = listener.accept()
+                    got = sock.recv(RECV_SIZE)
                 except _WOULD_BLOCK:
-                    break
-                except OSError as exc:
-                    self.log.warning("socker: accept failed: %s", exc)
-                    # Back off (EMFILE and friends) without a sleep: until closing or 100 ms.
-                    if _wait(None, False, False, waker, 0.1)[3]:
-                        self._waker.drain()
-                    break
-                self._start_link(sock, address)
+                    continue
+                except OSError:
+                    got = b""
+                left -= len(got)
+                if got and left >= 0:
+                    refused[key.fd] = (sock, until, left)
+                else:
+                    self._drop_refused(selector, key.fd)
+        now = monotonic()
+        for fd in [fd for fd, (_, until, _) in refused.items() if until <= now]:
+            self._drop_refused(selector, fd)
+
+    def _drop_refused(self, selector: selectors.BaseSelector, fd: int) -> None:
+        sock, _, _ = self._refused.pop(fd)
+        selector.unregister(sock)
+        sock.close()
+
+    def _refuse(
+        self, selector: selectors.BaseSelector, sock: socket.socket, address: Any, reason: str
+    ) -> None:
+        """Answer 503 at once on the accept thread (no connection thread), then linger
+        on the socket like a connection would, so the 503 is read, not reset."""
+        now = monotonic()
+        ip = socket_address(address)
+        peer = f"{format_host(ip[0])}:{ip[1]}" if ip is not None else f"unix:{self.host}"
+        wire = Wire.server(self.routes, now, self.options, peer=peer, logger=self.log)
+        wire.refuse_busy(now, reason)  # its one log line
+        if self.ssl is not None:
+            # A 503 needs a TLS handshake first: not worth a thread. Closed at once.
+            sock.close()
+            return
+        linger = wire.linger
+        try:
+            sock.setblocking(False)
+            sock.send(wire.data_to_send())  # a small response: the socket buffer takes it
+            if linger is None or len(self._refused) >= _MAX_REFUSED:
+                sock.close()
+                return
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            sock.close()
+            return
+        seconds, limit = linger
+        self._refused[sock.fileno()] = (sock, now + seconds, limit)
+        selector.register(sock, selectors.EVENT_READ)
 
     def _shut_down(self) -> None:
         if self._draining:
@@ -1289,7 +1431,9 @@ class Server:
         self._waker.close()
         self._stopped.set()
 
-    def _start_link(self, sock: socket.socket, address: Any) -> None:
+    def _start_link(
+        self, sock: socket.socket, address: Any, selector: selectors.BaseSelector
+    ) -> None:
         now = monotonic()
         if isinstance(address, tuple) and len(address) >= 2:
             peer = f"{format_host(str(address[0]))}:{address[1]}"
@@ -1325,12 +1469,11 @@ class Server:
             self._links.add(link)
         try:
             link.start()
-        except RuntimeError:  # pragma: no cover - cannot start a thread
-            self.log.exception("socker: cannot start a connection thread")
+        except RuntimeError:  # the OS thread limit (below max_connections' default)
             with self._lock:
                 self._links.discard(link)
-            sock.close()
             link.waker.close()
+            self._refuse(selector, sock, address, "cannot start a connection thread")
 
     def _link_done(self, link: _Link) -> None:
         with self._lock:

@@ -25,6 +25,9 @@ from .observe import EventHook
 from .options import _DEFAULT_OPTIONS, KEEPALIVE_TIMEOUT_REASON, Options
 from .resume import RESUME_SUBPROTOCOL, WireResume, resume_offer
 
+#: What a server answers past `max_connections` (and a driver that cannot start one more).
+BUSY_STATUS = 503
+
 
 class Wire(_HandshakePhase):
     """One websocket connection, either role, with its Stepper. No I/O.
@@ -38,8 +41,12 @@ class Wire(_HandshakePhase):
        cancel on `CancelAwait`, await `AwaitHandshake` and call `finish_handshake`;
     4. call `tick(now)` at `next_deadline`; call `collect()` when `wakeup` fires
        (an async handler or application code sent something);
-    5. close the socket once `should_close_transport` is true (after writing the
-       last `data_to_send()`); the connection is then `finished`.
+    5. while `input_pending`, call `receive_pending(now)` once per turn of the
+       driver's loop, letting other connections run in between (fairness: one call
+       handles at most `Options.frames_per_turn` frames);
+    6. close the socket once `should_close_transport` is true (after writing the
+       last `data_to_send()`), lingering first when `linger` says so; the
+       connection is then `finished`.
 
     `receive_data`, `tick` and `events` never raise because of what the peer sent.
 
@@ -215,9 +222,33 @@ class Wire(_HandshakePhase):
         `data_to_send`), a pending handshake hook, or nothing more to read."""
         if self._eof or self._transport_done or self._phase is Phase.HOOK:
             return False
+        if self._out_size >= self.options.write_limit or self._held or self._input_pending:
+            return False
+        return self.stepper is None or self.stepper.accepting
+
+    @property
+    def input_pending(self) -> bool:
+        """True when input already received waits for `receive_pending` (the last
+        call stopped at `Options.frames_per_turn`) and the flow can take it now
+        (not while backpressure holds: then `wants_data` and this stay False until
+        the handler finishes or the output is taken)."""
+        if not self._input_pending or self._transport_done:
+            return False
         if self._out_size >= self.options.write_limit or self._held:
             return False
         return self.stepper is None or self.stepper.accepting
+
+    @property
+    def linger(self) -> tuple[float, int] | None:
+        """Once `should_close_transport`: (seconds, bytes) for a lingering close (shut
+        down the write side, read and discard until the peer's EOF, at most that
+        long and that much, then close), or None to close at once: no
+        `linger_timeout`, the peer already sent EOF, the transport failed, the peer
+        stopped reading (4503) or the close handshake timed out."""
+        seconds = self.options.linger_timeout
+        if seconds is None or not self._transport_done or self._eof or not self._lingers:
+            return None
+        return seconds, self.options.linger_bytes
 
     @property
     def should_close_transport(self) -> bool:
@@ -284,6 +315,29 @@ class Wire(_HandshakePhase):
         self._events = []
         return events
 
+    def receive_pending(self, now: float) -> None:
+        """Handle the next `frames_per_turn` frames of input already received (see
+        `input_pending`); a no-op when there is none. Never raises because of what
+        the peer sent."""
+        if not self._input_pending:
+            return
+        self._input_pending = False
+        if self._transport_done or self._ws is None:
+            return
+        if self._phase is Phase.OPEN or self._phase is Phase.CLOSING:
+            self._pump(now)
+
+    def refuse_busy(self, now: float, reason: str = "server at max_connections") -> None:
+        """A server connection refused before reading anything: 503 at once (with
+        Retry-After), one warning log line, and the connection ends. The driver
+        calls it past `max_connections` (or when it cannot serve one more)."""
+        if self._client or self._phase is not Phase.HANDSHAKE or self._transport_done:
+            raise LocalProtocolError("refuse_busy is for a server connection not yet started")
+        self.log.warning("%s: refused (%d): %s", self._label(), BUSY_STATUS, reason)
+        self._fail_handshake(
+            BUSY_STATUS, reason, now, respond=True, headers=[("Retry-After", "1")], log=False
+        )
+
     def receive_data(self, data: bytes | bytearray | None, now: float) -> None:
         """Bytes from the socket; `None` (or b"") means end of stream. Never raises
         because of what the peer sent."""
@@ -321,6 +375,7 @@ class Wire(_HandshakePhase):
         if self._close_deadline is not None and now >= self._close_deadline:
             if self.log.isEnabledFor(logging.INFO):
                 self.log.info("%s: close handshake timed out", self._label())
+            self._lingers = False  # nothing was just written: nothing to protect
             self._finish_transport(now, CloseCode.ABNORMAL, "close handshake timed out")
             return
         if self._pong_deadline is not None and now >= self._pong_deadline:
@@ -464,6 +519,7 @@ class Wire(_HandshakePhase):
             if not keep_session and self.detached and self.stepper is not None:
                 self._stepper_events(self.stepper.transport_closed(1006, reason, now), now)
             return
+        self._lingers = False
         if self._phase is Phase.HANDSHAKE or self._phase is Phase.HOOK:
             self._fail_handshake(0, reason, now, respond=False)
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 import sys
 from collections.abc import Sequence
 
@@ -29,6 +30,43 @@ from .http1 import (
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _WEBSOCKET_VERSION = b"13"
 
+#: RFC 6455 4.2.1: the opening request is HTTP/1.1 or later; socker speaks 1.x only.
+_VERSION_NOT_SUPPORTED = 505
+_SUPPORTED_VERSION = re.compile(rb"HTTP/1\.[1-9]")
+
+
+def _stricter_than_h11(head: bytes) -> _Refused | None:
+    """Where socker refuses what h11 (and so wsproto) accepted, checked before their
+    rules. An upgrade request that h11 would read differently from a proxy in front
+    of socker must not become a websocket (request smuggling): its bytes after the
+    head are frames only if the head is a valid bodiless upgrade.
+
+    - a bare LF line end (RFC 9112 2.2: a recipient may refuse it): 400;
+    - a well-formed request line whose version is not HTTP/1.1 to 1.9 (RFC 6455
+      4.2.1 requires 1.1 or later; HTTP/2 and later are not spoken here): 505;
+    - obsolete line folding (RFC 9112 5.2: reject with 400 or unfold): 400;
+    - body framing: Transfer-Encoding (any), or Content-Length other than exactly
+      0 (both together included): 400."""
+    if b"\n" in head.replace(b"\r\n", b""):
+        return _Refused(400, "bare LF line ending")
+    lines = head.split(b"\r\n")
+    if _REQUEST_LINE.fullmatch(lines[0]) is not None:
+        version = lines[0].rpartition(b" ")[2]
+        if _SUPPORTED_VERSION.fullmatch(version) is None:
+            return _Refused(
+                _VERSION_NOT_SUPPORTED, f"{version.decode()} not supported: HTTP/1.1 or later 1.x"
+            )
+    for line in lines[1:]:
+        if line[:1] == b" " or line[:1] == b"\t":
+            return _Refused(400, "obsolete line folding")
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"transfer-encoding":
+            return _Refused(400, "an upgrade request has no body: Transfer-Encoding")
+        if name == b"content-length" and value.strip(b" \t") != b"0":
+            return _Refused(400, "an upgrade request has no body: Content-Length")
+    return None
+
 
 def _valid_key(key: str | None) -> bool:
     if key is None:
@@ -47,6 +85,9 @@ def _read_request(head: bytes) -> tuple[str, list[tuple[str, str]], bytes | _Ref
     fields: list[tuple[bytes, bytes]] | None = None
     verdict: bytes | _Refused
     try:
+        stricter = _stricter_than_h11(head)
+        if stricter is not None:
+            raise stricter
         if start is None or _REQUEST_LINE.fullmatch(start) is None:
             raise _Refused(400, _BAD_HTTP)
         fields = _h11_fields(block)

@@ -10,20 +10,54 @@ _HEADERS_TOO_LARGE = 431
 _URI_TOO_LONG = 414
 
 
+#: How much of a request line is checked as it arrives (`_HeadGuard`): enough for
+#: any method and the start of the target, so that bytes which cannot begin a
+#: request (random bytes, a TLS ClientHello) are refused at once, without scanning
+#: a long line again on every read.
+_EARLY_CHECK = 64
+
+
 class _HeadGuard:
     """Collects an HTTP head (request or response) line by line and enforces the
     line limits before wsproto/h11 sees it, so an oversize or trickling head never
-    grows a buffer past (max_headers + 1) * max_line, and each byte is scanned once."""
+    grows a buffer past (max_headers + 1) * max_line, and each byte is scanned once.
 
-    __slots__ = ("buffer", "lines", "max_headers", "max_line", "pos", "start")
+    For a request (`request=True`, a server) it also refuses at once (400), rather
+    than waiting for a head that can never be valid: a start that cannot begin a
+    request line, a complete first line that is not one, and a bare LF (socker
+    takes only CRLF line ends: RFC 9112 2.2 allows refusing a lone LF)."""
 
-    def __init__(self, max_line: int, max_headers: int) -> None:
+    __slots__ = ("buffer", "lf_scan", "lines", "max_headers", "max_line", "pos", "request", "start")
+
+    def __init__(self, max_line: int, max_headers: int, *, request: bool = False) -> None:
         self.buffer = bytearray()
         self.max_line = max_line
         self.max_headers = max_headers
+        self.request = request
         self.start = 0  # where the current line starts
         self.pos = 0  # where to look for the next CRLF
+        self.lf_scan = 0  # where to look for the next LF (request: bare LF check)
         self.lines = 0  # complete lines so far (request/status line + headers)
+
+    def _bad_request_bytes(self) -> bool:
+        """A request that can never be valid: a bare LF, or a first line that is not
+        (the start of) a request line."""
+        buffer = self.buffer
+        at = buffer.find(b"\n", self.lf_scan)
+        while at >= 0:
+            if at == 0 or buffer[at - 1] != 0x0D:
+                return True
+            at = buffer.find(b"\n", at + 1)
+        self.lf_scan = len(buffer)
+        if self.lines:
+            return False
+        end = buffer.find(b"\r\n")
+        if end >= 0:
+            return _REQUEST_LINE.fullmatch(buffer, 0, end) is None
+        end = len(buffer) - 1 if buffer[-1:] == b"\r" else len(buffer)
+        # Every prefix of a request line's start is one too: at most _EARLY_CHECK
+        # bytes are looked at, however long the line grows.
+        return _REQUEST_LINE_PREFIX.fullmatch(buffer, 0, min(end, _EARLY_CHECK)) is None
 
     def _too_long(self) -> int:
         return _URI_TOO_LONG if self.lines == 0 else _HEADERS_TOO_LARGE
@@ -37,6 +71,8 @@ class _HeadGuard:
             if 0 < end <= self.max_line and data.count(b"\r\n", 0, end + 2) - 1 <= self.max_headers:
                 return 0, bytes(data[: end + 4]), bytes(data[end + 4 :])
         buffer += data
+        if self.request and self._bad_request_bytes():
+            return 400, None, b""
         while True:
             end = buffer.find(b"\r\n", self.pos)
             if end < 0:
@@ -71,6 +107,12 @@ _LINE_REST = rb"[^\x00\r\n\x0b\x0c]*"
 _HEADER_BLOCK = re.compile(b"(?:" + _TOKEN + b":" + _LINE_REST + b"\r\n)*")
 _HEADER_PAIRS = re.compile(b"(" + _TOKEN + b"):(" + _LINE_REST + b")\r\n")
 _REQUEST_LINE = re.compile(_TOKEN + rb" [\x21-\x7e]+ HTTP/[0-9]\.[0-9]")
+#: What a request line may start with (every prefix of `_REQUEST_LINE`).
+_REQUEST_LINE_PREFIX = re.compile(
+    rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]*"
+    rb"|" + _TOKEN + rb" [\x21-\x7e]*"
+    rb"|" + _TOKEN + rb" [\x21-\x7e]+ (?:H(?:T(?:T(?:P(?:/(?:[0-9](?:\.[0-9]?)?)?)?)?)?)?)?"
+)
 _STATUS_LINE_101 = re.compile(rb"HTTP/[0-9]\.[0-9] 101(?: (?:[ \t]|[^\x00\s])*)?")
 _TARGET = re.compile(rb"[\x21-\x7e]+")
 _FIELD_NAME = re.compile(_TOKEN)
@@ -228,6 +270,7 @@ _STATUS_TEXT = {
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     503: "Service Unavailable",
+    505: "HTTP Version Not Supported",
 }
 
 

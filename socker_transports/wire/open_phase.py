@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from itertools import islice
 
 from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
@@ -25,7 +26,13 @@ class _OpenPhase(_ResumePhase):
         ws = self._ws
         assert ws is not None
         max_size = self.options.max_size
-        for event in ws.events():
+        # Fairness: at most frames_per_turn frames per call; what is left stays in
+        # wsproto's buffer (`input_pending`) for the driver's next turn.
+        budget = self.options.frames_per_turn
+        self._input_pending = False
+        handled = 0
+        for event in ws.events() if budget is None else islice(ws.events(), budget):
+            handled += 1
             if self._transport_done:
                 return
             if isinstance(event, BytesMessage):
@@ -79,6 +86,8 @@ class _OpenPhase(_ResumePhase):
                 else:
                     parts.append(chunk)
                 self._part_size = size
+        if budget is not None and handled >= budget and not self._transport_done:
+            self._input_pending = True  # perhaps more: the next turn finds out
         if max_size is not None and self._phase is Phase.OPEN:
             self._check_announced_size(max_size, now)
 

@@ -46,6 +46,21 @@ class Options:
     - `max_send_buffer`: outgoing bytes above which the peer is considered to have
       stopped reading: the connection is dropped with 4503 instead of buffering
       without limit.
+    - `frames_per_turn`: the most frames (data, fragments and control frames alike)
+      one wire call handles; the rest of what was read waits (`Wire.input_pending`)
+      while the driver lets other connections run, so one flooding peer cannot
+      starve the others. None: no bound (everything read is handled at once).
+    - `linger_timeout` / `linger_bytes`: once a connection ends after writing its
+      last bytes (an HTTP error, a close frame), the driver shuts down its write
+      side and reads and discards until the peer's EOF, for at most this many
+      seconds and bytes, so those bytes are read instead of being destroyed by the
+      reset that closing a socket with unread input sends. `linger_timeout` None:
+      close at once.
+    - `max_connections`: the most connections a server serves at once (handshakes
+      in progress included); past it a new connection is answered 503 at once and
+      closed (one log line), and existing connections are untouched. None: the
+      driver's default, under the process's descriptor limit (and, for the
+      threaded driver, its thread limit; see `socker_transports._limits`).
     """
 
     max_size: int | None = 1 * MiB
@@ -61,6 +76,10 @@ class Options:
     accept_text: bool = False
     write_limit: int = 64 * 1024
     max_send_buffer: int = 16 * MiB
+    frames_per_turn: int | None = 64
+    linger_timeout: float | None = 2.0
+    linger_bytes: int = 1 * MiB
+    max_connections: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_size is not None and self.max_size < 1:
@@ -75,6 +94,20 @@ class Options:
             raise LocalProtocolError("max_line must be >= 256 and max_headers >= 1")
         if self.write_limit < 1 or self.max_send_buffer < 1:
             raise LocalProtocolError("write_limit and max_send_buffer must be positive")
+        if self.frames_per_turn is not None and self.frames_per_turn < 1:
+            raise LocalProtocolError(
+                f"frames_per_turn must be positive or None, got {self.frames_per_turn}"
+            )
+        if self.linger_timeout is not None and not self.linger_timeout > 0:
+            raise LocalProtocolError(
+                f"linger_timeout must be positive or None, got {self.linger_timeout}"
+            )
+        if self.linger_bytes < 0:
+            raise LocalProtocolError(f"linger_bytes must be >= 0, got {self.linger_bytes}")
+        if self.max_connections is not None and self.max_connections < 1:
+            raise LocalProtocolError(
+                f"max_connections must be positive or None, got {self.max_connections}"
+            )
         for name in ("origins", "subprotocols"):
             if isinstance(getattr(self, name), (str, bytes)):
                 raise LocalProtocolError(f"{name} must be a sequence of strings, not a string")

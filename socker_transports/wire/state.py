@@ -61,7 +61,9 @@ class _WireState:
         "_handshake_deadline",
         "_held",
         "_held_size",
+        "_input_pending",
         "_key",
+        "_lingers",
         "_nonce",
         "_out",
         "_out_size",
@@ -170,12 +172,16 @@ class _WireState:
         self._ping_payload = b""
         self._eof = False
         self._transport_done = False
+        self._input_pending = False  # frames_per_turn reached with input still buffered
+        self._lingers = True  # False once the end needs no lingering close (see Wire.linger)
         self.close_code: int | None = None
         self.close_reason = ""
         self.handshake_status = 0
         self._wakeup: Callable[[], None] | None = None
         # Handshake-only state, all dropped (None/b"") once the handshake ends.
-        self._guard: _HeadGuard | None = _HeadGuard(options.max_line, options.max_headers)
+        self._guard: _HeadGuard | None = _HeadGuard(
+            options.max_line, options.max_headers, request=role is ConnectionType.SERVER
+        )
         self._request: HandshakeRequest | None = None  # server: for the hook's answer
         self._key = b""
         self._pending_after_head = b""  # server: bytes read while the hook runs
@@ -284,6 +290,7 @@ class _WireState:
         )
         self._out.clear()
         self._out_size = 0
+        self._lingers = False  # the peer reads nothing: no point waiting for it
         reason = "send buffer overflow: peer not reading"
         if self.stepper is None:
             self._fail_handshake(0, reason, now)
@@ -354,6 +361,7 @@ class _WireState:
         body: bytes = b"",
         headers: Iterable[tuple[str, str]] = (),
         observed: bool = True,
+        log: bool = True,
     ) -> None:
         if respond and not self._client and status:
             payload = body or f"{reason}\n".encode()
@@ -366,7 +374,7 @@ class _WireState:
         self._phase = Phase.DONE
         self._transport_done = True
         self._drop_handshake_state()
-        if self.log.isEnabledFor(logging.INFO):
+        if log and self.log.isEnabledFor(logging.INFO):
             self.log.info("%s: handshake failed (%s): %s", self._label(), status or "-", reason)
         self._events.append(HandshakeFailed(status, reason))
         if self.observer is not None and observed:

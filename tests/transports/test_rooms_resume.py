@@ -48,8 +48,8 @@ def _server_flow(joined: threading.Event, members: list[int]) -> Flow:
 def test_broadcasts_to_a_cut_member_arrive_after_it_resumes(
     driver: DriverHarness,
     start_server: StartServer,
-    proxy_for: Any,
-    mode: str,  # noqa: F811
+    proxy_for: Any,  # noqa: F811 (the fixture imported above)
+    mode: str,
 ) -> None:
     joined = threading.Event()
     members: list[int] = []
