@@ -138,6 +138,10 @@ class OptionsDict(TypedDict, total=False):
     accept_text: bool
     write_limit: int
     max_send_buffer: int
+    frames_per_turn: int | None
+    linger_timeout: float | None
+    linger_bytes: int
+    max_connections: int | None
 
 
 #: The Options used when none are given (frozen, so one instance serves every wire).
