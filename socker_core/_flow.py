@@ -37,7 +37,12 @@ class Close:
 
 #: What a handler may return: True advances, False/None stays.
 Result = bool | Goto | Close | None
-Handler = Callable[["Connection", bytes], Result | Awaitable[Result]]
+#: A handler takes the message as it arrived: `bytes` for binary messages, `str` for
+#: text ones (only with the wire's `accept_text=True`); annotate `bytes`, `str` or both.
+Handler = (
+    Callable[["Connection", bytes], Result | Awaitable[Result]]
+    | Callable[["Connection", str], Result | Awaitable[Result]]
+)
 Hook = Callable[["Connection"], Close | Awaitable[Any] | None]
 H = TypeVar("H", bound=Handler)
 K = TypeVar("K", bound=Hook)

@@ -68,8 +68,9 @@ class Connection:
     def state(self, value: Any) -> None:
         self._state = value
 
-    def send(self, data: bytes) -> None:
-        """Send one binary message to the peer. Raises ConnectionClosedError once closing."""
+    def send(self, data: bytes | str) -> None:
+        """Send one message to the peer: binary for bytes (or any bytes-like), text for a
+        str. Raises ConnectionClosedError once closing."""
         stepper = self._stepper
         guard = stepper.guard
         if guard is None:
@@ -173,10 +174,11 @@ class Stepper:
         self._steps: tuple[Step, ...] = flow.steps
         self._phase = State.IDLE
         self._index = 0
-        self._handler = self._steps[0].handler
+        # Any: a handler takes bytes, str or both (see `Handler`); the wire decides which.
+        self._handler: Callable[[Connection, Any], Any] = self._steps[0].handler
         self._deadline: float | None = None
         # Messages waiting for a pending async handler (made when the first one waits).
-        self._queue: deque[bytes] | None = None
+        self._queue: deque[bytes | str] | None = None
         self._events: list[Event] | None = None
         # Events made outside a call, until `pending_events` takes them.
         self._outbox: list[Event] | None = None
@@ -255,8 +257,8 @@ class Stepper:
             self._events = None
         return events
 
-    def receive(self, message: bytes, now: float) -> list[Event]:
-        """One complete message from the peer."""
+    def receive(self, message: bytes | str, now: float) -> list[Event]:
+        """One complete message from the peer (str for a text message)."""
         if (
             self._phase is _OPEN
             and self._events is None
@@ -316,7 +318,7 @@ class Stepper:
             self._events = None
         return events
 
-    def send(self, data: bytes, now: float) -> list[Event]:
+    def send(self, data: bytes | str, now: float) -> list[Event]:
         """Application send from outside any handler."""
         self._check("send")
         events = self._begin()
@@ -402,7 +404,7 @@ class Stepper:
         self._deadline = None if step.timeout is None else now + step.timeout
         self._emit(StepChanged(None, step.name, 0))
 
-    def _handle(self, message: bytes, now: float) -> None:
+    def _handle(self, message: bytes | str, now: float) -> None:
         step_name = self._steps[self._index].name
         try:
             result = self._handler(self.conn, message)
@@ -551,7 +553,7 @@ class Stepper:
             self._emit(CancelAwait(self._pending))
             self._pending = self._pending_hook = None
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, data: bytes | str) -> None:
         if self._phase is not _OPEN and self._phase is not State.AWAITING:
             if self._phase is State.IDLE:
                 raise LocalProtocolError("cannot send before the connection is open")
@@ -560,9 +562,9 @@ class Stepper:
                 self._close_code,
                 self._close_reason,
             )
-        if type(data) is not bytes:
+        if type(data) is not bytes and type(data) is not str:
             if not isinstance(data, _BYTES_LIKE):
-                raise TypeError(f"send() takes bytes, got {type(data).__name__}")
+                raise TypeError(f"send() takes bytes or str, got {type(data).__name__}")
             data = bytes(data)  # a snapshot: the caller may reuse its buffer
         self._emit(Send(data))
 

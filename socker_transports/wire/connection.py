@@ -8,13 +8,12 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 
 from wsproto import ConnectionType
-from wsproto.events import Ping
-from wsproto.utilities import LocalProtocolError as WsprotoLocalError
 
 from socker_core import ConnectionClosedError, Flow, LocalProtocolError
 from socker_core._codes import CloseCode
 
 from .events import CloseResult, Phase, WireEvent
+from .frames import OP_PING, control_frame
 from .handshake import _upgrade_request
 from .handshake_phase import _HandshakePhase
 from .hooks import HandshakeHook, HttpHandler, _check_headers
@@ -220,13 +219,11 @@ class Wire(_HandshakePhase):
             return
         if phase is Phase.DRAINING:
             return  # the close handshake is over: only EOF matters now
-        ws = self._ws
-        assert ws is not None  # open or closing
-        try:
-            ws.receive_data(data)  # type: ignore[arg-type]  # bytearray works
-        except WsprotoLocalError:
-            return  # wsproto is already closed: nothing more to read
-        self._pump(now)
+        reader = self._reader
+        assert reader is not None  # open or closing
+        events = reader.feed(data)
+        if events:
+            self._pump(events, now)
 
     def tick(self, now: float) -> None:
         """Handle every deadline at or before `now`."""
@@ -249,10 +246,8 @@ class Wire(_HandshakePhase):
             self._fail(now, CloseCode.INTERNAL_ERROR, KEEPALIVE_TIMEOUT_REASON)
             return
         if self._ping_due is not None and now >= self._ping_due and self._phase is Phase.OPEN:
-            ws = self._ws
-            assert ws is not None
             self._ping_payload = os.urandom(4)
-            self._write(ws.send(Ping(self._ping_payload)), now)
+            self._write(control_frame(OP_PING, self._ping_payload, self._client), now)
             self._ping_due = None
             timeout = self.options.ping_timeout
             self._pong_deadline = None if timeout is None else now + timeout

@@ -14,11 +14,11 @@ from wsproto.events import RejectConnection, Request
 from socker_core import Flow, Stepper
 
 from .events import AwaitHandshake, Opened, Phase
-from .frames import _frame_connection
 from .handshake import _accept_response, _check_accept_response, _read_request, _valid_key
 from .hooks import _DEFAULT_ACCEPT, Accept, HandshakeRequest, Reject
 from .http1 import _STATUS_LINE_101, _h11_fields, _h11_head, _http_response, _Refused
 from .open_phase import _OpenPhase
+from .reader import FrameReader
 
 logger = logging.getLogger("socker")
 
@@ -178,11 +178,9 @@ class _HandshakePhase(_OpenPhase):
         self._write(response, now)
         self.subprotocol = subprotocol
         rest = self._pending_after_head
-        # Frames that came with (or after) the request: parsed lazily, like any later read.
-        self._ws = _frame_connection(ConnectionType.SERVER, rest)
         self._start_flow(flow, now, accept.state)
-        if rest and not self._transport_done:
-            self._pump(now)
+        if rest and not self._transport_done:  # frames that came with (or after) the request
+            self._pump(self._open_reader().feed(rest), now)
 
     def _client_head(self, head: bytes, rest: bytes, now: float) -> None:
         start, block, end = _h11_head(head)
@@ -198,11 +196,10 @@ class _HandshakePhase(_OpenPhase):
         self.subprotocol = subprotocol
         flow = self._client_flow
         assert flow is not None
-        # Frames that came with the response: parsed lazily, like any later read.
-        self._ws = _frame_connection(ConnectionType.CLIENT, head[end:] + rest)
         self._start_flow(flow, now, {})
-        if not self._transport_done:
-            self._pump(now)
+        trailing = head[end:] + rest
+        if trailing and not self._transport_done:  # frames that came with the response
+            self._pump(self._open_reader().feed(trailing), now)
 
     def _client_refused(self, data: bytes, now: float) -> None:
         """Anything but a 101: read (the start of) the answer with wsproto, which gives
@@ -223,12 +220,24 @@ class _HandshakePhase(_OpenPhase):
             return
         self._fail_handshake(0, "unexpected handshake response", now)
 
+    def _open_reader(self) -> FrameReader:
+        reader = self._reader
+        if reader is None:
+            options = self.options
+            reader = self._reader = FrameReader(
+                client=self._client,
+                max_size=options.max_size,
+                max_fragments=options.max_fragments,
+                text=options.accept_text,
+            )
+        return reader
+
     def _start_flow(self, flow: Flow, now: float, state: Mapping[str, Any]) -> None:
         self._phase = Phase.OPEN
         self.handshake_status = 101
         self._handshake_deadline = None
         self._drop_handshake_state()
-        self._decoder = getattr(getattr(self._ws, "_proto", None), "_frame_decoder", None)
+        self._open_reader()
         stepper = Stepper(flow, max_queue=self.options.max_queue)
         if state:
             conn_state = stepper.conn.state

@@ -25,6 +25,9 @@ class Options:
     - `max_size`: largest message accepted, checked while fragments arrive and
       against a frame header's announced length, before the payload is buffered
       (1009). None disables.
+    - `max_fragments`: most frames one message may arrive in (websockets' reference
+      is 4,096); a message still unfinished after that many frames is refused with
+      1009, so a flood of tiny continuation frames costs little CPU and memory.
     - `max_queue`: messages that may wait while an async handler is busy; past it the
       driver stops reading the socket (backpressure, never dropping).
     - `open_timeout`: seconds for the opening handshake (a server answers 408).
@@ -37,8 +40,8 @@ class Options:
       None allows every origin. 403 otherwise.
     - `subprotocols`: offered by a client; a server picks the first of its own
       list that the client offered (unless the handshake hook chooses).
-    - `accept_text`: pass text messages to handlers as UTF-8 bytes instead of
-      closing with 1003.
+    - `accept_text`: pass text messages to handlers as `str` (binary ones stay
+      `bytes`) instead of closing with 1003.
     - `write_limit`: outgoing bytes not yet taken by the driver above which the
       wire stops asking for more input, so a handler replying to a flood cannot
       outrun a slow peer.
@@ -48,6 +51,7 @@ class Options:
     """
 
     max_size: int | None = 1 * MiB
+    max_fragments: int = 4096
     max_queue: int = 16
     open_timeout: float | None = 10.0
     close_timeout: float | None = 10.0
@@ -64,6 +68,8 @@ class Options:
     def __post_init__(self) -> None:
         if self.max_size is not None and self.max_size < 1:
             raise LocalProtocolError(f"max_size must be positive or None, got {self.max_size}")
+        if self.max_fragments < 1:
+            raise LocalProtocolError(f"max_fragments must be at least 1, got {self.max_fragments}")
         if self.max_queue < 1:
             raise LocalProtocolError(f"max_queue must be at least 1, got {self.max_queue}")
         for name in ("open_timeout", "close_timeout", "ping_interval", "ping_timeout"):
