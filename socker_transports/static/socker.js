@@ -11,15 +11,18 @@
 //   flow.add((conn, msg) => false, { name: "control" });   // stays forever
 //   const result = await run("ws://127.0.0.1:8765/game", flow);  // {code, reason, sentCode}
 //
-// A handler is handler(conn, message: Uint8Array) and returns (or resolves to):
+// A handler is handler(conn, message) and returns (or resolves to):
 //   true -> advance; false/undefined -> stay; goto("name") -> jump;
 //   closeWith(code, reason) -> close.
 // Messages are handled one at a time in arrival order; while an async handler
 // is pending, later messages wait. Advancing past the last step closes with
 // 1000. A step `timeout` (seconds) closes with 4408. A handler that throws
-// closes with 1011 and a text message with 1003 (locally reported codes: the
+// closes with 1011 and a text message with 1003 unless the connection was made
+// with { acceptText: true } (locally reported codes: the
 // browser WebSocket API can only send 1000 and 3000-4999, so those two go on
 // the wire as 1000 with the reason; result.sentCode tells what was sent).
+// message is a Uint8Array for a binary message, a string for a text one (only with
+// acceptText, as socker's accept_text=True); conn.send(string) sends a text message.
 
 export const SIGNALING_VERSION = 1;
 export const CLOSE = Object.freeze({
@@ -91,7 +94,7 @@ export class Flow {
 const sendable = (code) => code === 1000 || (code >= 3000 && code <= 4999);
 
 export class Connection {
-  constructor(url, flow, { protocols = undefined } = {}) {
+  constructor(url, flow, { protocols = undefined, acceptText = false } = {}) {
     if (!flow.steps.length) throw new Error(`flow ${flow.name} has no steps`);
     this.flow = flow;
     this.state = {};
@@ -103,6 +106,7 @@ export class Connection {
     this._closing = false;
     this._timer = null;
     this._done = false;
+    this.acceptText = acceptText;
     this.closed = new Promise((resolve) => {
       this._resolve = resolve;
     });
@@ -122,10 +126,9 @@ export class Connection {
     return this.ws.readyState === WebSocket.OPEN && !this._closing;
   }
 
-  /** Send one binary message (Uint8Array, ArrayBuffer or view). */
+  /** Send one message: binary for a Uint8Array, ArrayBuffer or view, text for a string. */
   send(data) {
     if (!this.isOpen) throw new Error("cannot send: the connection is not open");
-    if (typeof data === "string") throw new TypeError("socker sends binary messages only");
     this.ws.send(data);
   }
 
@@ -165,10 +168,14 @@ export class Connection {
   _message(data) {
     if (this._closing || this._done) return;
     if (typeof data === "string") {
-      this.close(CLOSE.UNSUPPORTED_DATA, "text message where binary is expected");
-      return;
+      if (!this.acceptText) {
+        this.close(CLOSE.UNSUPPORTED_DATA, "text message where binary is expected");
+        return;
+      }
+      this._queue.push(data);
+    } else {
+      this._queue.push(new Uint8Array(data));
     }
-    this._queue.push(new Uint8Array(data));
     this._drain();
   }
 

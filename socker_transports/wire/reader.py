@@ -2,8 +2,11 @@
 
 `FrameReader.feed(data)` parses socket bytes into events: a complete binary message
 (`bytes`), a complete text message (`str`), `Ping`, `Pong`, `PeerClose`, and the two
-ways parsing stops: `Failed` (the peer broke the protocol: fail the connection) and
-`Refused` (a policy said no, 1003 or 1009: close, then `skip`).
+ways parsing stops: `Failed` (the peer broke the framing: fail the connection) and
+`Refused` (the framing still holds but the message is refused: 1003 text not
+accepted, 1007 invalid UTF-8, 1009 too big: close, then `skip` data frames while
+waiting for the peer's close frame, so a conforming peer's answer is read, not
+met with a reset).
 
 It accepts and refuses exactly what wsproto's frame layer does, at the same byte,
 with the same close codes (tests/transports/test_reader_parity.py holds the two side
@@ -67,8 +70,8 @@ class PeerClose:
 
 @dataclass(frozen=True, slots=True)
 class Failed:
-    """The peer broke the protocol (1002, or 1007 for invalid UTF-8): nothing more
-    will be parsed."""
+    """The peer broke the framing (1002; 1007 for a close reason that is not UTF-8):
+    nothing more will be parsed."""
 
     code: int
     reason: str
@@ -76,8 +79,9 @@ class Failed:
 
 @dataclass(frozen=True, slots=True)
 class Refused:
-    """A policy refused the current message (1003 text not accepted, 1009 too big or
-    in too many fragments); the reader now skips data frames (see `skip`)."""
+    """The current message is refused (1003 text not accepted, 1007 invalid UTF-8,
+    1009 too big or in too many fragments); the reader now skips data frames, still
+    looking for the peer's close frame (see `skip`)."""
 
     code: int
     reason: str
@@ -301,7 +305,7 @@ class FrameReader:
                     try:
                         out.append(payload.decode("utf-8"))
                     except UnicodeDecodeError as exc:
-                        raise _Fail(CloseCode.INVALID_PAYLOAD, str(exc)) from None
+                        self._refuse(CloseCode.INVALID_PAYLOAD, str(exc), out)
                 else:
                     self._refuse(CloseCode.UNSUPPORTED_DATA, "text messages are not accepted", out)
                 pos = end
@@ -363,7 +367,8 @@ class FrameReader:
             try:
                 utf8.decode(memoryview(message)[len(message) - size :], finished)
             except UnicodeDecodeError as exc:
-                raise _Fail(CloseCode.INVALID_PAYLOAD, str(exc)) from None
+                self._refuse(CloseCode.INVALID_PAYLOAD, str(exc), out)
+                return
         if not done:
             return
         self._key = None
