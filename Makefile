@@ -42,7 +42,8 @@ pytest: $(STAMP) browser node-deps
 # The frame layer's tests again on the pure-Python fallback of the C speedup.
 NO_SPEEDUPS_TESTS = tests/transports/test_masking.py tests/transports/test_reader_parity.py \
 	tests/transports/test_wire_frames.py tests/transports/test_wire_close.py \
-	tests/transports/test_wire_fuzz.py tests/transports/test_fragments.py
+	tests/transports/test_wire_fuzz.py tests/transports/test_fragments.py \
+	tests/transports/test_compression.py
 pytest-no-speedups: $(STAMP)
 	SOCKER_NO_SPEEDUPS=1 tools/loopback-only $(BIN)/python -m pytest -q $(NO_SPEEDUPS_TESTS)
 

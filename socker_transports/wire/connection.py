@@ -12,6 +12,7 @@ from wsproto import ConnectionType
 from socker_core import ConnectionClosedError, Flow, LocalProtocolError
 from socker_core._codes import CloseCode
 
+from . import deflate
 from .events import CloseResult, Phase, WireEvent
 from .frames import OP_PING, control_frame
 from .handshake import _upgrade_request
@@ -105,6 +106,12 @@ class Wire(_HandshakePhase):
         extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
         if origin is not None:
             extra.append((b"Origin", origin.encode("latin-1")))
+        if opts.compression == "deflate":
+            offer = deflate.client_offer(
+                server_no_context_takeover=opts.server_no_context_takeover,
+                client_no_context_takeover=opts.client_no_context_takeover,
+            )
+            extra.append((b"Sec-WebSocket-Extensions", offer.encode("ascii")))
         nonce = base64.b64encode(os.urandom(16))
         try:
             data = _upgrade_request(host, path, nonce, opts.subprotocols, extra)

@@ -24,21 +24,25 @@ _HEADER_16 = struct.Struct("!BBH").pack
 _HEADER_64 = struct.Struct("!BBQ").pack
 
 
-def data_frame(payload: bytes, *, text: bool, client: bool) -> tuple[bytes, bytes]:
-    """(header, payload) of a whole message in one frame; a client's payload masked."""
+def data_frame(
+    payload: bytes, *, text: bool, client: bool, rsv1: bool = False
+) -> tuple[bytes, bytes]:
+    """(header, payload) of a whole message in one frame; a client's payload masked;
+    `rsv1` marks a compressed message (permessage-deflate)."""
     n = len(payload)
-    first = 0x81 if text else 0x82
+    first = (0x81 if text else 0x82) | (0x40 if rsv1 else 0)
+    plain = first == 0x82  # the precomputed small headers are for plain binary frames
     if client:
         key = os.urandom(4)
         if n < 126:
-            header = (_SMALL_MASKED_HEADERS[n] if not text else bytes((first, 0x80 | n))) + key
+            header = (_SMALL_MASKED_HEADERS[n] if plain else bytes((first, 0x80 | n))) + key
         elif n < 65536:
             header = _HEADER_16(first, 0xFE, n) + key
         else:
             header = _HEADER_64(first, 0xFF, n) + key
         return header, mask(key, payload)
     if n < 126:
-        header = _SMALL_HEADERS[n] if not text else bytes((first, n))
+        header = _SMALL_HEADERS[n] if plain else bytes((first, n))
     elif n < 65536:
         header = _HEADER_16(first, 126, n)
     else:

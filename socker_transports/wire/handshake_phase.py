@@ -13,6 +13,7 @@ from wsproto.events import RejectConnection, Request
 
 from socker_core import Flow, Stepper
 
+from . import deflate
 from .events import AwaitHandshake, Opened, Phase
 from .handshake import _accept_response, _check_accept_response, _read_request, _valid_key
 from .hooks import _DEFAULT_ACCEPT, Accept, HandshakeRequest, Reject
@@ -169,8 +170,22 @@ class _HandshakePhase(_OpenPhase):
                 500, f"subprotocol {subprotocol!r} was not offered", now, respond=True
             )
             return
+        headers = accept.headers
+        options = self.options
+        if options.compression == "deflate":
+            offers = [
+                value for name, value in request.headers if name == "sec-websocket-extensions"
+            ]
+            agreed = deflate.server_accept(
+                offers,
+                server_no_context_takeover=options.server_no_context_takeover,
+                client_no_context_takeover=options.client_no_context_takeover,
+            )
+            if agreed is not None:
+                headers = [*headers, ("Sec-WebSocket-Extensions", agreed[0])]
+                self._deflate = deflate.Deflate(agreed[1])
         try:
-            response = _accept_response(self._key, subprotocol, accept.headers)
+            response = _accept_response(self._key, subprotocol, headers)
         except Exception as exc:  # a header the h11 rules refuse to send
             logger.error("%s: cannot accept: %s", self._label(), exc)
             self._fail_handshake(500, "cannot build the handshake response", now, respond=True)
@@ -187,9 +202,19 @@ class _HandshakePhase(_OpenPhase):
         if start is None or _STATUS_LINE_101.fullmatch(start) is None:
             self._client_refused(head + rest, now)
             return
+        options = self.options
+        offered = options.compression == "deflate"
+        extensions: list[str] = []
         try:
             fields = _h11_fields(block)
-            subprotocol = _check_accept_response(fields, self._nonce, self.options.subprotocols)
+            subprotocol = _check_accept_response(
+                fields, self._nonce, options.subprotocols, extensions if offered else None
+            )
+            if extensions:
+                params = deflate.client_accepted(
+                    extensions, client_no_context_takeover=options.client_no_context_takeover
+                )
+                self._deflate = deflate.Deflate(params)
         except Exception as exc:  # the message says why; a non-ASCII value, for example
             self._fail_handshake(0, f"bad handshake response: {exc}", now)
             return
@@ -229,6 +254,7 @@ class _HandshakePhase(_OpenPhase):
                 max_size=options.max_size,
                 max_fragments=options.max_fragments,
                 text=options.accept_text,
+                deflate=self._deflate,
             )
         return reader
 

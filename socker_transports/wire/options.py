@@ -42,6 +42,12 @@ class Options:
       list that the client offered (unless the handshake hook chooses).
     - `accept_text`: pass text messages to handlers as `str` (binary ones stay
       `bytes`) instead of closing with 1003.
+    - `compression`: "deflate" negotiates permessage-deflate (RFC 7692) when the
+      peer offers or accepts it; None (the default) never does. `max_size` then
+      bounds the decompressed size, enforced while decompressing (1009).
+    - `server_no_context_takeover` / `client_no_context_takeover`: that side
+      starts each message with a fresh compression context (less memory held
+      between messages, a lower ratio); offered by a client, granted by a server.
     - `write_limit`: outgoing bytes not yet taken by the driver above which the
       wire stops asking for more input, so a handler replying to a flood cannot
       outrun a slow peer.
@@ -62,6 +68,9 @@ class Options:
     origins: Sequence[str | None] | None = None
     subprotocols: Sequence[str] = ()
     accept_text: bool = False
+    compression: str | None = None
+    server_no_context_takeover: bool = False
+    client_no_context_takeover: bool = False
     write_limit: int = 64 * 1024
     max_send_buffer: int = 16 * MiB
 
@@ -78,6 +87,10 @@ class Options:
                 raise LocalProtocolError(f"{name} must be positive or None, got {value}")
         if self.max_line < 256 or self.max_headers < 1:
             raise LocalProtocolError("max_line must be >= 256 and max_headers >= 1")
+        if self.compression not in (None, "deflate"):
+            raise LocalProtocolError(
+                f'compression must be None or "deflate", got {self.compression!r}'
+            )
         if self.write_limit < 1 or self.max_send_buffer < 1:
             raise LocalProtocolError("write_limit and max_send_buffer must be positive")
         for name in ("origins", "subprotocols"):

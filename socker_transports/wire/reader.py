@@ -32,6 +32,7 @@ from typing import Any
 from socker_core._codes import CloseCode
 
 from . import masking
+from .deflate import Deflate
 
 #: The longest unit ever held between reads: a control frame (14-byte header, 125
 #: bytes of payload). A data frame's payload is never held, only its header.
@@ -104,7 +105,9 @@ class FrameReader:
 
     __slots__ = (
         "_client",
+        "_compressed",
         "_dead",
+        "_deflate",
         "_fin",
         "_fragments",
         "_frame_opcode",
@@ -117,6 +120,7 @@ class FrameReader:
         "_message_opcode",
         "_message_size",
         "_remaining",
+        "_rsv1",
         "_skipping",
         "_started",
         "_text",
@@ -130,8 +134,10 @@ class FrameReader:
         max_size: int | None,
         max_fragments: int,
         text: bool = True,
+        deflate: Deflate | None = None,
     ) -> None:
         self._client = client
+        self._deflate = deflate  # permessage-deflate, when negotiated
         self._max_size = max_size
         self._max_fragments = max_fragments
         self._text = text
@@ -145,11 +151,13 @@ class FrameReader:
         self._fin = False
         self._frame_opcode = 0
         self._started = False  # its first piece was checked against the message
+        self._rsv1 = False  # its RSV1 bit: the message it starts is compressed
         # The message being assembled (opcode 0: none).
         self._message_opcode = 0
         self._message: bytearray | None = None
         self._message_size = 0
         self._fragments = 0  # finished frames of it so far
+        self._compressed = False
         self._utf8: Any = None  # an incremental UTF-8 decoder while a text message arrives
 
     @property
@@ -258,7 +266,8 @@ class FrameReader:
                     )
                 if length >> 63:
                     raise _Fail(CloseCode.PROTOCOL_ERROR, "8-byte payload length with non-zero MSB")
-            if b0 & 0x70:
+            rsv = b0 & 0x70
+            if rsv and (rsv != 0x40 or self._deflate is None or opcode == _OP_CONT or control):
                 raise _Fail(CloseCode.PROTOCOL_ERROR, "Reserved bit set unexpectedly")
             if b1 & 0x80:
                 if client:
@@ -299,6 +308,12 @@ class FrameReader:
                     payload = bytes(buf[head:end])
                 else:
                     payload = masking.unmask(buf, head, end, key, 0)
+                if rsv:
+                    inflated = self._inflate(payload, True, 0, out)
+                    if inflated is None:
+                        pos = end
+                        continue
+                    payload = inflated
                 if opcode == _OP_BINARY:
                     out.append(payload)
                 elif self._text:
@@ -316,6 +331,7 @@ class FrameReader:
             self._fin = bool(fin)
             self._frame_opcode = opcode
             self._started = False
+            self._rsv1 = bool(rsv)
             pos = head
             if not length:
                 self._payload(buf, pos, pos, out)
@@ -347,13 +363,28 @@ class FrameReader:
                         return
                     self._utf8 = _Utf8Decoder()
                 self._message_opcode = opcode
+                self._compressed = self._rsv1
             elif opcode != _OP_CONT:
                 raise _Fail(CloseCode.PROTOCOL_ERROR, f"expected CONTINUATION, got {opcode:#x}")
             self._started = True
         message = self._message
         if message is None:
             message = self._message = bytearray()
-        if size:
+        finished = done and self._fin
+        if self._compressed:
+            key = self._key
+            if key is None:
+                piece = bytes(buf[start:end])
+            else:
+                piece = masking.unmask(buf, start, end, key, self._key_phase)
+                self._key_phase = (self._key_phase + size) & 3
+            inflated = self._inflate(piece, finished, self._message_size, out)
+            if inflated is None:
+                return
+            message += inflated
+            size = len(inflated)
+            self._message_size += size
+        elif size:
             key = self._key
             if key is None:
                 message += memoryview(buf)[start:end]
@@ -361,7 +392,6 @@ class FrameReader:
                 masking.unmask_into(message, buf, start, end, key, self._key_phase)
                 self._key_phase = (self._key_phase + size) & 3
             self._message_size += size
-        finished = done and self._fin
         utf8 = self._utf8
         if utf8 is not None:
             try:
@@ -387,7 +417,27 @@ class FrameReader:
             limit = self._max_fragments
             self._refuse(CloseCode.MESSAGE_TOO_BIG, f"message in more than {limit} fragments", out)
 
+    def _inflate(
+        self, piece: bytes, finished: bool, produced: int, out: list[ReaderEvent]
+    ) -> bytes | None:
+        """Decompress a piece of a compressed message, `produced` bytes of it already
+        out: None when the message is refused (1009 past max_size, 1007 corrupt)."""
+        deflate = self._deflate
+        assert deflate is not None
+        max_size = self._max_size
+        try:
+            inflated = deflate.inflate(
+                piece, finished, None if max_size is None else max_size - produced
+            )
+        except ValueError as exc:
+            self._refuse(CloseCode.INVALID_PAYLOAD, str(exc), out)
+            return None
+        if inflated is None:
+            self._refuse(CloseCode.MESSAGE_TOO_BIG, f"message larger than {max_size} bytes", out)
+        return inflated
+
     def _reset_message(self) -> None:
+        self._compressed = False
         self._message_opcode = 0
         self._message = None
         self._message_size = 0

@@ -20,6 +20,7 @@ from socker_core import (
 )
 from socker_core._codes import CloseCode
 
+from .deflate import Deflate
 from .events import HandshakeFailed, Phase, WireEvent
 from .frames import _truncate_reason, close_frame, data_frame
 from .hooks import HandshakeHook, HandshakeRequest, HttpHandler
@@ -40,6 +41,7 @@ class _WireState:
         "_client_request",
         "_close_deadline",
         "_close_sent",
+        "_deflate",
         "_eof",
         "_events",
         "_guard",
@@ -95,6 +97,7 @@ class _WireState:
         # The frame reader, from the moment the handshake succeeds.
         self._reader: FrameReader | None = None
         self._close_sent = False  # our close frame (or the echo of the peer's) is written
+        self._deflate: Deflate | None = None  # permessage-deflate, once negotiated
         self._phase = Phase.HANDSHAKE
         self._out: list[bytes | bytearray] = []
         self._out_size = 0
@@ -159,12 +162,17 @@ class _WireState:
 
     def _send_message(self, data: bytes | bytearray | memoryview | str, now: float) -> None:
         """Queue one message as a single frame: text for a str, binary otherwise."""
+        text = isinstance(data, str)
         if isinstance(data, str):
-            header, payload = data_frame(data.encode("utf-8"), text=True, client=self._client)
+            data = data.encode("utf-8")
+        elif type(data) is not bytes:
+            data = bytes(data)  # never keep a buffer the application may mutate
+        deflate = self._deflate
+        compressed = None if deflate is None else deflate.compress(data)
+        if compressed is None:
+            header, payload = data_frame(data, text=text, client=self._client)
         else:
-            if type(data) is not bytes:
-                data = bytes(data)  # never keep a buffer the application may mutate
-            header, payload = data_frame(data, text=False, client=self._client)
+            header, payload = data_frame(compressed, text=text, client=self._client, rsv1=True)
         out = self._out
         out.append(header)
         out.append(payload)
