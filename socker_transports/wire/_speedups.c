@@ -9,6 +9,11 @@
  * - unmask_into(target, data, start, end, key, phase): the same, appended to the
  *   bytearray `target` (one copy: the payload goes from the read straight into the
  *   message being assembled).
+ * - alloc_message(n) / unmask_at(target, offset, data, start, end, key, phase): a
+ *   single-frame message announced by its header is unmasked piece by piece straight
+ *   into the bytes object the handler will get (one copy from the reads), instead
+ *   of a growing bytearray and a final copy to bytes. Private to the reader: the
+ *   bytes object is filled before it is shared.
  * - skip_data_frames(data, start, client) -> int: the offset of the first frame at or
  *   after `start` that is not a complete, well-formed data frame (so Python looks at
  *   it), skipping the payloads of those that are. Used once a connection is closing,
@@ -142,7 +147,55 @@ skip_data_frames(PyObject *self, PyObject *args)
     return PyLong_FromSsize_t(pos);
 }
 
+static PyObject *
+alloc_message(PyObject *self, PyObject *arg)
+{
+    Py_ssize_t n = PyLong_AsSsize_t(arg);
+    if (n == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (n < 0) {
+        PyErr_SetString(PyExc_ValueError, "negative size");
+        return NULL;
+    }
+    /* Uninitialized: the reader fills every byte (unmask_at) before anyone sees it. */
+    return PyBytes_FromStringAndSize(NULL, n);
+}
+
+static PyObject *
+unmask_at(PyObject *self, PyObject *args)
+{
+    PyObject *target, *key_obj;
+    Py_ssize_t offset, start, end, phase;
+    Py_buffer data;
+    PyObject *result = NULL;
+    if (!PyArg_ParseTuple(args, "O!ny*nnOn", &PyBytes_Type, &target, &offset, &data, &start,
+                          &end, &key_obj, &phase)) {
+        return NULL;
+    }
+    Py_ssize_t size = PyBytes_GET_SIZE(target);
+    if (start < 0 || end < start || end > data.len || offset < 0 || offset > size - (end - start)) {
+        PyErr_SetString(PyExc_ValueError, "start/end/offset out of range");
+    } else if (key_obj == Py_None) {
+        memcpy(PyBytes_AS_STRING(target) + offset, (const char *)data.buf + start, end - start);
+        result = Py_None;
+    } else if (!PyBytes_Check(key_obj) || PyBytes_GET_SIZE(key_obj) != 4) {
+        PyErr_SetString(PyExc_ValueError, "a masking key is 4 bytes");
+    } else {
+        xor_mask(PyBytes_AS_STRING(target) + offset, (const char *)data.buf + start, end - start,
+                 (const unsigned char *)PyBytes_AS_STRING(key_obj), phase & 3);
+        result = Py_None;
+    }
+    Py_XINCREF(result);
+    PyBuffer_Release(&data);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"alloc_message", alloc_message, METH_O,
+     "An uninitialized bytes object of n bytes, for the reader to fill (private)."},
+    {"unmask_at", unmask_at, METH_VARARGS,
+     "data[start:end] (XOR the key unless it is None) into a bytes object being filled."},
     {"unmask", unmask, METH_VARARGS, "data[start:end] XOR the masking key, from key offset phase."},
     {"unmask_into", unmask_into, METH_VARARGS, "unmask, appended to a bytearray."},
     {"skip_data_frames", skip_data_frames, METH_VARARGS,

@@ -86,23 +86,32 @@ def py_skip_data_frames(data: Buffer, pos: int, client: bool) -> int:
 
 
 Unmask = Callable[[Buffer, int, int, bytes, int], bytes]
+AllocMessage = Callable[[int], bytes]
+UnmaskAt = Callable[[bytes, int, Buffer, int, int, "bytes | None", int], None]
 UnmaskInto = Callable[[bytearray, Buffer, int, int, bytes, int], None]
 SkipDataFrames = Callable[[Buffer, int, bool], int]
 
 unmask: Unmask = py_unmask
 unmask_into: UnmaskInto = py_unmask_into
 skip_data_frames: SkipDataFrames = py_skip_data_frames
+#: C only (None without the speedup): a single-frame message filled in place.
+alloc_message: AllocMessage | None = None
+unmask_at: UnmaskAt | None = None
 SPEEDUPS = False
 
 if not os.environ.get("SOCKER_NO_SPEEDUPS"):
     try:
         from . import _speedups  # type: ignore[attr-defined]
     except ImportError:  # not built (no compiler at install time): Python it is
-        pass
-    else:
+        _speedups = None
+    _NAMES = ("unmask", "unmask_into", "skip_data_frames", "alloc_message", "unmask_at")
+    if _speedups is not None and all(hasattr(_speedups, name) for name in _NAMES):
+        # (an extension built from an older _speedups.c is ignored, not half used)
         unmask = _speedups.unmask
         unmask_into = _speedups.unmask_into
         skip_data_frames = _speedups.skip_data_frames
+        alloc_message = _speedups.alloc_message
+        unmask_at = _speedups.unmask_at
         SPEEDUPS = True
 
 

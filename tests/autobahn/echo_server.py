@@ -25,7 +25,13 @@ def echo(conn: Connection, message: bytes | str) -> bool:
     return False
 
 
-OPTIONS = {"accept_text": True, "compression": "deflate", "max_size": None}
+OPTIONS = {
+    "accept_text": True,
+    "compression": "deflate",
+    "max_size": None,
+    "max_send_buffer": 64 * 1024 * 1024,  # case 9 echoes 16 MiB messages
+    "max_fragments": 1 << 17,  # cases 9.3 / 9.4 send 4 MiB in up to 65,536 fragments
+}
 
 
 def main() -> None:

@@ -137,3 +137,20 @@ def test_the_environment_switch_forces_the_fallback() -> None:
     )
     assert default.stdout.strip() == "True"  # built by `make install`
     assert (not os.environ.get("SOCKER_NO_SPEEDUPS")) == masking.SPEEDUPS
+
+
+@settings(max_examples=200, deadline=None)
+@given(RANGES, st.booleans())
+def test_unmask_at_fills_a_message_in_place(
+    case: tuple[bytes, int, int, bytes, int], masked: bool
+) -> None:
+    data, a, b, key, phase = case
+    start, end = min(a, b), max(a, b)
+    c = speedups()
+    expected = reference(data, start, end, key, phase) if masked else data[start:end]
+    target = c.alloc_message(len(expected) + 3)
+    c.unmask_at(target, 0, b"abc", 0, 3, None, 0)
+    c.unmask_at(target, 3, data, start, end, key if masked else None, phase)
+    assert target == b"abc" + expected
+    with pytest.raises(ValueError):
+        c.unmask_at(target, 4, data, start, end, None, 0) if expected else c.alloc_message(-1)
