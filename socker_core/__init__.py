@@ -21,6 +21,7 @@ from ._events import (
     Event,
     FlowCompleted,
     HandlerFailed,
+    Message,
     Send,
     StepChanged,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "HandlerFailed",
     "Hook",
     "LocalProtocolError",
+    "Message",
     "QueueFullError",
     "RemoteProtocolError",
     "Result",
