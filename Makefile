@@ -5,11 +5,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install browser redis node-deps lint typecheck pytest docs docs-strict bench fuzz clean
+.PHONY: demo test install browser redis node-deps lint typecheck pytest pytest-no-speedups docs docs-strict bench fuzz clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# setup.py builds the optional C speedup (socker_transports/wire/_speedups.c) in place.
+$(STAMP): pyproject.toml setup.py socker_transports/wire/_speedups.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
@@ -52,13 +53,23 @@ docs: $(STAMP)
 docs-strict: $(STAMP)
 	$(BIN)/mkdocs build --strict
 
-test: lint typecheck docs-strict pytest
+
+# The frame layer's tests again on the pure-Python fallback of the C speedup.
+NO_SPEEDUPS_TESTS = tests/transports/test_masking.py tests/transports/test_reader_parity.py \
+	tests/transports/test_wire_frames.py tests/transports/test_wire_close.py \
+	tests/transports/test_wire_fuzz.py tests/transports/test_fragments.py \
+	tests/transports/test_compression.py
+pytest-no-speedups: $(STAMP)
+	SOCKER_NO_SPEEDUPS=1 tools/loopback-only $(BIN)/python -m pytest -q $(NO_SPEEDUPS_TESTS)
+
+test: lint typecheck docs-strict pytest pytest-no-speedups
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis site
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis site build
+	rm -f socker_transports/wire/_speedups*.so
 
 # Long fuzzing runs (atheris, extra `fuzz`): FUZZ_SECONDS per harness, corpus kept in fuzz/corpus.
 FUZZ_SECONDS ?= 1800

@@ -43,7 +43,7 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-from .peers import PEERS, PROTOTYPES
+from .peers import OTHERS, PEERS, PROTOTYPES
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -540,10 +540,10 @@ def main(argv: list[str] | None = None) -> int:
         budget=mode.budget,
     )
     only = args.only.split(",") if args.only else []
-    unknown = [i for i in only if i not in PEERS and i not in PROTOTYPES]
+    unknown = [i for i in only if i not in PEERS and i not in PROTOTYPES and i not in OTHERS]
     if unknown:
         parser.error(f"unknown implementation(s): {', '.join(unknown)}")
-    impls = [i for i in [*IMPLS, *PROTOTYPES] if i in only] if only else list(IMPLS)
+    impls = [i for i in [*IMPLS, *PROTOTYPES, *OTHERS] if i in only] if only else list(IMPLS)
     wanted = set(args.scenarios.split(",")) if args.scenarios else None
     scenarios = [s for s in SCENARIOS if wanted is None or s.key in wanted]
     started = time.monotonic()

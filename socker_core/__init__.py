@@ -21,6 +21,7 @@ from ._events import (
     Event,
     FlowCompleted,
     HandlerFailed,
+    Message,
     Send,
     StepChanged,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "Hook",
     "LocalProtocolError",
     "MemorySessionStore",
+    "Message",
     "QueueFullError",
     "Refused",
     "Registry",

@@ -38,9 +38,13 @@ CLOSE_CODES: dict[int, str] = {
     CloseCode.UNSUPPORTED_DATA: "unsupported data: a text message where binary is expected",
     CloseCode.NO_STATUS_RECEIVED: "the peer's close frame carried no code (reported, never sent)",
     CloseCode.ABNORMAL: "no close frame: the transport was lost (reported, never sent)",
-    CloseCode.INVALID_PAYLOAD: "invalid UTF-8 in a text message or close reason",
+    CloseCode.INVALID_PAYLOAD: (
+        "invalid UTF-8 in a text message or close reason, or compressed data that does not inflate"
+    ),
     CloseCode.POLICY_VIOLATION: "policy violation (for example a handshake-time rejection)",
-    CloseCode.MESSAGE_TOO_BIG: "message larger than max_size",
+    CloseCode.MESSAGE_TOO_BIG: (
+        "message larger than max_size (decompressed), or in more than max_fragments frames"
+    ),
     CloseCode.INTERNAL_ERROR: (
         "a handler raised or returned something invalid, or a keepalive ping went unanswered"
     ),

@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from dataclasses import dataclass
 
+#: A websocket message: `bytes` travel as a binary message, `str` as a text message.
+Message = bytes | str
+
 
 @dataclass(frozen=True, slots=True)
 class Send:
-    """Send `data` to the peer as one binary message."""
+    """Send `data` to the peer as one message: binary for bytes, text for a str."""
 
-    data: bytes
+    data: Message
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,12 +49,16 @@ class Close:
 #: What a handler may return: True advances, False/None stays.
 Result = bool | Goto | Close | None
 #: A step handler: `handler(conn, message)`, plain or `async def`, returning a `Result`.
-Handler = Callable[["Connection", bytes], Result | Awaitable[Result]]
+#: It takes the message as it arrived: `bytes` for binary messages, `str` for
+#: text ones (only with the wire's `accept_text=True`); annotate `bytes`, `str` or both.
+Handler = Callable[["Connection", Any], Result | Awaitable[Result]]
 #: An `on_open` / `on_close` hook: `hook(conn)`, plain or `async def`.
 Hook = Callable[["Connection"], Close | Awaitable[Any] | None]
 # What a decorated handler or hook returns, kept so the decorators give back the
 # function's own return type.
 _R = TypeVar("_R", bound=Result | Awaitable[Result])
+# What a step handler takes: bytes (binary messages), or str (text, with accept_text).
+_M = TypeVar("_M", bytes, str)
 _HookR = TypeVar("_HookR", bound=Close | Awaitable[Any] | None)
 
 
@@ -145,7 +149,7 @@ class Flow(Generic[StateT]):
 
     def add(
         self,
-        handler: Callable[[Connection[StateT], bytes], Result | Awaitable[Result]],
+        handler: Callable[[Connection[StateT], _M], Result | Awaitable[Result]],
         *,
         name: str | None = None,
         timeout: float | None = None,
@@ -183,13 +187,13 @@ class Flow(Generic[StateT]):
 
     @overload
     def step(
-        self, handler: Callable[[Connection[StateT], bytes], _R], /
-    ) -> Callable[[Connection[StateT], bytes], _R]: ...
+        self, handler: Callable[[Connection[StateT], _M], _R], /
+    ) -> Callable[[Connection[StateT], _M], _R]: ...
     @overload
     def step(
         self, *, name: str | None = None, timeout: float | None = None, blocking: bool = False
     ) -> Callable[
-        [Callable[[Connection[StateT], bytes], _R]], Callable[[Connection[StateT], bytes], _R]
+        [Callable[[Connection[StateT], _M], _R]], Callable[[Connection[StateT], _M], _R]
     ]: ...
 
     def step(

@@ -51,6 +51,12 @@ _DETACHED = State.DETACHED
 _RUNNING = (State.OPEN, State.DETACHED)
 _DETACHED_STATES = (State.DETACHED, State.DETACHED_AWAITING, State.DETACHED_CLOSING)
 _BYTES_LIKE = (bytes, bytearray, memoryview)
+# On a resumable connection text frames carry socker's own resume control messages
+# (socker.resume.v1): the application's messages are binary there.
+_TEXT_ON_RESUMABLE = (
+    "a resumable connection (resume_window) sends binary messages only: text frames "
+    "carry its resume control messages"
+)
 
 # Deterministic default ids for embedded use and the test kit ("c1", "c2", ...).
 # Drivers pass their own (random, unique across processes) ids instead.
@@ -86,8 +92,9 @@ class Connection(Generic[StateT]):
     def state(self, value: StateT) -> None:
         self._state = value
 
-    def send(self, data: bytes) -> None:
-        """Send one binary message to the peer. Raises ConnectionClosedError once closing."""
+    def send(self, data: bytes | str) -> None:
+        """Send one message to the peer: binary for bytes (or any bytes-like), text for a
+        str. Raises ConnectionClosedError once closing."""
         stepper = self._stepper
         guard = stepper.guard
         if guard is None:
@@ -283,10 +290,11 @@ class Stepper(Generic[StateT]):
         self._steps: tuple[Step, ...] = flow.steps
         self._phase = State.IDLE
         self._index = 0
-        self._handler = self._steps[0].handler
+        # Any: a handler takes bytes, str or both (see `Handler`); the wire decides which.
+        self._handler: Callable[[Connection, Any], Any] = self._steps[0].handler
         self._deadline: float | None = None
         # Messages waiting for a pending async handler (made when the first one waits).
-        self._queue: deque[bytes] | None = None
+        self._queue: deque[bytes | str] | None = None
         self._events: list[Event] | None = None
         # Events made outside a call, until `pending_events` takes them.
         self._outbox: list[Event] | None = None
@@ -408,8 +416,8 @@ class Stepper(Generic[StateT]):
             self._events = None
         return events
 
-    def receive(self, message: bytes, now: float) -> list[Event]:
-        """One complete message from the peer."""
+    def receive(self, message: bytes | str, now: float) -> list[Event]:
+        """One complete message from the peer (str for a text message)."""
         if (
             self._phase is _OPEN
             and self._events is None
@@ -536,7 +544,7 @@ class Stepper(Generic[StateT]):
         for event in events:
             self._emit(event)
 
-    def send(self, data: bytes, now: float) -> list[Event]:
+    def send(self, data: bytes | str, now: float) -> list[Event]:
         """Application send from outside any handler."""
         self._check("send")
         events = self._begin()
@@ -640,7 +648,7 @@ class Stepper(Generic[StateT]):
         self._deadline = None if step.timeout is None else now + step.timeout
         self._emit(StepChanged(None, step.name, 0))
 
-    def _handle(self, message: bytes, now: float) -> None:
+    def _handle(self, message: bytes | str, now: float) -> None:
         step_name = self._steps[self._index].name
         timer = self.handler_timer
         done = None if timer is None else timer(step_name)
@@ -795,7 +803,7 @@ class Stepper(Generic[StateT]):
             self._emit(CancelAwait(self._pending))
             self._pending = self._pending_hook = None
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, data: bytes | str) -> None:
         phase = self._phase
         if phase is not _OPEN and phase is not State.AWAITING:
             if phase in _DETACHED_STATES:
@@ -808,18 +816,22 @@ class Stepper(Generic[StateT]):
                 self._close_code,
                 self._close_reason,
             )
-        if type(data) is not bytes:
+        if type(data) is not bytes and type(data) is not str:
             if not isinstance(data, _BYTES_LIKE):
-                raise TypeError(f"send() takes bytes, got {type(data).__name__}")
+                raise TypeError(f"send() takes bytes or str, got {type(data).__name__}")
             data = bytes(data)  # a snapshot: the caller may reuse its buffer
         replay = self._replay
         if replay is not None:
+            if isinstance(data, str):
+                raise LocalProtocolError(_TEXT_ON_RESUMABLE)
             replay.retain(data)  # an overflow only matters if the transport drops
         self._emit(Send(data))
 
-    def _send_detached(self, data: bytes) -> None:
+    def _send_detached(self, data: bytes | str) -> None:
         """No transport: keep the message for replay; past max_resume_buffer the
         session cannot be replayed any more, so it ends now (4413)."""
+        if isinstance(data, str):
+            raise LocalProtocolError(_TEXT_ON_RESUMABLE)
         if not isinstance(data, _BYTES_LIKE):
             raise TypeError(f"send() takes bytes, got {type(data).__name__}")
         replay = self._replay

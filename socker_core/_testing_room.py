@@ -260,7 +260,8 @@ class _Room:
         for event in events:
             self.count += 1
             if isinstance(event, Send):
-                self._record(key, "send", bytes(event.data))
+                data = event.data
+                self._record(key, "send", data if isinstance(data, str) else bytes(data))
                 self._push(now + self.latency, _PRIORITY_NET, ("msg", other, event.data))
             elif isinstance(event, StepChanged):
                 self._record(key, "step", event.to_step, event.to_step)

@@ -476,7 +476,8 @@ class _Pair:
         for event in events:
             self.count += 1
             if isinstance(event, Send):
-                self._record(side, "send", bytes(event.data))
+                data = event.data
+                self._record(side, "send", data if isinstance(data, str) else bytes(data))
                 self._push(now + self.latency, _PRIORITY_NET, ("msg", _other(side), event.data))
             elif isinstance(event, StepChanged):
                 self._record(side, "step", event.to_step, event.to_step)
@@ -1005,8 +1006,8 @@ class _FuzzRun:
         if self.closed is not None:
             raise self.fail(f"event {event!r} after Closed")
         if isinstance(event, Send):
-            if not isinstance(event.data, (bytes, bytearray, memoryview)):
-                raise self.fail(f"Send carries {type(event.data).__name__}, not bytes")
+            if not isinstance(event.data, (bytes, bytearray, memoryview, str)):
+                raise self.fail(f"Send carries {type(event.data).__name__}, not bytes or str")
             if self.close_requested is not None:
                 raise self.fail(f"{event!r} after CloseRequested")
         elif isinstance(event, StepChanged):

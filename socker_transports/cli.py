@@ -149,6 +149,18 @@ _SPECIAL_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
         {"action": "append", "metavar": "NAME", "help": "subprotocol to offer/accept (repeatable)"},
     ),
     "accept_text": ("--accept-text", {"action": "store_true", "help": "accept text messages"}),
+    "compression": (
+        "--compression",
+        {"choices": ["deflate"], "help": "negotiate permessage-deflate (default: off)"},
+    ),
+    "server_no_context_takeover": (
+        "--server-no-context-takeover",
+        {"action": "store_true", "help": "deflate: the server resets its context per message"},
+    ),
+    "client_no_context_takeover": (
+        "--client-no-context-takeover",
+        {"action": "store_true", "help": "deflate: the client resets its context per message"},
+    ),
 }
 _TYPES: dict[str, Callable[[str], Any]] = {
     "int": _number(int, "an integer", none=False),
@@ -186,8 +198,9 @@ def options_from(ns: argparse.Namespace) -> dict[str, Any]:
     for field in dataclasses.fields(Options):
         if hasattr(ns, f"opt_{field.name}"):
             given[field.name] = getattr(ns, f"opt_{field.name}")
-    if given.get("accept_text") is False:
-        del given["accept_text"]
+    for flag in ("accept_text", "server_no_context_takeover", "client_no_context_takeover"):
+        if given.get(flag) is False:
+            del given[flag]
     if "subprotocols" in given:
         given["subprotocols"] = tuple(given["subprotocols"])
     if getattr(ns, "allow_no_origin", False):

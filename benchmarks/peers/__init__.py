@@ -29,6 +29,14 @@ PEERS: dict[str, str] = {
     "raw-wsproto-asyncio": "raw_wsproto",
 }
 
+#: Other libraries' servers for the fast-client comparison (`benchmarks.fast`); they
+#: need `pip install picows aiohttp`, so the default `python -m benchmarks` run
+#: leaves them out unless named with `--only`.
+OTHERS: dict[str, str] = {
+    "picows-uvloop": "picows_peer",
+    "aiohttp": "aiohttp_peer",
+}
+
 #: Prototypes, measured only when named with `--only`: what a driver built another
 #: way would reach (see each module's docstring). Not socker drivers.
 PROTOTYPES: dict[str, str] = {
@@ -36,4 +44,4 @@ PROTOTYPES: dict[str, str] = {
     "proto-wire-buffered": "proto_asyncio",
     "proto-wire-buffered-uvloop": "proto_asyncio",
 }
-ALL: dict[str, str] = {**PEERS, **PROTOTYPES}
+ALL: dict[str, str] = {**PEERS, **PROTOTYPES, **OTHERS}

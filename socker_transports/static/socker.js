@@ -11,13 +11,14 @@
 //   flow.add((conn, msg) => false, { name: "control" });   // stays forever
 //   const result = await run("ws://127.0.0.1:8765/game", flow);  // {code, reason, sentCode}
 //
-// A handler is handler(conn, message: Uint8Array) and returns (or resolves to):
+// A handler is handler(conn, message) and returns (or resolves to):
 //   true -> advance; false/undefined -> stay; goto("name") -> jump;
 //   closeWith(code, reason) -> close.
 // Messages are handled one at a time in arrival order; while an async handler
 // is pending, later messages wait. Advancing past the last step closes with
 // 1000. A step `timeout` (seconds) closes with 4408. A handler that throws
-// closes with 1011 and a text message with 1003 (locally reported codes: the
+// closes with 1011 and a text message with 1003 unless the connection was made
+// with { acceptText: true } (locally reported codes: the
 // browser WebSocket API can only send 1000 and 3000-4999, so those two go on
 // the wire as 1000 with the reason; result.sentCode tells what was sent).
 //
@@ -34,6 +35,8 @@
 // 4412, 4413); the page may then start a fresh connection. Browsers cannot see
 // pings, so a silent drop is noticed when the server gives up on the transport
 // or the browser's TCP stack does.
+// message is a Uint8Array for a binary message, a string for a text one (only with
+// acceptText, as socker's accept_text=True); conn.send(string) sends a text message.
 
 export const SIGNALING_VERSION = 1;
 export const CLOSE = Object.freeze({
@@ -139,7 +142,12 @@ export class Connection {
   constructor(
     url,
     flow,
-    { protocols = undefined, reconnect = false, maxResumeBuffer = 1024 * 1024 } = {},
+    {
+      protocols = undefined,
+      reconnect = false,
+      maxResumeBuffer = 1024 * 1024,
+      acceptText = false,
+    } = {},
   ) {
     if (!flow.steps.length) throw new Error(`flow ${flow.name} has no steps`);
     this.flow = flow;
@@ -160,6 +168,7 @@ export class Connection {
     this._closing = false;
     this._timer = null;
     this._done = false;
+    this.acceptText = acceptText;
     this.closed = new Promise((resolve) => {
       this._resolve = resolve;
     });
@@ -194,11 +203,15 @@ export class Connection {
     return this.detached || (this._resume !== null && this._resume.awaitingResumed);
   }
 
-  /** Send one binary message (Uint8Array, ArrayBuffer or view). While detached the
-   * message is kept and sent after the resume. */
+  /** Send one message: binary for a Uint8Array, ArrayBuffer or view, text for a
+   * string. On a resumable connection (reconnect: true) messages are binary only
+   * (text frames carry the resume's control messages); while detached a message
+   * is kept and sent after the resume. */
   send(data) {
-    if (typeof data === "string") throw new TypeError("socker sends binary messages only");
     const resume = this._resume;
+    if (typeof data === "string" && (resume !== null || this.reconnect)) {
+      throw new TypeError("a resumable connection sends binary messages only");
+    }
     if (resume !== null && !this._closing && !this._done) {
       const copy = new Uint8Array(ArrayBuffer.isView(data) ? data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength) : data.slice(0));
       resume.sent += 1;
@@ -281,8 +294,11 @@ export class Connection {
     const resume = this._resume;
     if (typeof data === "string") {
       if (resume !== null) this._control(data);
-      else if (!this._closing) {
-        this.close(CLOSE.UNSUPPORTED_DATA, "text message where binary is expected");
+      else if (!this.acceptText) {
+        if (!this._closing) this.close(CLOSE.UNSUPPORTED_DATA, "text message where binary is expected");
+      } else if (!this._closing) {
+        this._queue.push(data);
+        this._drain();
       }
       return;
     }

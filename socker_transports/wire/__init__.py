@@ -1,4 +1,19 @@
-"""socker_transports.wire: the sans-I/O websocket layer (wsproto + Stepper).
+"""socker_transports.wire: the sans-I/O websocket layer (frames + Stepper).
+
+The package, one concept per module:
+
+- `options`: `Options`, the limits and policies every driver shares;
+- `hooks`: what a handshake hook and `http_handler` see and answer;
+- `events`: what the wire tells its driver (`Opened`, `HandshakeFailed`, ...);
+- `target`: `ClientTarget`, a ws:// or wss:// URL parsed once;
+- `http1` / `handshake`: HTTP/1.1 heads as h11 reads them, and the RFC 6455
+  opening handshake on both sides (tests/transports/test_wire_h11_parity.py);
+- `reader` / `frames` / `masking`: frames in (tests/transports/test_reader_parity.py
+  holds the reader against wsproto's frame layer), frames out, and XOR masking
+  (the optional C `_speedups`, `SOCKER_NO_SPEEDUPS=1` forces the Python one);
+- `deflate`: permessage-deflate (RFC 7692), opt-in;
+- `state` -> `open_phase` -> `handshake_phase` -> `connection`: the `Wire` class in
+  layers, from the state every phase shares to the driver-facing API.
 
 Socket bytes in (`receive_data`), socket bytes out (`data_to_send`), events out
 (`events`), time in (`tick`, `next_deadline`). Every protocol decision both

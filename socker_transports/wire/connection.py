@@ -10,14 +10,14 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from wsproto import ConnectionType
-from wsproto.events import Ping
-from wsproto.utilities import LocalProtocolError as WsprotoLocalError
 
 from socker_core import ConnectionClosedError, Flow, LocalProtocolError, Registry, ResumeSession
 from socker_core._codes import CloseCode
 from socker_core._resume import SessionStore
 
+from . import deflate
 from .events import CloseResult, Phase, WireEvent
+from .frames import OP_PING, control_frame
 from .handshake import _upgrade_request
 from .handshake_phase import _HandshakePhase
 from .hooks import HandshakeHook, HttpHandler, _check_headers
@@ -51,7 +51,7 @@ class Wire(_HandshakePhase):
     `receive_data`, `tick` and `events` never raise because of what the peer sent.
 
     Slotted and lean: an idle open connection holds its Stepper, a frame-level
-    wsproto `Connection` and a few scalars; handshake-only state is dropped on open.
+    frame reader and a few scalars; handshake-only state is dropped on open.
     """
 
     __slots__ = ()
@@ -156,6 +156,12 @@ class Wire(_HandshakePhase):
         extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
         if origin is not None:
             extra.append((b"Origin", origin.encode("latin-1")))
+        if opts.compression == "deflate":
+            offer = deflate.client_offer(
+                server_no_context_takeover=opts.server_no_context_takeover,
+                client_no_context_takeover=opts.client_no_context_takeover,
+            )
+            extra.append((b"Sec-WebSocket-Extensions", offer.encode("ascii")))
         nonce = base64.b64encode(os.urandom(16))
         try:
             data = _upgrade_request(host, path, nonce, offered, extra)
@@ -321,11 +327,11 @@ class Wire(_HandshakePhase):
         the peer sent."""
         if not self._input_pending:
             return
-        self._input_pending = False
-        if self._transport_done or self._ws is None:
+        if self._transport_done or self._reader is None:
+            self._input_pending = False
+            self._backlog = None
             return
-        if self._phase is Phase.OPEN or self._phase is Phase.CLOSING:
-            self._pump(now)
+        self._next_turn(now)
 
     def refuse_busy(self, now: float, reason: str = "server at max_connections") -> None:
         """A server connection refused before reading anything: 503 at once (with
@@ -352,13 +358,11 @@ class Wire(_HandshakePhase):
             return
         if phase is Phase.DRAINING:
             return  # the close handshake is over: only EOF matters now
-        ws = self._ws
-        assert ws is not None  # open or closing
-        try:
-            ws.receive_data(data)  # type: ignore[arg-type]  # bytearray works
-        except WsprotoLocalError:
-            return  # wsproto is already closed: nothing more to read
-        self._pump(now)
+        reader = self._reader
+        assert reader is not None  # open or closing
+        events = reader.feed(data)
+        if events or self._backlog:
+            self._pump(events, now)
 
     def tick(self, now: float) -> None:
         """Handle every deadline at or before `now`."""
@@ -389,12 +393,10 @@ class Wire(_HandshakePhase):
             self._fail(now, CloseCode.INTERNAL_ERROR, KEEPALIVE_TIMEOUT_REASON)
             return
         if self._ping_due is not None and now >= self._ping_due and self._phase is Phase.OPEN:
-            ws = self._ws
-            assert ws is not None
             self._ping_payload = os.urandom(4)
             if self._resume is not None and self._resume.unacked:
                 self._send_ack(now)  # a quiet peer still trims our replay buffer
-            self._write(ws.send(Ping(self._ping_payload)), now)
+            self._write(control_frame(OP_PING, self._ping_payload, self._client), now)
             self._ping_due = None
             timeout = self.options.ping_timeout
             self._pong_deadline = None if timeout is None else now + timeout
@@ -462,13 +464,14 @@ class Wire(_HandshakePhase):
         and this returns False. While the flow is in a call or has sends waiting
         in its outbox, the message goes through the flow instead, so it keeps its
         place after them; so does every message to a resumable session (detached
-        or not), which keeps it for replay."""
+        or not), which keeps it for replay, and to a connection that negotiated
+        compression (each one's frame differs)."""
         stepper = self.stepper
         if stepper is None or self._client:
             return False
         if self._phase is not Phase.OPEN and not self.detached:
             return False
-        if not stepper.quiet or stepper.replay is not None:
+        if not stepper.quiet or stepper.replay is not None or self._deflate is not None:
             # A resumable session keeps every message for replay (the prebuilt frame
             # would bypass that ledger); a detached one keeps it until it resumes.
             try:

@@ -1,47 +1,59 @@
-"""Outgoing data frames, masking, and wsproto's frame-level connection."""
+"""Frames out: data frames (one per message) and control frames, masked by a client.
+
+Data frames are framed here rather than by wsproto, which copies a payload four
+times on the way out: a bytes payload is queued as is and copied once, when
+`Wire.data_to_send` joins the pending chunks (a client's masking is that one copy,
+at C speed when `masking` has its speedup).
+"""
 
 from __future__ import annotations
 
+import os
 import struct
-from collections import deque
-from collections.abc import Iterator
-from typing import Any
 
-from wsproto import ConnectionType
-from wsproto.connection import Connection as WsprotoConnection
+from socker_core._codes import CloseCode
 
-# -- outgoing data frames --------------------------------------------------------------
-# Data frames are framed here rather than by wsproto, which copies a payload four
-# times on the way out: a bytes payload is queued as is and copied once, when
-# `data_to_send` joins the pending chunks (a client's masking is that one copy).
+from .masking import mask
+
+OP_TEXT, OP_BINARY = 0x1, 0x2
+OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
 
 _SMALL_HEADERS = tuple(bytes((0x82, n)) for n in range(126))
 _SMALL_MASKED_HEADERS = tuple(bytes((0x82, 0x80 | n)) for n in range(126))
 _HEADER_16 = struct.Struct("!BBH").pack
 _HEADER_64 = struct.Struct("!BBQ").pack
-_XOR_TABLES: list[bytes] = []
 
 
-def _mask(key: bytes, data: bytes) -> bytes:
-    """`data` XOR the 4-byte masking `key` (RFC 6455 section 5.3)."""
-    n = len(data)
-    if n <= 4096:  # big-int XOR: fastest for small payloads
-        keys = (key * ((n >> 2) + 1))[:n]
-        return (int.from_bytes(data, "little") ^ int.from_bytes(keys, "little")).to_bytes(
-            n, "little"
-        )
-    if not _XOR_TABLES:
-        _XOR_TABLES.extend(bytes(a ^ b for a in range(256)) for b in range(256))
-    masked = bytearray(data)
-    for i in range(4):
-        masked[i::4] = masked[i::4].translate(_XOR_TABLES[key[i]])
-    return bytes(masked)
+def data_frame(
+    payload: bytes, *, text: bool, client: bool, rsv1: bool = False
+) -> tuple[bytes, bytes]:
+    """(header, payload) of a whole message in one frame; a client's payload masked;
+    `rsv1` marks a compressed message (permessage-deflate)."""
+    n = len(payload)
+    first = (0x81 if text else 0x82) | (0x40 if rsv1 else 0)
+    plain = first == 0x82  # the precomputed small headers are for plain binary frames
+    if client:
+        key = os.urandom(4)
+        if n < 126:
+            header = (_SMALL_MASKED_HEADERS[n] if plain else bytes((first, 0x80 | n))) + key
+        elif n < 65536:
+            header = _HEADER_16(first, 0xFE, n) + key
+        else:
+            header = _HEADER_64(first, 0xFF, n) + key
+        return header, mask(key, payload)
+    if n < 126:
+        header = _SMALL_HEADERS[n] if plain else bytes((first, n))
+    elif n < 65536:
+        header = _HEADER_16(first, 126, n)
+    else:
+        header = _HEADER_64(first, 127, n)
+    return header, payload
 
 
 def frame_message(data: bytes | bytearray | memoryview) -> bytes:
     """The bytes of one server (unmasked) binary frame carrying `data`: built once for
-    a broadcast, queued on many wires with `Wire.send_frame`. No extension is ever
-    negotiated, so this frame is the same for every server connection."""
+    a broadcast, queued on many wires with `Wire.send_frame`: the same bytes for every
+    server connection that negotiated no compression (the others frame their own)."""
     n = len(data)
     if n < 126:
         header = _SMALL_HEADERS[n]
@@ -52,48 +64,27 @@ def frame_message(data: bytes | bytearray | memoryview) -> bytes:
     return header + bytes(data)
 
 
-class _LazyDeque:
-    """Stands in for the event deque of a wsproto `Connection`, which costs ~760 bytes
-    even empty and which wsproto fills only in `receive_data(None)` (the wire handles
-    end of stream itself and never calls it): a real deque is made on first use."""
-
-    __slots__ = ("_items",)
-
-    def __init__(self) -> None:
-        self._items: deque[Any] | None = None
-
-    def _real(self) -> deque[Any]:
-        if self._items is None:
-            self._items = deque()
-        return self._items
-
-    def __bool__(self) -> bool:
-        return bool(self._items)
-
-    def __len__(self) -> int:
-        return 0 if self._items is None else len(self._items)
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self._real())
-
-    def append(self, item: Any) -> None:
-        self._real().append(item)
-
-    def popleft(self) -> Any:
-        return self._real().popleft()
-
-    def __getattr__(self, name: str) -> Any:  # any other deque method
-        return getattr(self._real(), name)
+def control_frame(opcode: int, payload: bytes, client: bool) -> bytes:
+    """A ping, pong or close frame (payload at most 125 bytes)."""
+    n = len(payload)
+    if client:
+        key = os.urandom(4)
+        return bytes((0x80 | opcode, 0x80 | n)) + key + mask(key, payload)
+    return bytes((0x80 | opcode, n)) + payload
 
 
-def _frame_connection(role: ConnectionType, trailing: bytes) -> WsprotoConnection:
-    """wsproto's frame-level connection once the handshake is done, fed the bytes that
-    followed the head (parsed lazily, like any later read)."""
-    ws = WsprotoConnection(role, None, trailing)
-    events = getattr(ws, "_events", None)
-    if type(events) is deque and not events:
-        ws._events = _LazyDeque()  # type: ignore[assignment]
-    return ws
+def close_frame(code: int, reason: str, client: bool) -> bytes:
+    """A close frame as wsproto wrote one: no payload for 1005 (echoing a close that
+    carried no code), 1000 for the other codes never sent (1006, 1015), the reason
+    cut to 123 bytes of UTF-8 on a character boundary."""
+    if code == CloseCode.NO_STATUS_RECEIVED:
+        return control_frame(OP_CLOSE, b"", client)
+    if code in (1006, 1015):
+        code = CloseCode.NORMAL
+    encoded = reason.encode("utf-8")
+    if len(encoded) > 123:
+        encoded = encoded[:123].decode("utf-8", "ignore").encode("utf-8")
+    return control_frame(OP_CLOSE, struct.pack("!H", code) + encoded, client)
 
 
 def _truncate_reason(reason: str, limit: int = 123) -> str:

@@ -227,10 +227,15 @@ def _upgrade_request(
 
 
 def _check_accept_response(
-    fields: list[tuple[bytes, bytes]], nonce: bytes, offered: Sequence[str]
+    fields: list[tuple[bytes, bytes]],
+    nonce: bytes,
+    offered: Sequence[str],
+    extensions_out: list[str] | None = None,
 ) -> str | None:
     """Validate a 101 answer's headers as wsproto's H11Handshake did; return the chosen
-    subprotocol, or raise (the message is the failure's reason)."""
+    subprotocol, or raise (the message is the failure's reason). With
+    `extensions_out` (an extension was offered), the Sec-WebSocket-Extensions values
+    are appended to it for the caller to check instead of being refused here."""
     connection: list[str] | None = None
     accept = subprotocol = None
     extensions: list[str] = []
@@ -239,7 +244,10 @@ def _check_accept_response(
         if name == b"connection":
             connection = split_comma_header(value)
         elif name == b"sec-websocket-extensions":
-            extensions = split_comma_header(value)
+            if extensions_out is not None:
+                extensions_out.append(value.decode("latin-1"))
+            else:
+                extensions = split_comma_header(value)
         elif name == b"sec-websocket-accept":
             accept = value
         elif name == b"sec-websocket-protocol":
@@ -254,6 +262,6 @@ def _check_accept_response(
         raise ValueError("Bad accept token")
     if subprotocol is not None and subprotocol not in offered:
         raise ValueError(f"unrecognized subprotocol {subprotocol}")
-    for extension in extensions:  # none is ever offered
+    for extension in extensions:  # none was offered
         raise ValueError(f"unrecognized extension {extension.split(';', 1)[0].strip()}")
     return subprotocol

@@ -16,13 +16,14 @@ from socker_core import Flow, ReplayBuffer, ResumeSession, Stepper
 from socker_core._codes import CloseCode
 from socker_core._resume import Claimed
 
+from . import deflate
 from .events import AwaitHandshake, Opened, Phase
-from .frames import _frame_connection
 from .handshake import _accept_response, _check_accept_response, _read_request, _valid_key
 from .hooks import HandshakeRequest
 from .http1 import _STATUS_LINE_101, _h11_fields, _h11_head, _http_response, _Refused
 from .open_phase import _OpenPhase
 from .policy import Refused, check_request, handshake_verdict
+from .reader import FrameReader
 from .resume import (
     RESUME_SUBPROTOCOL,
     WireResume,
@@ -166,8 +167,22 @@ class _HandshakePhase(_OpenPhase):
             subprotocol = RESUME_SUBPROTOCOL
         if subprotocol != RESUME_SUBPROTOCOL:
             self._resume = None  # not resumable here: a plain connection
+        headers = list(verdict.headers)
+        options = self.options
+        if options.compression == "deflate":
+            offers = [
+                value for name, value in request.headers if name == "sec-websocket-extensions"
+            ]
+            agreed = deflate.server_accept(
+                offers,
+                server_no_context_takeover=options.server_no_context_takeover,
+                client_no_context_takeover=options.client_no_context_takeover,
+            )
+            if agreed is not None:
+                headers = [*headers, ("Sec-WebSocket-Extensions", agreed[0])]
+                self._deflate = deflate.Deflate(agreed[1])
         try:
-            response = _accept_response(self._key, subprotocol, verdict.headers)
+            response = _accept_response(self._key, subprotocol, headers)
         except Exception as exc:  # a header the h11 rules refuse to send
             self.log.error("%s: cannot accept: %s", self._label(), exc)
             self._fail_handshake(500, "cannot build the handshake response", now, respond=True)
@@ -175,33 +190,39 @@ class _HandshakePhase(_OpenPhase):
         self._write(response, now)
         self.subprotocol = subprotocol
         rest = self._pending_after_head
-        # Frames that came with (or after) the request: parsed lazily, like any later read.
-        self._ws = _frame_connection(ConnectionType.SERVER, rest)
         if offer is not None and offer.token is not None and self._resume is not None:
             self._resume_server(flow, offer.token, offer.received, now)
         else:
             self._start_flow(flow, now, verdict.state)
-        if rest and not self._transport_done:
-            self._pump(now)
+        if rest and not self._transport_done:  # frames that came with (or after) the request
+            self._pump(self._open_reader().feed(rest), now)
 
     def _client_head(self, head: bytes, rest: bytes, now: float) -> None:
         start, block, end = _h11_head(head)
         if start is None or _STATUS_LINE_101.fullmatch(start) is None:
             self._client_refused(head + rest, now)
             return
+        options = self.options
+        offered = options.compression == "deflate"
+        extensions: list[str] = []
         try:
             fields = _h11_fields(block)
             resume = self._resume
-            offered = self.options.subprotocols if resume is None else resume.offered
-            subprotocol = _check_accept_response(fields, self._nonce, offered)
+            subprotocols = options.subprotocols if resume is None else resume.offered
+            subprotocol = _check_accept_response(
+                fields, self._nonce, subprotocols, extensions if offered else None
+            )
+            if extensions:
+                params = deflate.client_accepted(
+                    extensions, client_no_context_takeover=options.client_no_context_takeover
+                )
+                self._deflate = deflate.Deflate(params)
         except Exception as exc:  # the message says why; a non-ASCII value, for example
             self._fail_handshake(0, f"bad handshake response: {exc}", now)
             return
         self.subprotocol = subprotocol
         flow = self._client_flow
         assert flow is not None
-        # Frames that came with the response: parsed lazily, like any later read.
-        self._ws = _frame_connection(ConnectionType.CLIENT, head[end:] + rest)
         if resume is not None and subprotocol != RESUME_SUBPROTOCOL:
             self._resume = None  # the server does not resume this route
             if resume.resume_from is not None:
@@ -211,8 +232,9 @@ class _HandshakePhase(_OpenPhase):
             self._resume_client(resume.resume_from, now)
         else:
             self._start_flow(flow, now, {})
-        if not self._transport_done:
-            self._pump(now)
+        trailing = head[end:] + rest
+        if trailing and not self._transport_done:  # frames that came with the response
+            self._pump(self._open_reader().feed(trailing), now)
 
     def _client_refused(self, data: bytes, now: float) -> None:
         """Anything but a 101: read (the start of) the answer with wsproto, which gives
@@ -233,6 +255,20 @@ class _HandshakePhase(_OpenPhase):
             return
         self._fail_handshake(0, "unexpected handshake response", now)
 
+    def _open_reader(self) -> FrameReader:
+        reader = self._reader
+        if reader is None:
+            options = self.options
+            reader = self._reader = FrameReader(
+                client=self._client,
+                max_size=options.max_size,
+                max_fragments=options.max_fragments,
+                # On a resumable connection text frames are socker's control messages.
+                text=options.accept_text or self._resume is not None,
+                deflate=self._deflate,
+            )
+        return reader
+
     def _opened_transport(self, now: float) -> HandshakeRequest | None:
         """The transport is open: the handshake's state goes; its request is returned
         (kept as `conn.request`)."""
@@ -241,7 +277,7 @@ class _HandshakePhase(_OpenPhase):
         self._handshake_deadline = None
         request = self._request  # kept as conn.request; the rest of the handshake goes
         self._drop_handshake_state()
-        self._decoder = getattr(getattr(self._ws, "_proto", None), "_frame_decoder", None)
+        self._open_reader()
         if self.options.ping_interval is not None:
             self._ping_due = now + self.options.ping_interval
         return request

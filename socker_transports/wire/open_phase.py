@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from itertools import islice
 
-from wsproto.connection import ConnectionState
-from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
-
-from socker_core import is_sendable_close_code
 from socker_core._codes import CloseCode
 
 from .events import Phase
-from .policy import CloseDecision, oversize, text_message
+from .frames import OP_PONG, close_frame, control_frame
+from .reader import Failed, PeerClose, Ping, Pong, ReaderEvent, Refused
 from .resume_phase import _ResumePhase
 
 
@@ -22,96 +18,70 @@ class _OpenPhase(_ResumePhase):
 
     __slots__ = ()
 
-    def _pump(self, now: float) -> None:
-        ws = self._ws
-        assert ws is not None
-        max_size = self.options.max_size
-        # Fairness: at most frames_per_turn frames per call; what is left stays in
-        # wsproto's buffer (`input_pending`) for the driver's next turn.
+    def _pump(self, events: list[ReaderEvent], now: float) -> None:
+        """Act on what the frame reader found in one read. Fairness: at most
+        `frames_per_turn` events per call; the rest waits in `_backlog`
+        (`input_pending`) for the driver's next turn, behind which later reads queue."""
         budget = self.options.frames_per_turn
-        self._input_pending = False
-        handled = 0
-        for event in ws.events() if budget is None else islice(ws.events(), budget):
-            handled += 1
+        backlog = self._backlog
+        if backlog:
+            backlog.extend(events)  # behind what is already waiting
+            self._next_turn(now)
+            return
+        if budget is not None and len(events) > budget:
+            self._backlog = deque(events[budget:])
+            events = events[:budget]
+        self._input_pending = bool(self._backlog)
+        self._handle(events, now)
+
+    def _next_turn(self, now: float) -> None:
+        """The next `frames_per_turn` events of the backlog (`receive_pending`)."""
+        backlog = self._backlog
+        budget = self.options.frames_per_turn
+        if not backlog:
+            self._input_pending = False
+            return
+        count = len(backlog) if budget is None else min(budget, len(backlog))
+        events = [backlog.popleft() for _ in range(count)]
+        if not backlog:
+            self._backlog = None
+        self._input_pending = bool(self._backlog)
+        self._handle(events, now)
+
+    def _handle(self, events: list[ReaderEvent], now: float) -> None:
+        for event in events:
             if self._transport_done:
+                self._backlog = None
+                self._input_pending = False
                 return
-            if isinstance(event, BytesMessage):
+            if type(event) is bytes or type(event) is str:
                 if self._phase is not Phase.OPEN:
-                    continue  # after our close frame: discard, per RFC 6455
-                chunk = event.data
-            elif isinstance(event, TextMessage):
-                if self._phase is not Phase.OPEN:
-                    continue
-                if self._resume is not None:
+                    continue  # after our close frame: discarded (RFC 6455)
+                if type(event) is str and self._resume is not None:
                     self._text_control(event, now)  # socker's own (see resume.py)
-                    continue
-                decided = text_message(self.options, event.data)
-                if isinstance(decided, CloseDecision):
-                    self._close_flow(now, decided.code, decided.reason)
-                    continue
-                chunk = decided
-            elif isinstance(event, Ping):
-                if ws.state is ConnectionState.OPEN:
-                    self._write(ws.send(event.response()), now)
-                continue
-            elif isinstance(event, Pong):
+                else:
+                    self._deliver(event, now)
+            elif type(event) is Ping:
+                if self._phase is Phase.OPEN:
+                    self._write(control_frame(OP_PONG, event.payload, self._client), now)
+            elif type(event) is Pong:
                 if self._pong_deadline is not None and event.payload == self._ping_payload:
                     self._pong_deadline = None
                     interval = self.options.ping_interval
                     self._ping_due = None if interval is None else now + interval
-                continue
-            elif isinstance(event, CloseConnection):
+            elif type(event) is PeerClose:
                 self._peer_close(event, now)
                 return
-            else:  # pragma: no cover - wsproto yields nothing else once open
-                continue
-            # A piece of a data message.
-            size = self._part_size + len(chunk)
-            if max_size is not None and size > max_size:
-                self._too_big(now)
-                continue
-            parts = self._parts
-            if event.message_finished:
-                if parts:
-                    parts.append(chunk)
-                    message = b"".join(parts)
-                    self._parts = None
-                    self._part_size = 0
-                else:
-                    message = chunk if type(chunk) is bytes else bytes(chunk)
-                self._deliver(message, now)
-            elif chunk:
-                if parts is None:
-                    self._parts = [chunk]
-                else:
-                    parts.append(chunk)
-                self._part_size = size
-        if budget is not None and handled >= budget and not self._transport_done:
-            self._input_pending = True  # perhaps more: the next turn finds out
-        if max_size is not None and self._phase is Phase.OPEN:
-            self._check_announced_size(max_size, now)
+            elif type(event) is Failed:
+                code, reason = event.code, event.reason
+                if self.log.isEnabledFor(logging.INFO):
+                    self.log.info("%s: protocol error %s: %s", self._label(), code, reason)
+                self._fail(now, code, reason)
+                return
+            elif type(event) is Refused:
+                self._close_flow(now, event.code, event.reason)
 
-    def _check_announced_size(self, max_size: int, now: float) -> None:
-        """Refuse a frame whose header already announces more than max_size, before
-        its payload arrives."""
-        try:
-            decoder = self._decoder
-            header = decoder.header
-            remaining = header.payload_len - decoder.payload_consumed if header else 0
-            control = header is not None and header.opcode.iscontrol()
-        except AttributeError:  # wsproto internals moved: the streaming check still holds
-            return
-        if not control and self._part_size + remaining > max_size:
-            self._too_big(now)
-
-    def _too_big(self, now: float) -> None:
-        self._parts = None
-        self._part_size = 0
-        decided = oversize(self.options, (self.options.max_size or 0) + 1)
-        assert decided is not None
-        self._close_flow(now, decided.code, decided.reason)
-
-    def _deliver(self, message: bytes, now: float) -> None:
+    def _deliver(self, message: bytes | str, now: float) -> None:
         stepper = self.stepper
         assert stepper is not None
         held = self._held
@@ -143,28 +113,15 @@ class _OpenPhase(_ResumePhase):
         if not held and self._held is held:
             self._held = None
 
-    def _peer_close(self, event: CloseConnection, now: float) -> None:
-        ws = self._ws
-        assert ws is not None
-        code = int(event.code)
-        reason = event.reason or ""
-        if ws.state is ConnectionState.REMOTE_CLOSING:
+    def _peer_close(self, event: PeerClose, now: float) -> None:
+        if not self._close_sent:
             # The peer started the close: echo it, and the flow ends with its code.
-            self._write(ws.send(event.response()), now)
+            self._close_sent = True
+            self._write(close_frame(event.code, event.reason, self._client), now)
             self._leave_open()
-            self._end_flow(now, code, reason)
-            self._finish_close_handshake(now)
-        elif ws.state is ConnectionState.CLOSED:
-            # The peer answered our close frame.
-            self._finish_close_handshake(now)
-        else:
-            # wsproto could not parse the stream (it reports that as a close event
-            # while still OPEN): fail the connection with its code, no waiting.
-            if not is_sendable_close_code(code):
-                code = CloseCode.PROTOCOL_ERROR
-            if self.log.isEnabledFor(logging.INFO):
-                self.log.info("%s: protocol error %s: %s", self._label(), code, reason)
-            self._fail(now, code, reason or "protocol error")
+            self._end_flow(now, event.code, event.reason)
+        # Otherwise the peer answered our close frame.
+        self._finish_close_handshake(now)
 
     def _finish_close_handshake(self, now: float) -> None:
         if not self._client:

@@ -31,7 +31,7 @@ import base64
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from socker_core import ResumeSession
@@ -131,7 +131,6 @@ class WireResume:
     unacked: int = 0
     unacked_bytes: int = 0
     #: A fragmented control message being reassembled.
-    parts: list[str] = field(default_factory=list)
     #: Server after a resume: the client's first frame confirms the new token.
     unconfirmed: bool = False
     #: Server, during the handshake: what the client offered.

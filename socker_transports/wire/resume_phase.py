@@ -7,15 +7,12 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from wsproto.connection import ConnectionState
-from wsproto.events import CloseConnection, TextMessage
-
 from socker_core import ResumeSession
 from socker_core._codes import CloseCode
 from socker_core._resume import ACK_BYTES, ACK_EVERY
 
 from .events import Detached, Phase
-from .frames import _truncate_reason
+from .frames import _truncate_reason, close_frame, data_frame
 from .resume import MAX_CONTROL, control, parse_control
 from .state import _WireState
 
@@ -49,12 +46,10 @@ class _ResumePhase(_WireState):
         if not self._transport_done:
             if self.log.isEnabledFor(logging.INFO):
                 self.log.info("%s: session taken over by a new connection", self._label())
-            ws = self._ws
             reason = "session taken over"
-            if ws is not None and ws.state is ConnectionState.OPEN:
-                self._write(
-                    ws.send(CloseConnection(code=CloseCode.SESSION_TAKEN_OVER, reason=reason)), now
-                )
+            if not self._close_sent and self._reader is not None:
+                self._close_sent = True
+                self._write(close_frame(CloseCode.SESSION_TAKEN_OVER, reason, self._client), now)
             self._leave_open()
             self._transport_done = True
             self._close_deadline = None
@@ -70,14 +65,14 @@ class _ResumePhase(_WireState):
         """Close the transport with `code` without a flow behind it (a refused
         resume, a session that ended while being resumed)."""
         self.close_code, self.close_reason = code, reason
-        ws = self._ws
-        if ws is None or ws.state is not ConnectionState.OPEN or self._phase is not Phase.OPEN:
+        if self._close_sent or self._reader is None or self._phase is not Phase.OPEN:
             return
         self._phase = Phase.CLOSING
         self._leave_open()
         timeout = self.options.close_timeout
         self._close_deadline = None if timeout is None else now + timeout
-        self._write(ws.send(CloseConnection(code=code, reason=_truncate_reason(reason))), now)
+        self._close_sent = True
+        self._write(close_frame(code, _truncate_reason(reason), self._client), now)
 
     def _can_detach(self) -> bool:
         resume = self._resume
@@ -110,9 +105,11 @@ class _ResumePhase(_WireState):
             self._events.append(Detached(window))
 
     def _write_control(self, text: str, now: float) -> None:
-        ws = self._ws
-        if ws is not None and ws.state is ConnectionState.OPEN:
-            self._write(ws.send(TextMessage(data=text)), now)
+        """One control message: a text frame, never compressed (RFC 7692 allows it)."""
+        if self._close_sent or self._reader is None:
+            return
+        header, payload = data_frame(text.encode("utf-8"), text=True, client=self._client)
+        self._write(header + payload, now)
 
     def _send_ack(self, now: float) -> None:
         resume = self._resume
@@ -123,7 +120,7 @@ class _ResumePhase(_WireState):
         resume.unacked = resume.unacked_bytes = 0
         self._write_control(control("ack", received=stepper.replay.received), now)
 
-    def _count(self, message: bytes, now: float) -> bool:
+    def _count(self, message: bytes | str, now: float) -> bool:
         """A binary message is about to reach the Stepper: count it (acking every
         ACK_EVERY / ACK_BYTES). False when it must not reach it (protocol error)."""
         resume = self._resume
@@ -148,18 +145,13 @@ class _ResumePhase(_WireState):
         if resume.session is not None and self._sessions is not None:
             self._sessions.confirm(resume.session, now)
 
-    def _text_control(self, event: TextMessage, now: float) -> None:
+    def _text_control(self, text: str, now: float) -> None:
+        """A text message on a resumable connection: one of socker's control messages."""
         resume = self._resume
         assert resume is not None
-        resume.parts.append(event.data)
-        if sum(len(p) for p in resume.parts) > MAX_CONTROL:
-            resume.parts.clear()
+        if len(text) > MAX_CONTROL:
             self._fail(now, CloseCode.PROTOCOL_ERROR, "control message too large")
             return
-        if not event.message_finished:
-            return
-        text = "".join(resume.parts)
-        resume.parts.clear()
         if resume.unconfirmed:
             self._confirm(now)
         message = parse_control(text)

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from wsproto import ConnectionType
-from wsproto.connection import Connection as WsprotoConnection
-from wsproto.connection import ConnectionState
-from wsproto.events import CloseConnection
 
 from socker_core import (
     Closed,
@@ -27,19 +23,14 @@ from socker_core import (
 from socker_core._codes import CloseCode
 from socker_core._resume import SessionStore
 
+from .deflate import Deflate
 from .events import HandshakeFailed, Phase, WireEvent
-from .frames import (
-    _HEADER_16,
-    _HEADER_64,
-    _SMALL_HEADERS,
-    _SMALL_MASKED_HEADERS,
-    _mask,
-    _truncate_reason,
-)
+from .frames import _truncate_reason, close_frame, data_frame
 from .hooks import HandshakeHook, HandshakeRequest, HttpHandler
 from .http1 import _HeadGuard, _http_response
 from .observe import EventHook, Observer
 from .options import SEND_BUFFER_OVERFLOW, Options
+from .reader import FrameReader, ReaderEvent
 from .resume import WireResume
 
 _SOCKER_LOGGER = logging.getLogger("socker")
@@ -50,11 +41,13 @@ class _WireState:
     stepper's events, and ending the connection."""
 
     __slots__ = (
+        "_backlog",
         "_client",
         "_client_flow",
         "_client_request",
         "_close_deadline",
-        "_decoder",
+        "_close_sent",
+        "_deflate",
         "_eof",
         "_events",
         "_guard",
@@ -67,19 +60,17 @@ class _WireState:
         "_nonce",
         "_out",
         "_out_size",
-        "_part_size",
-        "_parts",
         "_pending_after_head",
         "_phase",
         "_ping_due",
         "_ping_payload",
         "_pong_deadline",
+        "_reader",
         "_request",
         "_resume",
         "_sessions",
         "_transport_done",
         "_wakeup",
-        "_ws",
         "close_code",
         "close_reason",
         "handshake_hook",
@@ -145,9 +136,10 @@ class _WireState:
         self.handshake_hook = handshake_hook
         self.http_handler = http_handler
         self._client = role is ConnectionType.CLIENT
-        # wsproto's frame-level connection, from the moment the handshake succeeds.
-        self._ws: WsprotoConnection | None = None
-        self._decoder: Any = None  # wsproto's frame decoder, for the announced-size check
+        # The frame reader, from the moment the handshake succeeds.
+        self._reader: FrameReader | None = None
+        self._close_sent = False  # our close frame (or the echo of the peer's) is written
+        self._deflate: Deflate | None = None  # permessage-deflate, once negotiated
         self._phase = Phase.HANDSHAKE
         self._out: list[bytes | bytearray] = []
         self._out_size = 0
@@ -159,9 +151,7 @@ class _WireState:
         self.stepper_guard: Any = None
         self.path = ""
         self.subprotocol: str | None = None
-        self._parts: list[bytes | bytearray] | None = None  # fragments, once one arrives
-        self._part_size = 0
-        self._held: deque[bytes] | None = None  # messages the flow cannot take yet
+        self._held: deque[bytes | str] | None = None  # messages the flow cannot take yet
         self._held_size = 0
         self._handshake_deadline = (
             None if options.open_timeout is None else now + options.open_timeout
@@ -173,6 +163,8 @@ class _WireState:
         self._eof = False
         self._transport_done = False
         self._input_pending = False  # frames_per_turn reached with input still buffered
+        # What the reader parsed beyond this turn's frames_per_turn, in order.
+        self._backlog: deque[ReaderEvent] | None = None
         self._lingers = True  # False once the end needs no lingering close (see Wire.linger)
         self.close_code: int | None = None
         self.close_reason = ""
@@ -232,32 +224,25 @@ class _WireState:
             else:
                 self._events.append(event)
 
-    def _send_message(self, data: bytes | bytearray | memoryview, now: float) -> None:
-        """Queue one binary message as a single frame (see `_mask` for the copies)."""
-        if type(data) is not bytes:
+    def _send_message(self, data: bytes | bytearray | memoryview | str, now: float) -> None:
+        """Queue one message as a single frame: text for a str, binary otherwise."""
+        text = isinstance(data, str)
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        elif type(data) is not bytes:
             data = bytes(data)  # never keep a buffer the application may mutate
-        n = len(data)
         if self.observer is not None:
-            self.observer.sent(n)
-        if self._client:
-            key = os.urandom(4)
-            if n < 126:
-                header = _SMALL_MASKED_HEADERS[n] + key
-            elif n < 65536:
-                header = _HEADER_16(0x82, 0xFE, n) + key
-            else:
-                header = _HEADER_64(0x82, 0xFF, n) + key
-            data = _mask(key, data)
-        elif n < 126:
-            header = _SMALL_HEADERS[n]
-        elif n < 65536:
-            header = _HEADER_16(0x82, 126, n)
+            self.observer.sent(len(data))
+        deflate = self._deflate
+        compressed = None if deflate is None else deflate.compress(data)
+        if compressed is None:
+            header, payload = data_frame(data, text=text, client=self._client)
         else:
-            header = _HEADER_64(0x82, 127, n)
+            header, payload = data_frame(compressed, text=text, client=self._client, rsv1=True)
         out = self._out
         out.append(header)
-        out.append(data)
-        self._out_size += len(header) + n
+        out.append(payload)
+        self._out_size += len(header) + len(payload)
         if self._out_size > self.options.max_send_buffer:
             self._overflow(now)
 
@@ -265,14 +250,13 @@ class _WireState:
         if self._phase is not Phase.OPEN:
             return
         self.close_code, self.close_reason = code, reason
-        ws = self._ws
-        assert ws is not None
         self._phase = Phase.CLOSING
         self._leave_open()
         timeout = self.options.close_timeout
         self._close_deadline = None if timeout is None else now + timeout
-        if ws.state is ConnectionState.OPEN:
-            self._write(ws.send(CloseConnection(code=code, reason=reason)), now)
+        if not self._close_sent:
+            self._close_sent = True
+            self._write(close_frame(code, reason, self._client), now)
 
     def _write(self, data: bytes | bytearray, now: float) -> None:
         if not data or self._transport_done:
@@ -318,8 +302,8 @@ class _WireState:
 
     def _leave_open(self) -> None:
         """No more messages for the flow: drop what waits for it and stop keepalive."""
-        self._parts = None
-        self._part_size = 0
+        if self._reader is not None:
+            self._reader.skip()  # data frames from now on are discarded unread
         self._held = None
         self._held_size = 0
         self._ping_due = self._pong_deadline = None

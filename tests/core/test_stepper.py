@@ -819,8 +819,9 @@ def test_send_accepts_bytes_like_and_snapshots_it() -> None:
     assert events == [Send(b"abc")]
     assert type(events[0].data) is bytes  # type: ignore[union-attr]
     assert stepper.send(memoryview(b"mv"), 0.0) == [Send(b"mv")]  # type: ignore[arg-type]
+    assert stepper.send("text", 0.0) == [Send("text")]  # a text message
     with pytest.raises(TypeError):
-        stepper.send("text", 0.0)  # type: ignore[arg-type]
+        stepper.send(42, 0.0)  # type: ignore[arg-type]
 
 
 def test_same_calls_give_the_same_events() -> None:

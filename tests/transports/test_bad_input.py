@@ -230,9 +230,9 @@ def test_invalid_utf8_text_closes_with_1007(arena: Arena, bad: Callable[[], byte
     arena.start(accept_text=True)
     witness = arena.witness()
     peer = arena.peer()
-    peer.send(frame("hi ünï".encode(), OP_TEXT))  # valid text is accepted...
+    peer.send(frame("hi ünï".encode(), OP_BINARY))  # the game's hello (a binary step)...
     peer.recv_data()
-    peer.send(bad())  # ...invalid UTF-8 is not
+    peer.send(bad())  # ...then invalid UTF-8 in a text message
     code, _ = peer.expect_close()
     assert code == 1007
     witness.step()

@@ -257,6 +257,12 @@ def test_every_option_has_a_flag() -> None:
             "100",
             "--max-send-buffer",
             "1000",
+            "--max-fragments",
+            "64",
+            "--compression",
+            "deflate",
+            "--server-no-context-takeover",
+            "--client-no-context-takeover",
         ]
     )
     given = cli.options_from(ns)
@@ -269,6 +275,8 @@ def test_every_option_has_a_flag() -> None:
     assert options.open_timeout == 1.5 and options.max_queue == 3
     assert list(options.origins or ()) == ["https://a.example", "https://b.example", None]
     assert options.subprotocols == ("game.v1",) and options.accept_text
+    assert options.max_fragments == 64 and options.compression == "deflate"
+    assert options.server_no_context_takeover and options.client_no_context_takeover
     assert cli.options_from(parser.parse_args(["serve", "m:a"])) == {}
 
 

@@ -284,7 +284,9 @@ def test_text_accepted_when_allowed(start_server: StartServer) -> None:
     with ws_client(server.url) as ws:
         assert ws.recv(timeout=deadline(5)) == b"welcome"
         ws.send("héllo")
-        assert ws.recv(timeout=deadline(5)) == "héllo".encode()
+        assert ws.recv(timeout=deadline(5)) == "héllo"  # a str in, a text message back
+        ws.send(b"bin")
+        assert ws.recv(timeout=deadline(5)) == b"bin"  # binary stays bytes
 
 
 @pytest.mark.parametrize(

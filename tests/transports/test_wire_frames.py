@@ -112,19 +112,25 @@ def test_text_is_refused_with_1003_by_default() -> None:
     assert wire.finished and record.closes == [(1003, "text messages are not accepted")]
 
 
-def test_text_accepted_as_utf8_bytes_even_split_inside_a_code_point() -> None:
+def test_text_accepted_as_str_even_split_inside_a_code_point() -> None:
     wire, record = open_server(accept_text=True)
     encoded = "héllo €".encode()
     cut = encoded.index("€".encode()) + 1
     wire.receive_data(frame(encoded[:cut], 0x1, fin=False) + frame(encoded[cut:], 0x0), 0.0)
-    assert record.messages == [encoded]
-    assert written(wire) == [(Opcode.BINARY, encoded, True)]  # replies are binary
+    assert record.messages == ["héllo €"]
+    assert written(wire) == [(Opcode.TEXT, encoded, True)]  # a str is sent as text
 
 
-def test_invalid_utf8_text_is_1007_and_dropped() -> None:
+def test_invalid_utf8_text_is_1007_then_the_peers_close_is_read() -> None:
+    # The framing still holds: the server closes with 1007, skips what follows and
+    # reads the peer's close reply (a conforming peer's answer, not met with a reset).
     wire, record = open_server(accept_text=True)
-    wire.receive_data(frame(b"\xff\xfe", 0x1), 0.0)
-    assert_failed(wire, record, 1007)
+    wire.receive_data(frame(b"\xff\xfe", 0x1) + frame(b"late", 0x2), 0.0)
+    frames = written(wire)
+    assert frames[-1][0] is Opcode.CLOSE and frames[-1][1][:2] == (1007).to_bytes(2, "big")
+    assert wire.phase is Phase.CLOSING and wire.wants_data and record.messages == []
+    wire.receive_data(close_frame(1007), 0.1)
+    assert wire.finished and record.closes[0][0] == 1007
 
 
 def test_invalid_utf8_close_reason_is_1007() -> None:
@@ -361,4 +367,4 @@ def test_server_speaks_first_from_on_open() -> None:
 def test_text_from_a_wsproto_client_with_accept_text() -> None:
     wire, server, record = open_client(accept_text=True)
     wire.receive_data(server.send(TextMessage("ok")), 0.0)
-    assert record.messages == [b"ok"]
+    assert record.messages == ["ok"]
