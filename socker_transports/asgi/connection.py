@@ -188,12 +188,14 @@ class AsgiConnection:
                 if stepper.phase is not State.OPEN and stepper.phase is not State.AWAITING:
                     continue  # after our close: discarded, per RFC 6455
                 data = message.get("bytes")
-                decided: bytes | CloseDecision
+                decided: bytes | str | CloseDecision
                 if data is None:
                     decided = text_message(self.app.options, message.get("text") or "")
                 else:
                     decided = data
-                if not isinstance(decided, CloseDecision):
+                if isinstance(decided, str):
+                    decided = oversize(self.app.options, len(decided.encode())) or decided
+                elif not isinstance(decided, CloseDecision):
                     decided = oversize(self.app.options, len(decided)) or decided
                 if isinstance(decided, CloseDecision):
                     self._apply(stepper.close(decided.code, decided.reason, now))
@@ -262,7 +264,8 @@ class AsgiConnection:
                 assert isinstance(event, Send)
                 if observer is not None:
                     observer.sent(len(event.data))
-                self._out.append({"type": "websocket.send", "bytes": event.data})
+                payload = "text" if isinstance(event.data, str) else "bytes"
+                self._out.append({"type": "websocket.send", payload: event.data})
                 self._out_wake.set()
             elif kind is CloseRequested:
                 assert isinstance(event, CloseRequested)

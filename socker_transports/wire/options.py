@@ -161,6 +161,10 @@ class OptionsDict(TypedDict, total=False):
     linger_timeout: float | None
     linger_bytes: int
     max_connections: int | None
+    max_fragments: int
+    compression: str | None
+    server_no_context_takeover: bool
+    client_no_context_takeover: bool
 
 
 #: The Options used when none are given (frozen, so one instance serves every wire).

@@ -109,11 +109,12 @@ def handshake_verdict(
     return Accepted(flow, subprotocol, accept.state, accept.headers)
 
 
-def text_message(options: Options, text: str) -> bytes | CloseDecision:
-    """A complete text message: its UTF-8 bytes for the flow, or the close it causes."""
+def text_message(options: Options, text: str) -> str | CloseDecision:
+    """A complete text message: for the flow as `str` (as the wire gives it), or the
+    close it causes."""
     if not options.accept_text:
         return TEXT_REFUSED
-    return text.encode("utf-8")
+    return text
 
 
 def oversize(options: Options, size: int) -> CloseDecision | None:

@@ -33,6 +33,7 @@ from socker_core._codes import CloseCode
 
 from . import masking
 from .deflate import Deflate
+from .policy import TEXT_REFUSED  # one decision, shared with the ASGI adapter
 
 #: The longest unit ever held between reads: a control frame (14-byte header, 125
 #: bytes of payload). A data frame's payload is never held, only its header.
@@ -327,7 +328,7 @@ class FrameReader:
                     except UnicodeDecodeError as exc:
                         self._refuse(CloseCode.INVALID_PAYLOAD, str(exc), out)
                 else:
-                    self._refuse(CloseCode.UNSUPPORTED_DATA, "text messages are not accepted", out)
+                    self._refuse(TEXT_REFUSED.code, TEXT_REFUSED.reason, out)
                 pos = end
                 continue
             self._key = key
@@ -362,9 +363,7 @@ class FrameReader:
                     raise _Fail(CloseCode.PROTOCOL_ERROR, "unexpected CONTINUATION")
                 if opcode == _OP_TEXT:
                     if not self._text:
-                        self._refuse(
-                            CloseCode.UNSUPPORTED_DATA, "text messages are not accepted", out
-                        )
+                        self._refuse(TEXT_REFUSED.code, TEXT_REFUSED.reason, out)
                         return
                     self._utf8 = _Utf8Decoder()
                 self._message_opcode = opcode
