@@ -65,7 +65,7 @@ class Game:
     tick: int = 0
     players: dict[int, Player] = field(default_factory=dict)
     points: list[Point] = field(default_factory=list)
-    _origin: float | None = None  # `now` of tick 0 (moved forward when a stall is dropped)
+    _origin: float | None = None  # `now` of tick 1 (moved forward when a stall is dropped)
     _rng: random.Random = field(init=False, repr=False)
     _next_slot: int = 1
 
@@ -111,12 +111,13 @@ class Game:
         """How many ticks are due at `now` (before the catch-up cap)."""
         if self._origin is None:
             return 1
-        return max(0, int((now - self._origin) * self.tick_rate) - self.tick)
+        # tick n is due at origin + (n - 1) / rate; the epsilon absorbs float rounding
+        return max(0, int((now - self._origin) * self.tick_rate + 1e-6) + 1 - self.tick)
 
     def advance(self, now: float) -> list[Scored]:
         """Run every tick due at `now` (the first call runs tick 1)."""
         if self._origin is None:
-            self._origin = now - 1 / self.tick_rate
+            self._origin = now
         due = self.due(now)
         if due > MAX_CATCH_UP:  # a stall: drop the backlog instead of fast-forwarding
             self._origin += (due - MAX_CATCH_UP) / self.tick_rate
@@ -130,7 +131,7 @@ class Game:
         """The `now` at which the next tick is due (None before the first advance)."""
         if self._origin is None:
             return None
-        return self._origin + (self.tick + 1) / self.tick_rate
+        return self._origin + self.tick / self.tick_rate
 
     def _step(self) -> list[Scored]:
         self.tick += 1

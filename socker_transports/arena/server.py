@@ -38,8 +38,14 @@ Report = Callable[[dict[str, Any]], None]
 
 
 def resume_supported() -> bool:
-    """Whether this socker has resume (``Flow(name, resume_window=...)``)."""
-    return "resume_window" in inspect.signature(Flow).parameters
+    """Whether this socker has resume end to end: ``Flow(name, resume_window=...)`` in
+    the core and ``run_client(..., reconnect=True)`` in the anyio driver."""
+    from ..anyio import run_client
+
+    return (
+        "resume_window" in inspect.signature(Flow).parameters
+        and "reconnect" in inspect.signature(run_client).parameters
+    )
 
 
 @dataclass(eq=False)
