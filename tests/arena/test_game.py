@@ -129,7 +129,7 @@ def test_world_and_input_round_trip() -> None:
     world = game.world()
     decoded = protocol.decode_world(protocol.encode_world(world))
     assert decoded.tick == world.tick and len(decoded.players) == 2
-    for got, sent in zip(decoded.players, world.players):
+    for got, sent in zip(decoded.players, world.players, strict=True):
         assert got[0] == sent[0] and got[3:] == sent[3:]
         assert got[1:3] == pytest.approx(sent[1:3], abs=1e-4)  # f32 on the wire
     assert len(decoded.points) == POINTS
