@@ -29,7 +29,7 @@ from socker_core import Close, Connection, Flow, Result
 
 from . import protocol
 from .game import World, nearest, toward
-from .server import on_link, resume_supported
+from .server import arena_flow, on_link, resume_supported
 
 INPUT_RATE = 20  # inputs per second
 Report = Callable[[dict[str, Any]], None]
@@ -144,7 +144,7 @@ def bot_flow(
     """The client flow of one bot; `cut` (after `cut_at` s of play) drops its websocket."""
     from .. import webrtc
 
-    flow = Flow("arena")
+    flow = arena_flow()
 
     @flow.on_open
     def introduce(conn: Connection) -> None:

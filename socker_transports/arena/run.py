@@ -207,6 +207,8 @@ def serve_main(port: int, bots: int, bot_seconds: float) -> int:
     def report(record: dict[str, Any]) -> None:
         ev = record.get("ev")
         if ev == "second":
+            if not record["players"]:
+                return
             print(
                 f"[server] ticks {record['ticks']:.1f}/s, players {record['players']}", flush=True
             )

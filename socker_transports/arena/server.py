@@ -48,6 +48,13 @@ def resume_supported() -> bool:
     )
 
 
+def arena_flow() -> Flow:
+    """A new flow named "arena", resumable (`RESUME_WINDOW`) when socker has resume;
+    both sides of a resumable connection opt in."""
+    resume: dict[str, Any] = {"resume_window": RESUME_WINDOW} if resume_supported() else {}
+    return Flow("arena", **resume)
+
+
 @dataclass(eq=False)
 class Member:
     conn: Connection
@@ -185,8 +192,7 @@ class Match:
         """The server flow every player's connection runs."""
         from .. import webrtc
 
-        resume: dict[str, Any] = {"resume_window": RESUME_WINDOW} if resume_supported() else {}
-        flow = Flow("arena", **resume)
+        flow = arena_flow()
 
         @flow.on_open
         def welcome(conn: Connection) -> None:
