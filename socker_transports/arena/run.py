@@ -138,11 +138,39 @@ def _spawn(
     return proc
 
 
+class _Screen:
+    """Events scroll; on a terminal the status block stays at the bottom, redrawn in
+    place, elsewhere (a pipe, a test) it is printed once per second."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self.out = out
+        self.live = out.isatty()
+        self.block: list[str] = []
+
+    def show(self, events: list[str], status: list[str] | None) -> None:
+        if not events and status is None:
+            return
+        if self.live and self.block:
+            self.out.write(f"\x1b[{len(self.block)}F\x1b[J")  # up to the block, clear below
+        for line in events:
+            self.out.write(line + "\n")
+        if status is not None:
+            self.block = status
+            if not self.live:
+                for line in status:
+                    self.out.write(line + "\n")
+        if self.live:
+            for line in self.block:
+                self.out.write(line + "\n")
+        self.out.flush()
+
+
 def run_demo(bots: int, seconds: float, timeout: float, cut: bool, out: IO[str]) -> int:
     """The whole `make demo`: processes, live view, summary; 0 when every check held."""
     names = [f"bot-{i}" for i in range(1, bots + 1)]
     cut_bot = names[0] if cut else None
     view = LiveView(names, cut_bot)
+    screen = _Screen(out)
     lines: queue.Queue[tuple[str, str | None]] = queue.Queue()
     server_cmd = [sys.executable, "-m", "socker_transports.arena.run", "--role", "server"]
     procs = [_spawn([*server_cmd, "--players", str(bots)], lines, "server")]
@@ -170,9 +198,9 @@ def run_demo(bots: int, seconds: float, timeout: float, cut: bool, out: IO[str])
             except ValueError:
                 view.errors.append(f"{kind}: {line}")
                 continue
-            for text in view.add(record):
-                out.write(text + "\n")
-            out.flush()
+            events = view.add(record)
+            fresh = record.get("who") == "server" and record.get("ev") == "second"
+            screen.show(events, view.status() if fresh else None)
             if record.get("ev") == "listening":
                 for name in names:
                     cut_at = seconds * 0.4 if name == cut_bot else None
@@ -193,6 +221,7 @@ def run_demo(bots: int, seconds: float, timeout: float, cut: bool, out: IO[str])
                 proc.wait()
     if time.monotonic() >= deadline:
         view.errors.append(f"the demo did not finish within {timeout:g} s")
+    screen.show([], [])
     summary, ok = view.summary()
     for text in summary:
         out.write(text + "\n")

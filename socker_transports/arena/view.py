@@ -2,9 +2,9 @@
 
 `LiveView` is fed the JSON records every process writes (``{"who": "server" or
 a bot's name, "ev": ..., ...}``) and returns the lines to print: events as they
-happen (joins, the cut, the detach and the resume, leaves), a status block every
-second (ticks held, each bot's data-channel states per second, loss and echo
-latency), and at the end the summary, whose last line is
+happen (joins, the cut, the detach and the resume, leaves); `status()` is the
+block refreshed every second (ticks held, each bot's data-channel states per
+second, loss and echo latency); at the end comes the summary, whose last line is
 ``players N (M bots), resumed K, closed 1000 N``. No I/O here: the tests feed it
 records directly.
 """
@@ -36,6 +36,7 @@ class LiveView:
     cuts: dict[str, dict[str, Any]] = field(default_factory=dict)
     resumes: dict[str, dict[str, Any]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    _second: tuple[str, dict[str, Any]] | None = None
 
     def add(self, record: dict[str, Any]) -> list[str]:
         """Take one record; return the lines to print for it now."""
@@ -77,7 +78,8 @@ class LiveView:
             return [f"{stamp}   {r['name']}: {r['text']}"]
         if ev == "second":
             self.ticks.append(float(r["ticks"]))
-            return self._status(stamp, r)
+            self._second = (stamp, r)
+        return []
         return []
 
     def _bot(self, who: str, ev: Any, r: dict[str, Any], stamp: str) -> list[str]:
@@ -104,7 +106,11 @@ class LiveView:
                 self.results[who] = r
         return []
 
-    def _status(self, stamp: str, r: dict[str, Any]) -> list[str]:
+    def status(self) -> list[str]:
+        """The status block: the server's last second and each bot's (empty at first)."""
+        if self._second is None:
+            return []
+        stamp, r = self._second
         lines = [f"{stamp} ticks {r['ticks']:.1f}/s, players {r['players']}"]
         for name in self.bots:
             s = self.per_second.get(name)
@@ -175,7 +181,9 @@ class LiveView:
             p99 = [r["p99_ms"] for r in res if r.get("p99_ms") is not None]
             if p99:
                 line(
-                    "input -> echo latency", f"p50 {_ms(max(p50))}, p99 {_ms(max(p99))} (worst bot)"
+                    "input -> echo latency",
+                    f"p50 {_ms(max(p50))}, p99 {_ms(max(p99))} "
+                    "(worst bot; includes the wait for the next tick)",
                 )
         if self.cut_bot is not None:
             r = self.resumes.get(self.cut_bot)
