@@ -55,8 +55,8 @@ class Bot:
     positions: dict[int, tuple[float, float]] = field(default_factory=dict)
     moving: set[int] = field(default_factory=set)  # slots seen to move
     states: int = 0
-    ticks_first: int | None = None
-    ticks_last: int = 0
+    frames_first: int | None = None
+    frames_last: int = 0
     seq: int = 0
     sent_at: dict[int, float] = field(default_factory=dict)
     echoed: int = 0
@@ -73,11 +73,11 @@ class Bot:
     # -- what arrives ----------------------------------------------------------------
 
     def on_world(self, data: bytes, now: float) -> None:
-        world = protocol.decode_world(data)
+        frame, world = protocol.decode_world(data)
         self.states += 1
-        if self.ticks_first is None:
-            self.ticks_first = world.tick
-        self.ticks_last = max(self.ticks_last, world.tick)
+        if self.frames_first is None:
+            self.frames_first = frame
+        self.frames_last = max(self.frames_last, frame)
         if self.world is None or world.tick > self.world.tick:
             self.world = world  # an older state that arrives late is counted, not drawn
         for slot, x, y, _score, last_input in world.players:
@@ -123,7 +123,7 @@ class Bot:
 
     @property
     def expected(self) -> int:
-        return 0 if self.ticks_first is None else self.ticks_last - self.ticks_first + 1
+        return 0 if self.frames_first is None else self.frames_last - self.frames_first + 1
 
     @property
     def loss(self) -> float:

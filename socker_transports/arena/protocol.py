@@ -5,10 +5,12 @@ one already drawn), big-endian binary:
 
 - input, player -> server, 13 bytes: ``b"I"``, seq u32, dx f32, dy f32.
   ``seq`` counts up from 1; the server ignores an input older than one it applied.
-- world, server -> every player, each tick: ``b"W"``, tick u32, n u8, then n times
+- world, server -> every player, each tick: ``b"W"``, frame u32, tick u32, n u8, then n times
   (slot u16, x f32, y f32, score u16, last_input u32), then m u8 and m times
   (x f32, y f32) for the points. ``last_input`` echoes the newest input of that
   player the server applied: the player measures input-to-echo latency with it.
+  ``frame`` counts the worlds the server sent (one per tick, unless the server
+  stalled and ticked several times at once): a gap in it is a state lost on the way.
 
 Websocket (reliable, in order), a tag byte then UTF-8 JSON:
 
@@ -36,7 +38,7 @@ INPUT = b"I"
 WORLD = b"W"
 
 _INPUT = struct.Struct("!cIff")
-_HEAD = struct.Struct("!cIB")
+_HEAD = struct.Struct("!cIIB")
 _PLAYER = struct.Struct("!HffHI")
 _POINT = struct.Struct("!ff")
 
@@ -62,17 +64,18 @@ def decode_input(data: bytes) -> tuple[int, float, float]:
     return seq, dx, dy
 
 
-def encode_world(world: World) -> bytes:
-    parts = [_HEAD.pack(WORLD, world.tick, len(world.players))]
+def encode_world(world: World, frame: int) -> bytes:
+    parts = [_HEAD.pack(WORLD, frame, world.tick, len(world.players))]
     parts += [_PLAYER.pack(*p) for p in world.players]
     parts.append(bytes([len(world.points)]))
     parts += [_POINT.pack(p.x, p.y) for p in world.points]
     return b"".join(parts)
 
 
-def decode_world(data: bytes) -> World:
+def decode_world(data: bytes) -> tuple[int, World]:
+    """(frame, world) from a world message."""
     try:
-        _, tick, n = _HEAD.unpack_from(data, 0)
+        _, frame, tick, n = _HEAD.unpack_from(data, 0)
         offset = _HEAD.size
         players = []
         for _ in range(n):
@@ -88,7 +91,7 @@ def decode_world(data: bytes) -> World:
         raise ProtocolError("truncated world state") from None
     if data[:1] != WORLD or offset != len(data):
         raise ProtocolError("not a world state")
-    return World(tick, tuple(players), tuple(points))
+    return frame, World(tick, tuple(players), tuple(points))
 
 
 # -- websocket ------------------------------------------------------------------------

@@ -81,6 +81,7 @@ class Match:
         self.report: Report = report or (lambda record: None)
         self.clock = clock
         self.ticks_sent = 0
+        self.frames = 0  # worlds sent (the `frame` field)
 
     # -- telling the match -----------------------------------------------------------
 
@@ -150,7 +151,8 @@ class Match:
         before = self.game.tick
         scored = self.game.advance(self.clock())
         if self.game.tick != before:
-            frame = protocol.encode_world(self.game.world())
+            self.frames += 1
+            frame = protocol.encode_world(self.game.world(), self.frames)
             self.ticks_sent += self.game.tick - before
             for member in list(self.members.values()):
                 channel = member.channel

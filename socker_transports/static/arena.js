@@ -15,7 +15,7 @@ const TAG = (s) => s.charCodeAt(0);
 const arena = {
   name: params.get("name") || `player-${Math.floor(Math.random() * 1000)}`,
   id: null, slot: null, size: [160, 100], tickRate: 20,
-  world: null, names: {}, moving: [], states: 0, ticksFirst: null, ticksLast: 0,
+  world: null, names: {}, moving: [], states: 0, framesFirst: null, framesLast: 0,
   seq: 0, sentAt: new Map(), echoed: 0, latencies: [], scores: {}, chat: [],
   step: null, wsOpen: false, detaches: 0, resumes: 0, statesAtDetach: null,
   statesWhileCut: null, channelState: null, closed: null, log: [],
@@ -44,9 +44,10 @@ function encodeInput(seq, dx, dy) {
 function decodeWorld(buffer) {
   const view = new DataView(buffer);
   if (view.getUint8(0) !== TAG("W")) throw new Error("not a world state");
-  const tick = view.getUint32(1);
-  const n = view.getUint8(5);
-  let at = 6;
+  const frame = view.getUint32(1);
+  const tick = view.getUint32(5);
+  const n = view.getUint8(9);
+  let at = 10;
   const players = [];
   for (let i = 0; i < n; i++, at += 16) {
     players.push({
@@ -57,7 +58,7 @@ function decodeWorld(buffer) {
   const m = view.getUint8(at++);
   const points = [];
   for (let i = 0; i < m; i++, at += 8) points.push({ x: view.getFloat32(at), y: view.getFloat32(at + 4) });
-  return { tick, players, points };
+  return { frame, tick, players, points };
 }
 
 // -- what arrives -----------------------------------------------------------------
@@ -69,8 +70,8 @@ function onWorld(buffer) {
   const world = decodeWorld(buffer);
   const now = performance.now();
   arena.states += 1;
-  if (arena.ticksFirst === null) arena.ticksFirst = world.tick;
-  arena.ticksLast = Math.max(arena.ticksLast, world.tick);
+  if (arena.framesFirst === null) arena.framesFirst = world.frame;
+  arena.framesLast = Math.max(arena.framesLast, world.frame);
   if (!arena.world || world.tick > arena.world.tick) arena.world = world;  // late: counted, not drawn
   for (const p of world.players) {
     const before = positions.get(p.slot);
@@ -198,7 +199,7 @@ function renderPlayers() {
 }
 
 setInterval(() => {
-  const expected = arena.ticksFirst === null ? 0 : arena.ticksLast - arena.ticksFirst + 1;
+  const expected = arena.framesFirst === null ? 0 : arena.framesLast - arena.framesFirst + 1;
   const loss = expected ? Math.max(0, 1 - arena.states / expected) : 0;
   const sorted = [...arena.latencies].sort((a, b) => a - b);
   const p99 = sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(0.99 * sorted.length))] : null;

@@ -127,7 +127,8 @@ def test_world_and_input_round_trip() -> None:
     game.add_player("c2", "b")
     game.advance(0.0)
     world = game.world()
-    decoded = protocol.decode_world(protocol.encode_world(world))
+    frame, decoded = protocol.decode_world(protocol.encode_world(world, 77))
+    assert frame == 77
     assert decoded.tick == world.tick and len(decoded.players) == 2
     for got, sent in zip(decoded.players, world.players, strict=True):
         assert got[0] == sent[0] and got[3:] == sent[3:]
@@ -137,7 +138,14 @@ def test_world_and_input_round_trip() -> None:
 
 
 @pytest.mark.parametrize(
-    "data", [b"", b"W", b"W\x00\x00\x00\x01\x01", b"X" + bytes(20), protocol.encode_input(1, 0, 0)]
+    "data",
+    [
+        b"",
+        b"W",
+        b"W\x00\x00\x00\x01\x00\x00\x00\x01\x01",
+        b"X" + bytes(20),
+        protocol.encode_input(1, 0, 0),
+    ],
 )
 def test_malformed_world_states_raise_protocol_error(data: bytes) -> None:
     with pytest.raises(protocol.ProtocolError):
@@ -145,7 +153,7 @@ def test_malformed_world_states_raise_protocol_error(data: bytes) -> None:
 
 
 def test_world_with_trailing_bytes_is_rejected() -> None:
-    good = protocol.encode_world(Game().world())
+    good = protocol.encode_world(Game().world(), 1)
     with pytest.raises(protocol.ProtocolError):
         protocol.decode_world(good + b"x")
 
@@ -184,7 +192,7 @@ def test_bot_counts_loss_latency_and_who_moved() -> None:
         game.steer(other.slot, tick + 1, 1.0, 0.0)
         game.advance(now)
         if tick != 4:  # one state lost
-            bot.on_world(protocol.encode_world(game.world()), now + 0.01)
+            bot.on_world(protocol.encode_world(game.world(), tick + 1), now + 0.01)
         now += 0.05
     assert bot.states == 9 and bot.expected == 10
     assert bot.loss == pytest.approx(0.1)

@@ -71,7 +71,8 @@ def test_enter_tick_steer_and_leave() -> None:
     ca.listeners["message"](protocol.encode_input(1, 1.0, 0.0))
     match.tick()
     assert len(ca.sent) == len(cb.sent) == 2  # one world per tick on every channel
-    first, second = (protocol.decode_world(d) for d in ca.sent)
+    (f1, first), (f2, second) = (protocol.decode_world(d) for d in ca.sent)
+    assert (f1, f2) == (1, 2)
     assert (first.tick, second.tick) == (1, 2)
     alice = {row[0]: row for row in second.players}[1]
     assert alice[4] == 1  # the input is echoed
