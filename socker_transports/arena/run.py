@@ -276,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
         description="The arena: a small multiplayer game on socker (rooms, WebRTC data "
         "channels, resume) on 127.0.0.1. --classic runs the original single-handshake demo.",
     )
+    parser.add_argument(
+        "--classic", action="store_true", help="the original single-handshake demo instead"
+    )
     parser.add_argument("--serve", action="store_true", help="serve the browser page")
     parser.add_argument("--port", type=int, default=8765, help="--serve port (0: any free port)")
     parser.add_argument(

@@ -105,7 +105,7 @@ def test_two_pages_and_a_bot_play_one_match(
                 assert seen["step"] == "control" and seen["channel"] == "open", (name, seen)
                 assert seen["latencies"] > 0, f"{name}: no input came back echoed"
 
-            size = {"width": 1000, "height": 640, "deviceScaleFactor": 1, "mobile": False}
+            size = {"width": 1200, "height": 700, "deviceScaleFactor": 1, "mobile": False}
             await one.cdp.call("Emulation.setDeviceMetricsOverride", size, one.session)
             await asyncio.sleep(0.3)  # a few animation frames at the new size
             shot = await one.cdp.call("Page.captureScreenshot", {"format": "png"}, one.session)
