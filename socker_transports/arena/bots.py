@@ -9,8 +9,8 @@ on the websocket and the server completes the flow with 1000.
 
 ``python -m socker_transports.arena.bots URL --name bot-1`` runs one bot and
 writes JSON lines (``{"who": "bot-1", "ev": ...}``) on stdout for the view; with
-``--cut-at S`` it connects through a `CutRelay` and cuts its own websocket after
-S seconds (with ``reconnect=True`` the driver resumes the session).
+``--cut-at S`` (repeatable) it connects through a `CutRelay` and cuts its own
+websocket after S seconds of play (with ``reconnect=True`` the driver resumes).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,11 +63,11 @@ class Bot:
     latencies: list[float] = field(default_factory=list)  # seconds, input -> echo
     scores: int = 0
     chats: list[str] = field(default_factory=list)
-    cut_at_state: int | None = None
-    cut_step: str | None = None
-    resume_step: str | None = None
-    resume_ms: float | None = None
-    states_while_cut: int | None = None
+    cut_at_state: int | None = None  # states received when the latest cut happened
+    cut_steps: list[str] = field(default_factory=list)  # the step at each cut
+    resume_steps: list[str] = field(default_factory=list)  # the step at each resume
+    resume_ms: list[float] = field(default_factory=list)  # cut -> resumed, each time
+    states_while_cut: list[int] = field(default_factory=list)
     detached_at: float | None = None
 
     # -- what arrives ----------------------------------------------------------------
@@ -138,10 +138,11 @@ def bot_flow(
     report: Report,
     *,
     cut: Callable[[], int] | None = None,
-    cut_at: float | None = None,
+    cut_at: Sequence[float] = (),
     clock: Callable[[], float] = time.monotonic,
 ) -> Flow:
-    """The client flow of one bot; `cut` (after `cut_at` s of play) drops its websocket."""
+    """The client flow of one bot; `cut()` drops its websocket at each of `cut_at`
+    (seconds after play began)."""
     from .. import webrtc
 
     flow = arena_flow()
@@ -163,14 +164,15 @@ def bot_flow(
     async def play(conn: Connection, channel: Any) -> None:
         start = clock()
         seconds_mark, states_mark = start, 0
-        cut_done = cut is None or cut_at is None
+        cuts = sorted(cut_at) if cut is not None else []
         while clock() - start < bot.seconds:
             now = clock()
             if channel.readyState == "open":
                 channel.send(bot.next_input(now))
-            if not cut_done and cut_at is not None and now - start >= cut_at and cut is not None:
-                cut_done = True
-                bot.cut_step, bot.cut_at_state, bot.detached_at = conn.step, bot.states, now
+            if cuts and now - start >= cuts[0] and cut is not None:
+                cuts.pop(0)
+                bot.cut_steps.append(conn.step)
+                bot.cut_at_state, bot.detached_at = bot.states, now
                 report({"ev": "cut", "step": conn.step, "connections": cut()})
             if now - seconds_mark >= 1.0:
                 report(
@@ -206,19 +208,13 @@ def bot_flow(
         report({"ev": "detached", "step": conn.step})
 
     def resumed(conn: Connection) -> None:
-        bot.resume_step = conn.step
-        if bot.detached_at is not None:
-            bot.resume_ms = (clock() - bot.detached_at) * 1000
-        if bot.cut_at_state is not None:
-            bot.states_while_cut = bot.states - bot.cut_at_state
-        report(
-            {
-                "ev": "resumed",
-                "step": conn.step,
-                "ms": bot.resume_ms,
-                "states_while_cut": bot.states_while_cut,
-            }
-        )
+        bot.resume_steps.append(conn.step)
+        record: dict[str, Any] = {"ev": "resumed", "step": conn.step}
+        if bot.detached_at is not None and bot.cut_at_state is not None:
+            bot.resume_ms.append((clock() - bot.detached_at) * 1000)
+            bot.states_while_cut.append(bot.states - bot.cut_at_state)
+            record |= {"ms": bot.resume_ms[-1], "states_while_cut": bot.states_while_cut[-1]}
+        report(record)
 
     on_link(flow, detached=detached, resumed=resumed)
 
@@ -252,8 +248,8 @@ def summary(bot: Bot, code: int | None, reason: str) -> dict[str, Any]:
         "seen": bot.seen_moving(),
         "p50_ms": _ms(percentile(bot.latencies, 0.50)),
         "p99_ms": _ms(percentile(bot.latencies, 0.99)),
-        "cut_step": bot.cut_step,
-        "resume_step": bot.resume_step,
+        "cut_steps": bot.cut_steps,
+        "resume_steps": bot.resume_steps,
         "resume_ms": bot.resume_ms,
         "states_while_cut": bot.states_while_cut,
     }
@@ -262,7 +258,9 @@ def summary(bot: Bot, code: int | None, reason: str) -> dict[str, Any]:
 # -- one bot process ------------------------------------------------------------------
 
 
-async def run_bot(url: str, name: str, seconds: float, cut_at: float | None, report: Report) -> int:
+async def run_bot(
+    url: str, name: str, seconds: float, cut_at: Sequence[float], report: Report
+) -> int:
     """Play one bot to its end; returns the websocket close code (or -1)."""
     from urllib.parse import urlsplit
 
@@ -273,7 +271,7 @@ async def run_bot(url: str, name: str, seconds: float, cut_at: float | None, rep
     bot = Bot(name, seconds)
     options: dict[str, Any] = {"reconnect": True} if resume_supported() else {}
     with webrtc.local_only():
-        if cut_at is None:
+        if not cut_at:
             result = await run_client(url, bot_flow(bot, report), **options)
         else:
             parts = urlsplit(url)
@@ -290,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("url")
     parser.add_argument("--name", default="bot")
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--cut-at", type=float, default=None)
+    parser.add_argument("--cut-at", type=float, action="append", default=[])
     args = parser.parse_args(argv)
 
     def report(record: dict[str, Any]) -> None:

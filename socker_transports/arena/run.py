@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import IO, Any
 
@@ -108,12 +108,20 @@ async def _server_child(players: int) -> int:
     return 0
 
 
-def bot_command(url: str, name: str, seconds: float, cut_at: float | None = None) -> list[str]:
+def bot_command(url: str, name: str, seconds: float, cut_at: Sequence[float] = ()) -> list[str]:
     command = [sys.executable, "-m", "socker_transports.arena.bots", url, "--name", name]
     command += ["--seconds", str(seconds)]
-    if cut_at is not None:
-        command += ["--cut-at", str(cut_at)]
+    for at in cut_at:
+        command += ["--cut-at", f"{at:.3f}"]
     return command
+
+
+def cut_times(seconds: float, cuts: int) -> list[float]:
+    """When the cut bot drops its websocket: 40 % into play for one cut, else spread
+    over 30-80 % of its play time."""
+    if cuts <= 1:
+        return [seconds * 0.4] if cuts == 1 else []
+    return [seconds * (0.3 + 0.5 * i / (cuts - 1)) for i in range(cuts)]
 
 
 def _spawn(
@@ -165,10 +173,10 @@ class _Screen:
         self.out.flush()
 
 
-def run_demo(bots: int, seconds: float, timeout: float, cut: bool, out: IO[str]) -> int:
+def run_demo(bots: int, seconds: float, timeout: float, cuts: int, out: IO[str]) -> int:
     """The whole `make demo`: processes, live view, summary; 0 when every check held."""
     names = [f"bot-{i}" for i in range(1, bots + 1)]
-    cut_bot = names[0] if cut else None
+    cut_bot = names[0] if cuts else None
     view = LiveView(names, cut_bot)
     screen = _Screen(out)
     lines: queue.Queue[tuple[str, str | None]] = queue.Queue()
@@ -176,7 +184,8 @@ def run_demo(bots: int, seconds: float, timeout: float, cut: bool, out: IO[str])
     procs = [_spawn([*server_cmd, "--players", str(bots)], lines, "server")]
     streams = 2
     deadline = time.monotonic() + timeout
-    cutting = f"; {cut_bot} gets its websocket cut" if cut_bot else ""
+    times = "" if cuts == 1 else f" {cuts} times"
+    cutting = f"; {cut_bot} gets its websocket cut{times}" if cut_bot else ""
     out.write(
         f"socker demo: the arena, {bots} bot players in their own processes on 127.0.0.1, "
         f"{seconds:g} s of play{cutting}\n\n"
@@ -203,7 +212,7 @@ def run_demo(bots: int, seconds: float, timeout: float, cut: bool, out: IO[str])
             screen.show(events, view.status() if fresh else None)
             if record.get("ev") == "listening":
                 for name in names:
-                    cut_at = seconds * 0.4 if name == cut_bot else None
+                    cut_at = cut_times(seconds, cuts) if name == cut_bot else []
                     procs.append(
                         _spawn(bot_command(record["url"], name, seconds, cut_at), lines, name)
                     )
@@ -289,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-cut", action="store_true", help="do not cut the first bot's websocket"
     )
+    parser.add_argument("--cuts", type=int, default=1, help="how often bot-1's websocket is cut")
     parser.add_argument("--role", choices=["server"], help=argparse.SUPPRESS)
     parser.add_argument("--players", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -301,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     bots = 4 if args.bots is None else args.bots
     if bots < 2 or args.seconds <= 0:
         parser.error("--bots must be at least 2 (they must see each other) and --seconds positive")
-    return run_demo(bots, args.seconds, args.timeout, not args.no_cut, sys.stdout)
+    return run_demo(bots, args.seconds, args.timeout, 0 if args.no_cut else args.cuts, sys.stdout)
 
 
 if __name__ == "__main__":

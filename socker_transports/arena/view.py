@@ -33,8 +33,8 @@ class LiveView:
     per_second: dict[str, dict[str, Any]] = field(default_factory=dict)  # latest bot second
     states_rates: dict[str, list[float]] = field(default_factory=dict)
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
-    cuts: dict[str, dict[str, Any]] = field(default_factory=dict)
-    resumes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cuts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    resumes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     _second: tuple[str, dict[str, Any]] | None = None
 
@@ -87,7 +87,7 @@ class LiveView:
             self.per_second[who] = r
             self.states_rates.setdefault(who, []).append(float(r["states"]))
         elif ev == "cut":
-            self.cuts[who] = r
+            self.cuts.setdefault(who, []).append(r)
             return [
                 f"{stamp} x {who}: websocket cut at step {r['step']!r} "
                 f"(TCP reset, {r['connections']} connection); data channel left alone"
@@ -95,7 +95,7 @@ class LiveView:
         elif ev == "detached":
             return [f"{stamp} ~ {who}: transport lost at step {r['step']!r}, reconnecting"]
         elif ev == "resumed":
-            self.resumes[who] = r
+            self.resumes.setdefault(who, []).append(r)
             return [
                 f"{stamp} ~ {who}: RESUMED at step {r['step']!r} after {_ms(r.get('ms'))}; "
                 f"{r.get('states_while_cut')} world states arrived on the data channel meanwhile"
@@ -137,18 +137,21 @@ class LiveView:
             (not blind, "every bot saw the others move" + (f" (not: {blind})" if blind else ""))
         )
         if self.cut_bot is not None:
-            cut, res = self.cuts.get(self.cut_bot), self.results.get(self.cut_bot, {})
-            where = cut["step"] if cut else None
+            cuts = self.cuts.get(self.cut_bot, [])
+            res = self.results.get(self.cut_bot, {})
+            where = [c["step"] for c in cuts]
             ok = (
-                cut is not None
-                and self.cut_bot in self.resumes
-                and res.get("resume_step") == where
-                and self.cut_bot in self.server_resumed
-                and self.joins.count(self.cut_bot) == 1
+                bool(cuts)
+                and res.get("cut_steps") == where
+                and res.get("resume_steps") == where  # the same step, every time
+                and self.server_resumed.count(self.cut_bot) == len(cuts)
+                and self.joins.count(self.cut_bot) == 1  # never a fresh player
             )
-            text = f"{self.cut_bot} resumed where cut (step {where!r})"
+            times = f"{len(cuts)} times" if len(cuts) != 1 else "once"
+            steps = ", ".join(sorted(map(repr, set(where))))
+            text = f"{self.cut_bot} resumed where cut (step {steps}, {times})"
             if not ok:
-                text += f": cut {cut is not None}, resumed {res.get('resume_step')!r}"
+                text += f": resumed at {res.get('resume_steps')!r}"
             found.append((ok, text))
         codes = {
             b: (self.left.get(b, {}).get("code"), self.results.get(b, {}).get("code")) for b in bots
@@ -186,13 +189,17 @@ class LiveView:
                     "(worst bot; includes the wait for the next tick)",
                 )
         if self.cut_bot is not None:
-            r = self.resumes.get(self.cut_bot)
-            line(
-                "resume",
-                f"{self.cut_bot}: {_ms(r.get('ms'))} from cut to resumed"
-                if r
-                else f"{self.cut_bot}: did not resume",
-            )
+            took = sorted(r["ms"] for r in self.resumes.get(self.cut_bot, []) if r.get("ms"))
+            if not took:
+                line("resume", f"{self.cut_bot}: did not resume")
+            elif len(took) == 1:
+                line("resume (cut -> resumed)", _ms(took[0]))
+            else:
+                p99 = took[min(len(took) - 1, int(0.99 * len(took)))]
+                line(
+                    "resume (cut -> resumed)",
+                    f"p50 {_ms(took[len(took) // 2])}, p99 {_ms(p99)} over {len(took)} cuts",
+                )
         for text in self.errors[-10:]:
             lines.append(f"  ! {text}")
         checks = self.checks()
@@ -201,6 +208,6 @@ class LiveView:
         players = len(self.joined)
         bots = sum(1 for r in self.joined.values() if r.get("bot"))
         closed = sum(1 for r in self.left.values() if r.get("code") == 1000)
-        resumed = len(set(self.server_resumed))
+        resumed = len(self.server_resumed)
         lines.append(f"players {players} ({bots} bots), resumed {resumed}, closed 1000 {closed}")
         return lines, all(ok for ok, _ in checks)

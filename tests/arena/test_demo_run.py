@@ -59,7 +59,7 @@ def test_make_demo_bots_play_and_one_resumes() -> None:
             "(needs Flow(resume_window=...) and run_client(..., reconnect=True))"
         )
     assert "~ bot-1: RESUMED at step 'control'" in out, out
-    assert "[ok] bot-1 resumed where cut (step 'control')" in out, out
+    assert "[ok] bot-1 resumed where cut (step 'control', once)" in out, out
     assert "[ok] every player left with 1000" in out, out
     assert lines[-1] == "players 4 (4 bots), resumed 1, closed 1000 4", out
     assert code == 0, out

@@ -218,7 +218,8 @@ def _records(resumed: bool) -> list[dict[str, object]]:
         left |= {"reason": "flow complete", "states_sent": 90, "inputs": 80, "score": 2}
         out.append({"who": "server", "ev": "left", **left, "t": 5.0})
         result = {"code": 1000, "reason": "", "loss": 0.0, "seen": [other], "p50_ms": 1.0}
-        result |= {"p99_ms": 2.0, "resume_step": "control" if resumed and i == 1 else None}
+        result |= {"p99_ms": 2.0, "cut_steps": ["control"] if i == 1 else []}
+        result |= {"resume_steps": ["control"] if resumed and i == 1 else []}
         out.append({"who": name, "ev": "result", **result, "t": 5.0})
     return out
 

@@ -63,7 +63,7 @@ def test_two_pages_and_a_bot_play_one_match(
         async with serve(routes, "127.0.0.1", 0, http_handler=arena_run.http_handler) as server:
             ticker = asyncio.create_task(match.run())
             bot = asyncio.create_task(
-                run_bot(server.url + PATH, "bot-1", deadline(15), None, records.append)
+                run_bot(server.url + PATH, "bot-1", deadline(15), (), records.append)
             )
             try:
                 async with CutRelay(server.port) as relay, chromium.devtools(browser) as cdp:
