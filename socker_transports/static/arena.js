@@ -250,6 +250,7 @@ flow.onStep((conn, from, to) => { arena.step = to; });
 
 // Resume (socker.js with `reconnect: true`): the websocket comes back at its step while
 // the data channel keeps delivering. Registered only when this socker.js has the hooks.
+arena.resumable = typeof flow.onDetach === "function" && typeof flow.onResume === "function";
 if (typeof flow.onDetach === "function") {
   flow.onDetach(() => {
     arena.wsOpen = false;
