@@ -25,16 +25,40 @@ from ._events import (
     StepChanged,
 )
 from ._flow import Close, Flow, Goto, Handler, Hook, Result, Step
+from ._resume import (
+    DEFAULT_MAX_RESUME_BUFFER,
+    Claimed,
+    MemorySessionStore,
+    Refused,
+    ReplayBuffer,
+    ResumeSession,
+    SessionStore,
+    reconnect_delay,
+)
 from ._state import State
-from ._stepper import DEFAULT_MAX_QUEUE, ON_CLOSE, ON_OPEN, Connection, Stepper
+from ._stepper import (
+    DEFAULT_MAX_QUEUE,
+    HOOK_STEPS,
+    ON_CLOSE,
+    ON_DETACH,
+    ON_OPEN,
+    ON_RESUME,
+    Connection,
+    Stepper,
+)
 
 __all__ = [
     "CLOSE_CODES",
     "DEFAULT_MAX_QUEUE",
+    "DEFAULT_MAX_RESUME_BUFFER",
+    "HOOK_STEPS",
     "ON_CLOSE",
+    "ON_DETACH",
     "ON_OPEN",
+    "ON_RESUME",
     "Await",
     "CancelAwait",
+    "Claimed",
     "Close",
     "CloseCode",
     "CloseRequested",
@@ -51,14 +75,20 @@ __all__ = [
     "HandlerFailed",
     "Hook",
     "LocalProtocolError",
+    "MemorySessionStore",
     "QueueFullError",
+    "Refused",
     "RemoteProtocolError",
+    "ReplayBuffer",
     "Result",
+    "ResumeSession",
     "Send",
+    "SessionStore",
     "SockerError",
     "State",
     "Step",
     "StepChanged",
     "Stepper",
     "is_sendable_close_code",
+    "reconnect_delay",
 ]

@@ -20,6 +20,12 @@ class CloseCode(IntEnum):
     INTERNAL_ERROR = 1011
     STEP_TIMEOUT = 4408
     SEND_BUFFER_OVERFLOW = 4503
+    # Resume (see README "Resume"): why a resume could not be honoured.
+    RESUME_REFUSED = 4403
+    SESSION_TAKEN_OVER = 4409
+    SESSION_GONE = 4410
+    FLOW_CHANGED = 4412
+    RESUME_BUFFER_OVERFLOW = 4413
 
 
 #: The public close-code table: code -> what it means in socker.
@@ -39,6 +45,17 @@ CLOSE_CODES: dict[int, str] = {
     ),
     CloseCode.STEP_TIMEOUT: "a step was not left within its timeout",
     CloseCode.SEND_BUFFER_OVERFLOW: "the peer stopped reading: send buffer over max_send_buffer",
+    CloseCode.RESUME_REFUSED: (
+        "resume refused: the session token was already used, or is not valid for this route"
+    ),
+    CloseCode.SESSION_TAKEN_OVER: (
+        "sent to the old transport of a session that a new connection resumed (takeover)"
+    ),
+    CloseCode.SESSION_GONE: "resume failed: unknown session, or its resume window expired",
+    CloseCode.FLOW_CHANGED: "resume failed: the route now serves a different flow",
+    CloseCode.RESUME_BUFFER_OVERFLOW: (
+        "resume failed: messages to replay outgrew max_resume_buffer (the session ended)"
+    ),
     4400: "WebRTC signaling: a malformed, unsupported or out-of-order signaling message",
     4504: "WebRTC: the data channel did not open within open_timeout (or ICE failed)",
 }

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._codes import is_sendable_close_code
 from ._errors import FlowDefinitionError
+from ._resume import DEFAULT_MAX_RESUME_BUFFER
 
 if TYPE_CHECKING:
     from ._stepper import Connection
@@ -77,9 +78,29 @@ class Flow:
     ...     return False  # stay: every message comes here
     """
 
-    def __init__(self, name: str = "flow", *, step_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        name: str = "flow",
+        *,
+        step_timeout: float | None = None,
+        resume_window: float | None = None,
+        max_resume_buffer: int = DEFAULT_MAX_RESUME_BUFFER,
+    ) -> None:
+        if resume_window is not None and not resume_window > 0:
+            raise FlowDefinitionError(f"resume_window must be positive, got {resume_window!r}")
+        if max_resume_buffer < 1:
+            raise FlowDefinitionError(
+                f"max_resume_buffer must be positive, got {max_resume_buffer!r}"
+            )
         self.name = name
         self.step_timeout = step_timeout
+        #: Seconds a connection whose transport was lost stays detached, waiting for
+        #: a resume (None: a lost transport ends the connection, as without resume).
+        self.resume_window = resume_window
+        #: Bytes of unacknowledged sends kept for replay, per connection and side.
+        self.max_resume_buffer = max_resume_buffer
+        self.detach_hooks: list[Hook] = []
+        self.resume_hooks: list[Hook] = []
         self._steps: list[Step] = []
         self._steps_view: tuple[Step, ...] | None = None  # shared by every Stepper
         self._index: dict[str, int] = {}
@@ -137,6 +158,20 @@ class Flow:
         """Run `hook(conn)` exactly once when an opened connection ends, whatever the cause."""
         _check_signature(hook, (None,), "on_close hook")
         self.close_hooks.append(hook)
+        return hook
+
+    def on_detach(self, hook: K) -> K:
+        """Run `hook(conn)` when the transport is lost and the connection is kept
+        detached for `resume_window` (resumable flows only; may run many times)."""
+        _check_signature(hook, (None,), "on_detach hook")
+        self.detach_hooks.append(hook)
+        return hook
+
+    def on_resume(self, hook: K) -> K:
+        """Run `hook(conn)` when a detached connection resumed on a new transport
+        (after what the peer missed was replayed). on_open never runs on resume."""
+        _check_signature(hook, (None,), "on_resume hook")
+        self.resume_hooks.append(hook)
         return hook
 
     # -- inspection ---------------------------------------------------------

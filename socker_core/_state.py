@@ -15,6 +15,14 @@ class State(Enum):
     AWAITING = "awaiting"  # an async handler or hook is pending; messages queue
     CLOSING = "closing"  # a close was requested; waiting for the transport to confirm
     CLOSED = "closed"  # over; on_close hooks have run
+    # Resume (a flow with `resume_window`): the transport was lost without a close
+    # handshake. The step, its timers, the wait queue and what is sent are kept;
+    # nothing can be received until a new transport attaches.
+    DETACHED = "detached"  # detached while idle (was OPEN)
+    DETACHED_AWAITING = "detached awaiting"  # detached while a handler is pending
+    # Lost while our close frame was unanswered: what we sent before it may still be
+    # missing at the peer, so a resume replays it and sends the close again.
+    DETACHED_CLOSING = "detached closing"
 
 
 class Happening(Enum):
@@ -23,9 +31,12 @@ class Happening(Enum):
     HANDLER_DONE = "handler done"
     CLOSE_STARTED = "close started"
     TRANSPORT_CLOSED = "transport closed"
+    DETACHED = "detached"  # transport lost, session kept for its resume window
+    ATTACHED = "attached"  # a new transport resumed the session
+    SESSION_ENDED = "session ended"  # closed while detached: no handshake to wait for
 
 
-IDLE, OPEN, AWAITING, CLOSING, CLOSED = State
+IDLE, OPEN, AWAITING, CLOSING, CLOSED, DETACHED, DETACHED_AWAITING, DETACHED_CLOSING = State
 
 #: (state, happening) -> next state. A pair missing here is a bug in the Stepper.
 TRANSITIONS: dict[tuple[State, Happening], State] = {
@@ -39,6 +50,19 @@ TRANSITIONS: dict[tuple[State, Happening], State] = {
     (AWAITING, Happening.CLOSE_STARTED): CLOSING,
     (AWAITING, Happening.TRANSPORT_CLOSED): CLOSED,
     (CLOSING, Happening.TRANSPORT_CLOSED): CLOSED,
+    (OPEN, Happening.DETACHED): DETACHED,
+    (AWAITING, Happening.DETACHED): DETACHED_AWAITING,
+    (DETACHED, Happening.HANDLER_PENDING): DETACHED_AWAITING,
+    (DETACHED_AWAITING, Happening.HANDLER_DONE): DETACHED,
+    (DETACHED, Happening.ATTACHED): OPEN,
+    (DETACHED_AWAITING, Happening.ATTACHED): AWAITING,
+    (DETACHED, Happening.SESSION_ENDED): CLOSED,
+    (DETACHED_AWAITING, Happening.SESSION_ENDED): CLOSED,
+    (DETACHED, Happening.TRANSPORT_CLOSED): CLOSED,
+    (DETACHED_AWAITING, Happening.TRANSPORT_CLOSED): CLOSED,
+    (CLOSING, Happening.DETACHED): DETACHED_CLOSING,
+    (DETACHED_CLOSING, Happening.ATTACHED): CLOSING,
+    (DETACHED_CLOSING, Happening.TRANSPORT_CLOSED): CLOSED,
 }
 
 
@@ -54,9 +78,47 @@ RUN, IGNORE = Disposition
 CALLS: dict[str, dict[State, Disposition]] = {
     "open": {IDLE: RUN},
     "receive": {OPEN: RUN, AWAITING: RUN, CLOSING: IGNORE},
-    "resume": {AWAITING: RUN, CLOSING: IGNORE, CLOSED: IGNORE},
-    "tick": {IDLE: IGNORE, OPEN: RUN, AWAITING: RUN, CLOSING: IGNORE, CLOSED: IGNORE},
-    "send": {OPEN: RUN, AWAITING: RUN},
-    "close": {IDLE: RUN, OPEN: RUN, AWAITING: RUN, CLOSING: IGNORE, CLOSED: IGNORE},
-    "transport_closed": {IDLE: RUN, OPEN: RUN, AWAITING: RUN, CLOSING: RUN, CLOSED: IGNORE},
+    "resume": {
+        AWAITING: RUN,
+        DETACHED_AWAITING: RUN,
+        CLOSING: IGNORE,
+        DETACHED_CLOSING: IGNORE,
+        CLOSED: IGNORE,
+    },
+    "tick": {
+        IDLE: IGNORE,
+        OPEN: RUN,
+        AWAITING: RUN,
+        DETACHED: RUN,
+        DETACHED_AWAITING: RUN,
+        DETACHED_CLOSING: RUN,
+        CLOSING: IGNORE,
+        CLOSED: IGNORE,
+    },
+    # While detached a send is kept for replay (bounded by max_resume_buffer).
+    "send": {OPEN: RUN, AWAITING: RUN, DETACHED: RUN, DETACHED_AWAITING: RUN},
+    # While detached a close ends the session at once (no handshake to wait for).
+    "close": {
+        IDLE: RUN,
+        OPEN: RUN,
+        AWAITING: RUN,
+        DETACHED: RUN,
+        DETACHED_AWAITING: RUN,
+        DETACHED_CLOSING: IGNORE,
+        CLOSING: IGNORE,
+        CLOSED: IGNORE,
+    },
+    "transport_closed": {
+        IDLE: RUN,
+        OPEN: RUN,
+        AWAITING: RUN,
+        CLOSING: RUN,
+        DETACHED: RUN,
+        DETACHED_AWAITING: RUN,
+        DETACHED_CLOSING: RUN,
+        CLOSED: IGNORE,
+    },
+    # Resume calls (only on a Stepper made with a ReplayBuffer).
+    "detach": {OPEN: RUN, AWAITING: RUN, CLOSING: RUN, CLOSED: IGNORE},
+    "attach": {DETACHED: RUN, DETACHED_AWAITING: RUN, DETACHED_CLOSING: RUN},
 }

@@ -29,6 +29,7 @@ from ._events import (
     StepChanged,
 )
 from ._flow import Close, Flow, Goto, Step
+from ._resume import ReplayBuffer
 from ._state import CALLS, IGNORE, TRANSITIONS, Happening, State
 
 #: Default number of messages that may wait while an async handler is pending.
@@ -36,8 +37,16 @@ DEFAULT_MAX_QUEUE = 16
 
 ON_OPEN = "<on_open>"
 ON_CLOSE = "<on_close>"
+ON_DETACH = "<on_detach>"
+ON_RESUME = "<on_resume>"
+#: Await steps a driver runs to completion without calling `Stepper.resume`.
+HOOK_STEPS = frozenset({ON_CLOSE, ON_DETACH, ON_RESUME})
 
 _OPEN = State.OPEN
+_DETACHED = State.DETACHED
+# States in which handler results apply and queued messages drain.
+_RUNNING = (State.OPEN, State.DETACHED)
+_DETACHED_STATES = (State.DETACHED, State.DETACHED_AWAITING, State.DETACHED_CLOSING)
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 
 # Deterministic default ids for embedded use and the test kit ("c1", "c2", ...).
@@ -103,6 +112,11 @@ class Connection:
         return self._stepper.phase in (State.OPEN, State.AWAITING)
 
     @property
+    def is_detached(self) -> bool:
+        """True while the transport is lost and the session waits for a resume."""
+        return self._stepper.phase in _DETACHED_STATES
+
+    @property
     def close_code(self) -> int | None:
         return self._stepper.close_code
 
@@ -142,6 +156,8 @@ class Stepper:
         "_pending_hook",
         "_phase",
         "_queue",
+        "_replay",
+        "_resume_deadline",
         "_steps",
         "conn",
         "flow",
@@ -152,7 +168,12 @@ class Stepper:
     )
 
     def __init__(
-        self, flow: Flow, *, max_queue: int = DEFAULT_MAX_QUEUE, id: str | None = None
+        self,
+        flow: Flow,
+        *,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        id: str | None = None,
+        replay: ReplayBuffer | None = None,
     ) -> None:
         flow.validate()
         if max_queue < 1:
@@ -187,6 +208,10 @@ class Stepper:
         self._close_reason = ""
         self._initiated_locally = False
         self._opened = False  # open() ran: on_close hooks are owed
+        # Resume: every send is kept here until the peer acknowledges it; None for a
+        # connection that cannot resume (the send path then costs one test).
+        self._replay = replay
+        self._resume_deadline: float | None = None  # while detached: the window's end
 
     # -- inspection ---------------------------------------------------------
 
@@ -201,6 +226,15 @@ class Stepper:
     @property
     def step_index(self) -> int:
         return self._index
+
+    @property
+    def replay(self) -> ReplayBuffer | None:
+        """The resume ledger (None unless this connection can resume)."""
+        return self._replay
+
+    @property
+    def is_detached(self) -> bool:
+        return self._phase in _DETACHED_STATES
 
     @property
     def accepting(self) -> bool:
@@ -218,7 +252,15 @@ class Stepper:
     @property
     def next_deadline(self) -> float | None:
         """When `tick` next has something to do, or None."""
-        return self._deadline if self._phase in (State.OPEN, State.AWAITING) else None
+        phase = self._phase
+        if phase is _OPEN or phase is State.AWAITING:
+            return self._deadline
+        if phase in _DETACHED_STATES:
+            deadline, window = self._deadline, self._resume_deadline
+            if deadline is None or (window is not None and window < deadline):
+                return window
+            return deadline
+        return None
 
     @property
     def close_code(self) -> int | None:
@@ -306,15 +348,81 @@ class Stepper:
         return self._settle(token, None, error, now)
 
     def tick(self, now: float) -> list[Event]:
-        """Let time pass: a step past its timeout closes with 4408."""
+        """Let time pass: a step past its timeout closes with 4408; a detached
+        session past its resume window ends (1006, "resume window expired")."""
         if self._check("tick") is IGNORE:
             return []
         events = self._begin()
         try:
-            self._expire(now)
+            if not self._expire(now):
+                window = self._resume_deadline
+                if window is not None and now >= window and self._phase in _DETACHED_STATES:
+                    if self._phase is State.DETACHED_CLOSING:
+                        # We had decided to close: that code stands.
+                        self._resume_deadline = None
+                        code, reason = self._close_code, self._close_reason
+                        assert code is not None
+                        events.extend(self._transport_closed(code, reason))
+                    else:
+                        self._end_detached(CloseCode.ABNORMAL, "resume window expired", False)
         finally:
             self._events = None
         return events
+
+    def detach(self, now: float, window: float) -> list[Event]:
+        """The transport was lost without a close handshake and the connection may
+        resume within `window` seconds: keep the step, its timers, the wait queue
+        and (in the replay buffer) every send; run the on_detach hooks. A Stepper
+        without a replay buffer, or whose buffer overflowed, ends instead (as
+        `transport_closed(1006)`, or with 4413)."""
+        if self._check("detach") is IGNORE:
+            return []
+        replay = self._replay
+        if replay is None:
+            return self.transport_closed(CloseCode.ABNORMAL, "connection lost", now)
+        if replay.overflowed:
+            return self.transport_closed(
+                CloseCode.RESUME_BUFFER_OVERFLOW, "replay buffer overflowed", now
+            )
+        events = self._begin()
+        try:
+            closing = self._phase is State.CLOSING
+            self._move(Happening.DETACHED)
+            self._resume_deadline = now + window
+            if not closing:  # a closing connection is not coming back to the app
+                for hook in self.flow.detach_hooks:
+                    self._run_hook(hook, ON_DETACH)
+        finally:
+            self._events = None
+        return events
+
+    def attach(self, now: float) -> list[Event]:
+        """A new transport resumed this detached connection (after the replay was
+        written): back to OPEN (or AWAITING), then the on_resume hooks run."""
+        self._check("attach")
+        events = self._begin()
+        try:
+            closing = self._phase is State.DETACHED_CLOSING
+            self._move(Happening.ATTACHED)
+            self._resume_deadline = None
+            if closing:
+                assert self._close_code is not None
+                self._emit(CloseRequested(self._close_code, self._close_reason))
+                return events
+            for hook in self.flow.resume_hooks:
+                self._run_hook(hook, ON_RESUME)
+                if self._phase is not _OPEN and self._phase is not State.AWAITING:
+                    break  # a hook closed the connection
+        finally:
+            self._events = None
+        return events
+
+    def post(self, events: list[Event]) -> None:
+        """Put `events` in the outbox (and call `wakeup`): for a caller that drove
+        this Stepper but no longer moves its bytes (an old transport of a resumed
+        session finishing an awaited handler)."""
+        for event in events:
+            self._emit(event)
 
     def send(self, data: bytes, now: float) -> list[Event]:
         """Application send from outside any handler."""
@@ -343,8 +451,18 @@ class Stepper:
             return []
         events = self._begin()
         try:
+            events.extend(self._transport_closed(code, reason))
+        finally:
+            self._events = None
+        return events
+
+    def _transport_closed(self, code: int, reason: str) -> list[Event]:
+        events: list[Event] = []
+        saved, self._events = self._events, events
+        try:
             opened = self._opened
-            if self._phase is not State.CLOSING:
+            self._resume_deadline = None
+            if self._phase is not State.CLOSING and self._phase is not State.DETACHED_CLOSING:
                 self._cancel_pending()
                 self._close_code, self._close_reason = code, reason
                 self._initiated_locally = False
@@ -356,7 +474,7 @@ class Stepper:
             assert self._close_code is not None
             events.append(Closed(self._close_code, self._close_reason, self._initiated_locally))
         finally:
-            self._events = None
+            self._events = saved
         return events
 
     # -- internals ----------------------------------------------------------
@@ -414,7 +532,7 @@ class Stepper:
         self._apply(result, step_name, now)
 
     def _apply(self, result: object, step_name: str, now: float) -> None:
-        if self._phase is not _OPEN:
+        if self._phase is not _OPEN and self._phase is not _DETACHED:
             return  # the handler closed the connection itself; its answer no longer matters
         if result is True:
             following = self._index + 1
@@ -495,7 +613,7 @@ class Stepper:
         queue = self._queue
         if queue is None:
             return
-        while queue and self._phase is _OPEN:
+        while queue and self._phase in _RUNNING:
             self._handle(queue.popleft(), now)
         if not queue and self._queue is queue:
             self._queue = None  # an empty deque still holds ~760 bytes
@@ -521,7 +639,7 @@ class Stepper:
                 self._pending_hook = position
                 self._await(result, ON_OPEN)
                 return
-            if self._phase is not _OPEN:
+            if self._phase not in _RUNNING:
                 return
 
     def _run_hook(self, hook: Callable[..., Any], name: str) -> None:
@@ -536,7 +654,7 @@ class Stepper:
 
     def _expire(self, now: float) -> bool:
         deadline = self._deadline
-        if deadline is None or now < deadline or self._phase not in (State.OPEN, State.AWAITING):
+        if deadline is None or now < deadline or self._phase in (State.CLOSING, State.CLOSED):
             return False
         step = self._steps[self._index]
         self._close(CloseCode.STEP_TIMEOUT, f"step {step.name!r} timed out after {step.timeout:g}s")
@@ -552,8 +670,12 @@ class Stepper:
             self._pending = self._pending_hook = None
 
     def _send(self, data: bytes) -> None:
-        if self._phase is not _OPEN and self._phase is not State.AWAITING:
-            if self._phase is State.IDLE:
+        phase = self._phase
+        if phase is not _OPEN and phase is not State.AWAITING:
+            if phase in _DETACHED_STATES:
+                self._send_detached(data)
+                return
+            if phase is State.IDLE:
                 raise LocalProtocolError("cannot send before the connection is open")
             raise ConnectionClosedError(
                 f"cannot send: the connection is {self._phase.value}",
@@ -564,7 +686,32 @@ class Stepper:
             if not isinstance(data, _BYTES_LIKE):
                 raise TypeError(f"send() takes bytes, got {type(data).__name__}")
             data = bytes(data)  # a snapshot: the caller may reuse its buffer
+        replay = self._replay
+        if replay is not None:
+            replay.retain(data)  # an overflow only matters if the transport drops
         self._emit(Send(data))
+
+    def _send_detached(self, data: bytes) -> None:
+        """No transport: keep the message for replay; past max_resume_buffer the
+        session cannot be replayed any more, so it ends now (4413)."""
+        if not isinstance(data, _BYTES_LIKE):
+            raise TypeError(f"send() takes bytes, got {type(data).__name__}")
+        replay = self._replay
+        assert replay is not None
+        if not replay.retain(bytes(data)):
+            self._end_detached(CloseCode.RESUME_BUFFER_OVERFLOW, "replay buffer overflowed", True)
+
+    def _end_detached(self, code: int, reason: str, locally: bool) -> None:
+        """End a detached session: nothing to send, so straight to CLOSED."""
+        self._cancel_pending()
+        self._drop_queue()
+        self._close_code, self._close_reason = int(code), reason
+        self._initiated_locally = locally
+        self._deadline = self._resume_deadline = None
+        self._move(Happening.SESSION_ENDED)
+        for hook in self.flow.close_hooks:
+            self._run_hook(hook, ON_CLOSE)
+        self._emit(Closed(self._close_code, reason, locally))
 
     def _close(self, code: int, reason: str) -> None:
         if self._phase is State.CLOSING or self._phase is State.CLOSED:
@@ -573,6 +720,9 @@ class Stepper:
             raise LocalProtocolError(f"close code {code} cannot be sent in a close frame")
         if len(reason.encode("utf-8")) > 123:
             raise LocalProtocolError("close reason is longer than 123 bytes of UTF-8")
+        if self._phase in _DETACHED_STATES:
+            self._end_detached(code, reason, True)
+            return
         self._cancel_pending()
         self._drop_queue()
         self._close_code, self._close_reason = int(code), reason

@@ -41,8 +41,9 @@ from ._events import (
     StepChanged,
 )
 from ._flow import Close, Flow, Hook
+from ._resume import ReplayBuffer
 from ._state import State
-from ._stepper import DEFAULT_MAX_QUEUE, ON_CLOSE, ON_OPEN, Connection, Stepper
+from ._stepper import DEFAULT_MAX_QUEUE, HOOK_STEPS, ON_CLOSE, ON_OPEN, Connection, Stepper
 
 __all__ = [
     "CLIENT",
@@ -387,6 +388,7 @@ class _Pair:
         max_time: float | None,
         max_queue: int,
         actions: Sequence[tuple[float, Side, Action]],
+        drops: Sequence[tuple[float, float]] = (),
     ) -> None:
         for label, value in (("latency", latency), ("await_delay", await_delay)):
             if not (math.isfinite(value) and value >= 0):
@@ -395,10 +397,18 @@ class _Pair:
             raise ValueError(f"max_events must be at least 1, got {max_events}")
         if max_time is not None and not max_time >= 0:
             raise ValueError(f"max_time must be >= 0, got {max_time!r}")
+        resumable = server_flow.resume_window is not None
+        if drops and not resumable:
+            raise ValueError("drops= needs a server flow with resume_window set")
         self.steppers: dict[Side, Stepper] = {
-            SERVER: Stepper(server_flow, max_queue=max_queue),
-            CLIENT: Stepper(client_flow, max_queue=max_queue),
+            side: Stepper(
+                flow,
+                max_queue=max_queue,
+                replay=ReplayBuffer(flow.max_resume_buffer) if resumable else None,
+            )
+            for side, flow in ((SERVER, server_flow), (CLIENT, client_flow))
         }
+        self.window = server_flow.resume_window or 0.0
         self.transcript = Transcript(self.steppers[SERVER], self.steppers[CLIENT])
         self.now = clock_start
         self.end = math.inf if max_time is None else clock_start + max_time
@@ -415,6 +425,11 @@ class _Pair:
             if side not in (SERVER, CLIENT):
                 raise ValueError(f"action side must be 'server' or 'client', got {side!r}")
             self._push(float(when), _PRIORITY_NET, ("action", side, action))
+        for dropped, resumed in drops:
+            if not resumed >= dropped:
+                raise ValueError(f"a drop resumes before it happens: {(dropped, resumed)!r}")
+            self._push(float(dropped), _PRIORITY_NET, ("drop", SERVER))
+            self._push(float(resumed), _PRIORITY_NET, ("resume", SERVER))
 
     # -- bookkeeping ---------------------------------------------------------
 
@@ -438,7 +453,7 @@ class _Pair:
                 self._record(side, "step", event.to_step, event.to_step)
             elif isinstance(event, Await):
                 self._record(side, "await", event.step)
-                delay = 0.0 if event.step == ON_CLOSE else self.await_delay
+                delay = 0.0 if event.step in HOOK_STEPS else self.await_delay
                 self._scheduled[(side, event.token)] = event.awaitable
                 self._push(
                     now + delay,
@@ -477,8 +492,13 @@ class _Pair:
                     continue
                 if not stepper.accepting:
                     return  # backpressure: the rest waits "in the socket"
+                if stepper.is_detached:
+                    return  # cannot happen: a drop loses what is in flight
                 inbox.popleft()
                 self._record(side, "recv", bytes(item[2]))
+                replay = stepper.replay
+                if replay is not None:
+                    replay.received += 1  # what the wire does for a real transport
                 self._process(side, stepper.receive(item[2], self.now))
             else:
                 inbox.popleft()
@@ -544,6 +564,10 @@ class _Pair:
                     kind, side = item[0], item[1]
                     if kind in ("msg", "eof"):
                         self._inbox[side].append(item)
+                    elif kind == "drop":
+                        self._drop()
+                    elif kind == "resume":
+                        self._resume()
                     elif kind == "action":
                         self._act(side, item[2])
                     else:
@@ -564,6 +588,58 @@ class _Pair:
                         self._record(side, "stall", steppers[side].step)
         return self.transcript
 
+    def _drop(self) -> None:
+        """The transport is lost: what is in flight is gone; both sides detach."""
+        kept = []
+        for entry in self._heap:
+            item = entry[3]
+            if item[0] == "msg":
+                self._record(item[1], "lost", bytes(item[2]))
+            elif item[0] != "eof":  # a close in flight is lost too (resent on resume)
+                kept.append(entry)
+        heapq.heapify(kept)
+        self._heap = kept
+        for side in (SERVER, CLIENT):
+            inbox = self._inbox[side]
+            for item in inbox:
+                if item[0] == "msg":
+                    self._record(side, "lost", bytes(item[2]))
+            self._inbox[side] = deque()
+            stepper = self.steppers[side]
+            if stepper.is_closed:
+                continue
+            self._record(side, "detach", None)
+            self._process(side, stepper.detach(self.now, self.window))
+
+    def _resume(self) -> None:
+        """A new transport: each side replays what the other has not received."""
+        steppers = self.steppers
+        if not all(steppers[side].is_detached for side in (SERVER, CLIENT)):
+            for side in (SERVER, CLIENT):  # one side's session is over: so is the other's
+                stepper = steppers[side]
+                if stepper.is_detached:
+                    self._process(side, stepper.close(1000, "peer session ended", self.now))
+            return
+        replays = {}
+        for side in (SERVER, CLIENT):
+            mine, theirs = steppers[side].replay, steppers[_other(side)].replay
+            assert mine is not None and theirs is not None
+            replays[side] = mine.replay_after(theirs.received)
+        if replays[SERVER] is None or replays[CLIENT] is None:
+            for side in (SERVER, CLIENT):
+                self._process(
+                    side,
+                    steppers[side].close(4413, "replay buffer overflowed", self.now),
+                )
+            return
+        for side in (SERVER, CLIENT):
+            self._record(side, "resume", len(replays[side] or ()))
+            for message in replays[side] or ():
+                self._record(side, "replay", message)
+                self._push(self.now + self.latency, _PRIORITY_NET, ("msg", _other(side), message))
+            self._process(side, steppers[side].attach(self.now))
+            self._process(side, steppers[side].pending_events())
+
     def _stop(self, outcome: str, why: str) -> None:
         self.transcript.outcome = outcome
         self._record(SERVER, "limit", why)
@@ -580,7 +656,7 @@ class _Pair:
         stepper = self.steppers[side]
         self._process(side, stepper.pending_events())  # sends made while it ran
         self._record(side, "resume", value, step)
-        if step == ON_CLOSE:
+        if step in HOOK_STEPS:
             if not ok:
                 self._record(side, "failed", value, step)
             return
@@ -604,6 +680,7 @@ def run_pair(
     max_time: float | None = None,
     max_queue: int = DEFAULT_MAX_QUEUE,
     actions: Sequence[tuple[float, Side, Action]] = (),
+    drops: Sequence[tuple[float, float]] = (),
     max_await_steps: int = DEFAULT_MAX_AWAIT_STEPS,
 ) -> Transcript:
     """Run a server flow and a client flow against each other in memory.
@@ -619,6 +696,12 @@ def run_pair(
 
     `actions` are application calls at given times: `(2.0, "server", Close(1001))`.
 
+    `drops` simulates resume (the server flow needs `resume_window`): each
+    `(drop_at, resume_at)` loses every message in flight at `drop_at` ("lost"
+    entries), detaches both sides, and at `resume_at` each side replays what the
+    other has not received ("replay" entries) and both attach again. A
+    `resume_at` past the window finds the sessions ended.
+
     The run ends when both sides are closed ("closed"), when both wait with
     nothing in flight ("stalled"), or at `max_events` / `max_time`.
     """
@@ -632,6 +715,7 @@ def run_pair(
         max_time=max_time,
         max_queue=max_queue,
         actions=actions,
+        drops=drops,
     )
     run = pair.run()
     try:
@@ -656,6 +740,7 @@ async def arun_pair(
     max_time: float | None = None,
     max_queue: int = DEFAULT_MAX_QUEUE,
     actions: Sequence[tuple[float, Side, Action]] = (),
+    drops: Sequence[tuple[float, float]] = (),
 ) -> Transcript:
     """`run_pair` for handlers that really wait: each awaitable is awaited on the
     running event loop (asyncio or trio), one at a time. The clock stays fake."""
@@ -669,6 +754,7 @@ async def arun_pair(
         max_time=max_time,
         max_queue=max_queue,
         actions=actions,
+        drops=drops,
     )
     run = pair.run()
     try:

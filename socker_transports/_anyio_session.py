@@ -40,13 +40,14 @@ from typing import Any, NamedTuple
 import anyio
 import anyio.abc
 
-from socker_core import ON_CLOSE as _ON_CLOSE
+from socker_core import HOOK_STEPS as _HOOK_STEPS
 from socker_core import Await, CancelAwait, Connection
 
 from .wire import (
     SEND_BUFFER_OVERFLOW,
     AwaitHandshake,
     CloseResult,
+    Detached,
     HandshakeFailed,
     Opened,
     Phase,
@@ -145,6 +146,7 @@ class _SessionBase:
         "_hook",
         "_hook_bound",
         "_linger",
+        "_on_detached",
         "_on_done",
         "_on_open",
         "_pending",
@@ -164,11 +166,14 @@ class _SessionBase:
         on_done: Callable[[Any], None] | None = None,
         opened: anyio.Event | None = None,
         done: anyio.Event | None = None,
+        on_detached: Callable[[Any], None] | None = None,
     ) -> None:
         self.wire = wire
         self._spawn = spawn
         self._on_open = on_open
         self._on_done = on_done
+        #: Called when the transport was lost and the session detached (resume).
+        self._on_detached = on_detached
         #: Set once the handshake succeeded or failed (or the connection ended).
         self.opened = opened
         #: Set once the transport is closed and every spawned task has ended.
@@ -244,6 +249,8 @@ class _SessionBase:
                     self._on_open(self)
             elif kind is HandshakeFailed and self.opened is not None:
                 self.opened.set()
+            elif kind is Detached and self._on_detached is not None:
+                self._on_detached(self)
 
     def _maybe_done(self) -> None:
         if self._ended and not self._tasks and not self._finished:
@@ -277,7 +284,7 @@ class _SessionBase:
 
     def _start_await(self, event: Await) -> None:
         entry = _Pending(event.awaitable)
-        if event.step == _ON_CLOSE:
+        if event.step in _HOOK_STEPS:
             self._start(entry, self._run_close_hook, event.step)
             return
         if self._pending is None:
@@ -296,8 +303,8 @@ class _SessionBase:
                     result = await entry.awaitable
                 except Exception as exc:
                     error = exc
-            if entry.cancelled or self._ended:
-                return
+            if entry.cancelled or (self._ended and not self.wire.handed_off):
+                return  # (a resumed session's result goes on: to its new wire)
             try:
                 now = self._now()
                 wire = self.wire
@@ -359,6 +366,8 @@ class _SessionBase:
             self._task_done()
 
     def _cancel_pending(self) -> None:
+        if self.wire.handed_off:
+            return  # they finish, and their results reach the session's new wire
         if self._pending:
             for entry in list(self._pending.values()):
                 entry.cancel()
@@ -441,8 +450,17 @@ class _StreamSession(_SessionBase):
         on_done: Callable[[Any], None] | None = None,
         opened: anyio.Event | None = None,
         done: anyio.Event | None = None,
+        on_detached: Callable[[Any], None] | None = None,
     ) -> None:
-        super().__init__(wire, spawn, on_open=on_open, on_done=on_done, opened=opened, done=done)
+        super().__init__(
+            wire,
+            spawn,
+            on_open=on_open,
+            on_done=on_done,
+            opened=opened,
+            done=done,
+            on_detached=on_detached,
+        )
         self.stream = stream
         self._stream_closed = False
         self._sock = sock if raw_io is not None else None  # plain TCP on trio: used directly
@@ -500,14 +518,16 @@ class _StreamSession(_SessionBase):
                 self._spawn(self._writer)
             await self._serve()
             await self._finish()
+            if wire.detached:
+                await self._keep_detached()
         except Exception:
             logger.exception("%s: driver error", wire.peer)
         finally:
             self._scope = None
             self._closing = True
-            if not wire.should_close_transport:
+            if not wire.should_close_transport or wire.detached:
                 # Cancelled from outside (server abort, client cancelled) or a bug.
-                wire.abort(self._clock(), "connection task cancelled")
+                wire.abort(self._clock(), "connection task cancelled", keep_session=False)
             self._dispatch()
             wire.data_to_send()  # nothing more can be written
             self._cancel_pending()
@@ -526,6 +546,32 @@ class _StreamSession(_SessionBase):
             self._ended = True
             self._maybe_done()
         return wire.result
+
+    async def _keep_detached(self) -> None:
+        """The socket is closed but the wire holds a detached session: tick it and
+        collect what it does until it resumes elsewhere or ends."""
+        wire = self.wire
+        clock = self._clock
+        while True:
+            now = clock()
+            if self._dirty:
+                self._dirty = False
+                wire.collect(now)
+            deadline = wire.next_deadline
+            if deadline is not None and now >= deadline:
+                wire.tick(now)
+            self._dispatch()
+            wire.data_to_send()  # nothing can be written
+            if wire.finished:
+                return
+            deadline = wire.next_deadline
+            with self._scope_factory(deadline=math.inf if deadline is None else deadline) as scope:
+                self._scope = scope
+                try:
+                    if not self._dirty:
+                        await anyio.sleep_forever()
+                finally:
+                    self._scope = None
 
     def _step(self, now: float) -> int:
         """Everything but waiting: collect, tick, dispatch, write. Returns _GO, or

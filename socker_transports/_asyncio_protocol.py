@@ -83,6 +83,7 @@ class _ProtocolSession(_SessionBase, asyncio.Protocol):
         "_armed",
         "_closing",
         "_collect_soon",
+        "_keeping",
         "_linger_timer",
         "_on_made",
         "_paused",
@@ -103,8 +104,17 @@ class _ProtocolSession(_SessionBase, asyncio.Protocol):
         on_done: Callable[[Any], None] | None = None,
         opened: anyio.Event | None = None,
         done: anyio.Event | None = None,
+        on_detached: Callable[[Any], None] | None = None,
     ) -> None:
-        super().__init__(wire, spawn, on_open=on_open, on_done=on_done, opened=opened, done=done)
+        super().__init__(
+            wire,
+            spawn,
+            on_open=on_open,
+            on_done=on_done,
+            opened=opened,
+            done=done,
+            on_detached=on_detached,
+        )
         self.loop = loop
         self.transport: asyncio.Transport | None = None
         self._on_made = on_made
@@ -115,6 +125,7 @@ class _ProtocolSession(_SessionBase, asyncio.Protocol):
         self._write_paused = False
         self._closing = False  # transport.close() called
         self._collect_soon = False
+        self._keeping = False  # transport gone; the wire keeps a detached session
 
     # -- the session API -------------------------------------------------------
 
@@ -137,15 +148,23 @@ class _ProtocolSession(_SessionBase, asyncio.Protocol):
     def abort(self) -> None:
         if self._ended:
             return
+        if self._keeping:  # a shutdown giving up: the detached session ends
+            now = self.loop.time()
+            self.wire.abort(now, "connection aborted", keep_session=False)
+            self._after(now)
+            return
         if self.transport is not None:
             self.transport.abort()  # its connection_lost comes later: ignored
-        self._lost("connection aborted")
+        self._lost("connection aborted", keep_session=False)
 
     def _after(self, now: float) -> None:
         """Act on what the last wire call produced: run events, write, close,
         re-arm the timer and pause or resume reading."""
         wire = self.wire
         self._dispatch()
+        if self._keeping:
+            self._keep_detached()
+            return
         transport = self.transport
         if self._closing or transport is None:
             return
@@ -210,23 +229,47 @@ class _ProtocolSession(_SessionBase, asyncio.Protocol):
             self._linger_timer = self.loop.call_later(self._linger, transport.abort)
         transport.close()
 
-    def _lost(self, reason: str) -> None:
-        """The transport is gone: end the wire, cancel what waits, report."""
-        self._ended = True
+    def _lost(self, reason: str, *, keep_session: bool = True) -> None:
+        """The transport is gone: end the wire, cancel what waits, report (or keep
+        a detached session ticking until it resumes elsewhere or ends)."""
         self._closing = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+            self._armed = None
         if self._linger_timer is not None:
             self._linger_timer.cancel()
             self._linger_timer = None
         wire = self.wire
         if not wire.should_close_transport:
-            wire.abort(self.loop.time(), reason)
+            wire.abort(self.loop.time(), reason, keep_session=keep_session)
+        self.transport = None
+        if wire.detached:
+            self._keeping = True
+            self._after(self.loop.time())
+            return
+        self._ended = True
         self._dispatch()  # on_close hooks start here
         wire.data_to_send()  # nothing more can be written
         self._cancel_pending()
         self._maybe_done()
+
+    def _keep_detached(self) -> None:
+        """No transport: arm the timer for the detached session, or finish."""
+        wire = self.wire
+        wire.data_to_send()  # nothing can be written
+        if wire.finished:
+            self._keeping = False
+            self._ended = True
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._cancel_pending()
+            self._maybe_done()
+            return
+        deadline = wire.next_deadline
+        if deadline is not None and deadline != self._armed:
+            self._arm(deadline)
 
     # -- asyncio.Protocol ------------------------------------------------------
 
@@ -261,7 +304,7 @@ class _ProtocolSession(_SessionBase, asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self._ended:
+        if not self._ended and not self._keeping:
             self._lost("connection lost" if exc is None else f"connection lost: {exc!r}")
 
     def pause_writing(self) -> None:

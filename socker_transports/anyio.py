@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import random
 import socket
 import ssl as ssl_module
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -58,7 +59,7 @@ import anyio.streams.stapled
 from anyio.abc import SocketAttribute
 from anyio.streams.tls import TLSStream
 
-from socker_core import Connection, Flow
+from socker_core import Connection, Flow, MemorySessionStore, reconnect_delay
 
 from ._anyio_session import (
     STREAM_ERRORS,
@@ -137,6 +138,8 @@ class Server:
         self.http_handler = http_handler
         self._requested_port = port
         self.port = 0
+        #: Detached (resumable) sessions, shared by this server's connections.
+        self.session_store = MemorySessionStore()
         self._sessions: set[_SessionBase] = set()
         self._open: dict[_SessionBase, Connection] = {}
         self._accepting: anyio.CancelScope | None = None
@@ -293,6 +296,7 @@ class Server:
             self.options,
             handshake_hook=self.handshake_hook,
             http_handler=self.http_handler,
+            sessions=self.session_store,
         )
         return self._session_factory(
             loop,
@@ -405,6 +409,7 @@ class Server:
             handshake_hook=self.handshake_hook,
             http_handler=self.http_handler,
             peer=peer,
+            sessions=self.session_store,
         )
         session = _StreamSession(
             None,
@@ -452,6 +457,7 @@ class Server:
             handshake_hook=self.handshake_hook,
             http_handler=self.http_handler,
             peer=peer,
+            sessions=self.session_store,
         )
         assert self._spawn is not None
         session = _StreamSession(
@@ -524,6 +530,7 @@ class Client:
         origin: str | None,
         headers: Sequence[tuple[str, str]],
         options: Options,
+        reconnect: bool = False,
     ) -> None:
         flow.validate()
         target = ClientTarget.parse(url)
@@ -540,8 +547,14 @@ class Client:
         self.origin = origin
         self.headers = tuple(headers)
         self.options = options
+        #: Reconnect and resume when the transport is lost (`socker.resume.v1`).
+        self.reconnect = reconnect
+        #: Transports opened after the first one (resume attempts that got a 101).
+        self.reconnects = 0
         self._session: _SessionBase | None = None
         self._cm: AbstractAsyncContextManager[Client] | None = None
+        self._wake: anyio.Event | None = None  # something changed (reconnect=True)
+        self._final: anyio.Event | None = None  # the session really ended
 
     @property
     def conn(self) -> Connection:
@@ -566,13 +579,15 @@ class Client:
         """Close with `code` and wait for the connection to end."""
         session = self._live()
         session.close(code, reason)
-        assert session.done is not None
-        await session.done.wait()
-        return session.result
+        return await self.wait_closed()
 
     async def wait_closed(self) -> CloseResult:
-        """Wait until the connection ends (flow complete, closed, or lost)."""
+        """Wait until the connection ends (flow complete, closed, or lost; with
+        reconnect=True: until the session ends, across reconnects)."""
         session = self._live()
+        if self._final is not None:
+            await self._final.wait()
+            return self._live().result
         assert session.done is not None
         await session.done.wait()
         return session.result
@@ -615,7 +630,7 @@ class Client:
                 raise exc.__cause__ from None
             raise
 
-    def _wire(self, started: float) -> Wire:
+    def _wire(self, started: float, resume_from: Wire | None = None) -> Wire:
         return Wire.client(
             self.flow,
             self.host_header,
@@ -625,7 +640,65 @@ class Client:
             origin=self.origin,
             headers=self.headers,
             peer=f"{format_host(self.host)}:{self.port}",
+            reconnect=self.reconnect,
+            resume_from=resume_from,
         )
+
+    def _poke(self, session: Any = None) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _connect(
+        self,
+        spawn: Spawn,
+        opened: anyio.Event,
+        done: anyio.Event,
+        resume_from: Wire | None = None,
+    ) -> _SessionBase:
+        if _on_asyncio():
+            return await self._connect_asyncio(spawn, opened, done, resume_from)
+        return await self._connect_stream(
+            spawn, opened, done, self.options.open_timeout, resume_from
+        )
+
+    async def _follow(self, spawn: Spawn) -> None:
+        """reconnect=True: whenever the current transport is lost and its session
+        detached, reconnect (backoff with jitter: socker_core.reconnect_delay) and
+        resume, until the session really ends."""
+        assert self._final is not None
+        try:
+            while True:
+                wake = self._wake = anyio.Event()
+                session = self._live()
+                wire = session.wire
+                if wire.detached:
+                    await self._reconnect(spawn, wire)
+                    continue
+                if session.done is not None and session.done.is_set() and not wire.handed_off:
+                    return
+                await wake.wait()
+        finally:
+            self._final.set()
+
+    async def _reconnect(self, spawn: Spawn, holder: Wire) -> None:
+        attempt = 0
+        while holder.detached:
+            await anyio.sleep(reconnect_delay(attempt, random.random()))
+            attempt += 1
+            if not holder.detached:
+                return  # the window ended meanwhile
+            opened, done = anyio.Event(), anyio.Event()
+            try:
+                session = await self._connect(spawn, opened, done, resume_from=holder)
+            except (OSError, TimeoutError) as exc:
+                logger.info("client: reconnect attempt %d failed: %s", attempt, exc)
+                continue
+            await opened.wait()
+            if session.wire.handshake_status == 101:
+                self._session = session
+                self.reconnects += 1
+                return
+            await done.wait()
 
     @asynccontextmanager
     async def _lifecycle(self) -> AsyncIterator[Client]:
@@ -640,6 +713,9 @@ class Client:
                     session = await self._connect_asyncio(tg.start_soon, opened, done)
                 else:
                     session = await self._connect_stream(tg.start_soon, opened, done, timeout)
+                if self.reconnect:
+                    self._final = anyio.Event()
+                    tg.start_soon(self._follow, tg.start_soon)
             except Exception as exc:
                 # Re-raised below, unwrapped (OSError, TimeoutError...).
                 connect_error = exc
@@ -654,11 +730,15 @@ class Client:
                             # Re-raised below, outside the task group (which would
                             # wrap it in an exception group).
                             body_error = exc
-                        session.close(1000 if body_error is None else 1011, "")
+                        self._live().close(1000 if body_error is None else 1011, "")
                     # The connection ends within the wire's close_timeout.
                     await done.wait()
+                    if self._final is not None:
+                        await self._final.wait()
                 finally:
                     session.abort()  # a no-op unless cancelled
+                    if self._session is not None and self._session is not session:
+                        self._session.abort()
         if connect_error is not None:
             raise connect_error
         if body_error is not None:
@@ -666,14 +746,25 @@ class Client:
         assert session is not None
         if session.wire.handshake_status != 101:
             raise HandshakeError(session.result)
+        self._session = self._session or session
 
     async def _connect_asyncio(
-        self, spawn: Spawn, opened: anyio.Event, done: anyio.Event
+        self,
+        spawn: Spawn,
+        opened: anyio.Event,
+        done: anyio.Event,
+        resume_from: Wire | None = None,
     ) -> _SessionBase:
         loop = asyncio.get_running_loop()
-        wire = self._wire(loop.time())
+        wire = self._wire(loop.time(), resume_from)
         session = session_factory(loop)(
-            loop, wire, asyncio_spawner(spawn), opened=opened, done=done
+            loop,
+            wire,
+            asyncio_spawner(spawn),
+            opened=opened,
+            done=done,
+            on_detached=self._poke,
+            on_done=self._poke,
         )
         extra: dict[str, Any] = {}
         if self.ssl is not None:
@@ -691,13 +782,18 @@ class Client:
         return session
 
     async def _connect_stream(
-        self, spawn: Spawn, opened: anyio.Event, done: anyio.Event, timeout: float | None
+        self,
+        spawn: Spawn,
+        opened: anyio.Event,
+        done: anyio.Event,
+        timeout: float | None,
+        resume_from: Wire | None = None,
     ) -> _SessionBase:
         started = anyio.current_time()
         with anyio.fail_after(math.inf if timeout is None else timeout):
             stream = await self._open_stream()
         try:
-            wire = self._wire(started)
+            wire = self._wire(started, resume_from)
         except BaseException:
             await anyio.aclose_forcefully(stream)
             raise
@@ -706,7 +802,15 @@ class Client:
         if raw_io is not None and isinstance(stream, anyio.abc.SocketStream):
             sock = stream.extra(SocketAttribute.raw_socket)
         session = _StreamSession(
-            stream, wire, spawn, sock=sock, raw_io=raw_io, opened=opened, done=done
+            stream,
+            wire,
+            spawn,
+            sock=sock,
+            raw_io=raw_io,
+            opened=opened,
+            done=done,
+            on_detached=self._poke,
+            on_done=self._poke,
         )
         spawn(session.run)
         return session
@@ -719,11 +823,26 @@ def connect(
     ssl: ssl_module.SSLContext | None = None,
     origin: str | None = None,
     headers: Sequence[tuple[str, str]] = (),
+    reconnect: bool = False,
     **options: Any,
 ) -> Client:
     """Connect to `url` (ws:// or wss://) and run `flow` on the connection.
-    Use as `async with connect(...) as client:`."""
-    return Client(url, flow, ssl=ssl, origin=origin, headers=headers, options=Options(**options))
+    Use as `async with connect(...) as client:`.
+
+    `reconnect=True`: on a lost transport, reconnect (exponential backoff with
+    jitter, see `socker_core.reconnect_delay`) and resume the session at its step
+    (the server's route must have `resume_window`); `wait_closed()` returns when
+    the session really ends, with its code (4410 and friends when a resume was
+    refused: start a fresh connection then)."""
+    return Client(
+        url,
+        flow,
+        ssl=ssl,
+        origin=origin,
+        headers=headers,
+        options=Options(**options),
+        reconnect=reconnect,
+    )
 
 
 async def run_client(
@@ -733,14 +852,17 @@ async def run_client(
     ssl: ssl_module.SSLContext | None = None,
     origin: str | None = None,
     headers: Sequence[tuple[str, str]] = (),
+    reconnect: bool = False,
     **options: Any,
 ) -> CloseResult:
     """Connect, run `flow` to its end, and return how the connection ended.
 
     A rejected handshake is a result (`handshake_status` is the HTTP status), not an
-    error; an unreachable server raises `OSError`.
+    error; an unreachable server raises `OSError`. `reconnect`: see `connect`.
     """
-    client = connect(url, flow, ssl=ssl, origin=origin, headers=headers, **options)
+    client = connect(
+        url, flow, ssl=ssl, origin=origin, headers=headers, reconnect=reconnect, **options
+    )
     try:
         async with client:
             return await client.wait_closed()

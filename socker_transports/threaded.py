@@ -65,6 +65,7 @@ import contextlib
 import functools
 import logging
 import os
+import random
 import select
 import socket
 import ssl as ssl_module
@@ -76,14 +77,16 @@ from types import TracebackType
 from typing import Any
 
 from socker_core import (
-    ON_CLOSE,
+    HOOK_STEPS,
     Await,
     CancelAwait,
     Connection,
     ConnectionClosedError,
     Flow,
     LocalProtocolError,
+    MemorySessionStore,
     is_sendable_close_code,
+    reconnect_delay,
 )
 
 from .wire import (
@@ -372,18 +375,21 @@ class _Link(threading.Thread):
     # overflow that into a full dict of about 1.5 KiB per connection.
     __slots__ = (
         "_done",
+        "_holder",
         "_kill",
         "_on_done",
         "_opened",
         "_own_runner",
         "_pending",
         "_read_wants_write",
+        "_redial",
         "_runner",
         "_tls",
         "_write_wants_read",
         "ended",
         "grace",
         "lock",
+        "reconnects",
         "result",
         "sock",
         "waker",
@@ -401,6 +407,7 @@ class _Link(threading.Thread):
         own_runner: bool = False,
         on_done: Callable[[_Link], None] | None = None,
         waitable: bool = False,
+        redial: Callable[[Wire], tuple[socket.socket, Wire] | None] | None = None,
     ) -> None:
         # Memory per idle connection matters (a server holds thousands): requests
         # from other threads share the waker's lazily created mailbox, awaited
@@ -423,9 +430,14 @@ class _Link(threading.Thread):
         self._kill = False
         self._read_wants_write = False
         self._write_wants_read = False
+        #: Client with reconnect=True: opens a new transport resuming a detached wire.
+        self._redial = redial
+        self._holder: Wire | None = None  # while reconnecting: the wire holding the session
+        self.reconnects = 0
         timeout = wire.options.close_timeout
         self.grace = FALLBACK_TIMEOUT if timeout is None else timeout
         wire.wakeup = self.waker.wake
+        wire.stepper_guard = self.lock
 
     # -- requests from other threads --------------------------------------------
 
@@ -455,10 +467,25 @@ class _Link(threading.Thread):
 
     # -- the thread ----------------------------------------------------------
 
+    @property
+    def session_wire(self) -> Wire:
+        """The wire holding the flow: the current one, or (during a reconnect
+        attempt before its 101) the detached one."""
+        wire = self.wire
+        if wire.stepper is None and self._holder is not None:
+            return self._holder
+        return wire
+
     def run(self) -> None:
         try:
             if self._tls is None or self._tls_handshake():
                 self._loop()
+            if self.wire.detached:
+                self._close_socket()
+                if self._redial is not None:
+                    self._follow()
+                else:
+                    self._keep_detached()
         except Exception as exc:
             logger.exception("socker: %s: driver error", self.name)
             with self.lock:
@@ -466,13 +493,91 @@ class _Link(threading.Thread):
         finally:
             self._finish()
 
+    def _close_socket(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    def _keep_detached(self) -> None:
+        """The socket is gone but the wire holds a detached session: serve its
+        deadlines and mail until it resumes on another link (and the handlers it
+        awaited finished) or ends."""
+        wire = self.wire
+        waker = self.waker.fileno()
+        while True:
+            with self.lock:
+                now = monotonic()
+                if self._kill:
+                    wire.abort(now, "aborted by the driver", keep_session=False)
+                self._service(now)
+                wire.data_to_send()  # nowhere to go
+                if wire.finished and not (wire.handed_off and self._pending):
+                    return
+                deadline = wire.next_deadline
+            timeout = None if deadline is None else max(0.0, deadline - monotonic())
+            if _wait(None, False, False, waker, timeout)[3]:
+                self.waker.drain()
+
+    def _idle(self, holder: Wire, delay: float) -> bool:
+        """Serve the detached `holder` for `delay` seconds; False once it ended."""
+        end = monotonic() + delay
+        waker = self.waker.fileno()
+        while True:
+            with self.lock:
+                now = monotonic()
+                if self._kill:
+                    holder.abort(now, "aborted by the driver", keep_session=False)
+                self._service(now)
+                holder.data_to_send()
+                if not holder.detached:
+                    return False
+                deadline = holder.next_deadline
+            if now >= end:
+                return True
+            until = end if deadline is None else min(end, deadline)
+            if _wait(None, False, False, waker, max(0.0, until - monotonic()))[3]:
+                self.waker.drain()
+
+    def _follow(self) -> None:
+        """reconnect=True: reconnect (backoff with jitter) and resume until the
+        session ends. The link's thread moves every transport in turn."""
+        assert self._redial is not None
+        holder = self.wire
+        attempt = 0
+        while True:
+            if not self._idle(holder, reconnect_delay(attempt, random.random())):
+                return
+            attempt += 1
+            dialed = self._redial(holder)
+            if dialed is None:
+                continue
+            sock, wire = dialed
+            with self.lock:
+                self._holder = holder
+                self.sock, self.wire = sock, wire
+                wire.wakeup = self.waker.wake
+                wire.stepper_guard = self.lock
+            self._loop()
+            self._close_socket()
+            with self.lock:
+                self._holder = None
+                if wire.handshake_status == 101:
+                    self.reconnects += 1
+                if wire.detached:
+                    holder, attempt = wire, 0
+                    continue
+                if wire.handshake_status == 101:
+                    return  # the session ended on this transport
+                self.wire = holder  # that attempt failed before its 101
+                if not holder.detached:
+                    return
+
     def _finish(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
         with self.lock:
             now = monotonic()
-            if not self.wire.should_close_transport:
-                self.wire.abort(now, "connection ended")
+            if not self.wire.should_close_transport or self.wire.detached:
+                self.wire.abort(now, "connection ended", keep_session=False)
             self._deliver(now)
             self.wire.collect(now)
             self._dispatch(self.wire.events())
@@ -483,7 +588,8 @@ class _Link(threading.Thread):
             self.result = self.wire.result
             if self.wire.stepper is not None:
                 with _links_lock:
-                    _links_by_conn.pop(self.wire.stepper.conn, None)
+                    if _links_by_conn.get(self.wire.stepper.conn) is self:
+                        del _links_by_conn[self.wire.stepper.conn]
         self.waker.close()
         if self._own_runner:
             self._runner.close(self.grace)
@@ -648,7 +754,7 @@ class _Link(threading.Thread):
     def _dispatch(self, events: list[WireEvent]) -> None:
         for event in events:
             if isinstance(event, Await):
-                self._start(event.token, event.awaitable, resume=event.step != ON_CLOSE)
+                self._start(event.token, event.awaitable, resume=event.step not in HOOK_STEPS)
             elif isinstance(event, CancelAwait):
                 if self._pending is not None:
                     future = self._pending.pop(event.token, None)
@@ -689,15 +795,17 @@ class _Link(threading.Thread):
         mail = self.waker.take()
         if mail is None:
             return
-        wire = self.wire
+        wire = self.session_wire
         for kind, first, second in mail:
             if kind == _SEND:
-                if wire.is_open:
-                    wire.send(first, now)
+                if wire.is_open or wire.detached:
+                    wire.send(first, now)  # detached: kept for replay
                 else:
                     logger.debug("socker: %s: dropped a send_threadsafe after close", self.name)
             elif kind == _CLOSE:
-                wire.close(first, second, now)  # the first one wins; later ones are no-ops
+                # The first one wins; later ones are no-ops. A close during a
+                # reconnect attempt ends the session where it is held.
+                wire.close(first, second, now)
             else:
                 self._resume(first, second, now)
 
@@ -719,6 +827,35 @@ class _Link(threading.Thread):
             wire.resume_error(token, error, now)
         else:
             wire.resume(token, future.result(), now)
+
+
+class _LockedStore:
+    """A SessionStore shared by many connection threads: one lock around each call
+    (a resume on one link hands the session over from another link)."""
+
+    def __init__(self, store: MemorySessionStore) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+
+    def add(self, session: Any, now: float) -> None:
+        with self._lock:
+            self.store.add(session, now)
+
+    def claim(self, token: str, route: str, flow: Flow, new_token: str, now: float) -> Any:
+        with self._lock:
+            return self.store.claim(token, route, flow, new_token, now)
+
+    def confirm(self, session: Any, now: float) -> None:
+        with self._lock:
+            self.store.confirm(session, now)
+
+    def end(self, session: Any, code: int, now: float) -> None:
+        with self._lock:
+            self.store.end(session, code, now)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self.store)
 
 
 #: Each live connection's link, for `send_threadsafe` (entries leave in `_Link._finish`).
@@ -777,6 +914,9 @@ class Server:
         self.handshake_hook = handshake_hook
         self.http_handler = http_handler
         self._lock = threading.Lock()
+        #: Detached (resumable) sessions. Every call into it happens under one
+        #: link's lock, so `_store_lock` serialises the links (see _LockedStore).
+        self.session_store = _LockedStore(MemorySessionStore())
         self._links: set[_Link] = set()
         self._closing = False
         self._stopped = threading.Event()
@@ -936,6 +1076,7 @@ class Server:
             handshake_hook=self.handshake_hook,
             http_handler=self.http_handler,
             peer=peer,
+            sessions=self.session_store,
         )
         link = _Link(
             sock,
@@ -1009,9 +1150,14 @@ class ClientConnection:
         self._link = link
 
     @property
+    def reconnects(self) -> int:
+        """Transports opened after the first one (resume attempts that got a 101)."""
+        return self._link.reconnects
+
+    @property
     def conn(self) -> Connection:
         """The socker Connection (the same `conn` the handlers get)."""
-        stepper = self._link.wire.stepper
+        stepper = self._link.session_wire.stepper
         assert stepper is not None  # connect() raised HandshakeError otherwise
         return stepper.conn
 
@@ -1087,9 +1233,14 @@ def connect(
     ssl: ssl_module.SSLContext | None = None,
     origin: str | None = None,
     headers: Sequence[tuple[str, str]] = (),
+    reconnect: bool = False,
     **options: Any,
 ) -> ClientConnection:
     """Connect to `url` (ws:// or wss://) and run `flow` on a background thread.
+
+    `reconnect=True`: on a lost transport the connection's thread reconnects
+    (exponential backoff with jitter: `socker_core.reconnect_delay`) and resumes
+    the session at its step; `wait_closed()` returns when the session ends.
 
     Returns once the opening handshake succeeded. A rejected or failed handshake
     raises `HandshakeError` (its `.result` carries the HTTP status); failing to reach
@@ -1110,20 +1261,51 @@ def connect(
     if ssl is not None and not secure:
         raise ValueError("ssl= needs a wss:// URL")
     tls = (ssl or ssl_module.create_default_context()) if secure else None
-    started = monotonic()
     timeout = opts.open_timeout
-    sock = socket.create_connection((host, port), timeout=timeout)
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if tls is not None:
-            if timeout is not None:
-                sock.settimeout(max(0.001, started + timeout - monotonic()))
-            sock = tls.wrap_socket(sock, server_hostname=host)
-        sock.setblocking(False)
-        peer = f"{format_host(host)}:{port}"
-        wire = Wire.client(
-            flow, host_header, started, opts, path=target, origin=origin, headers=headers, peer=peer
+    peer = f"{format_host(host)}:{port}"
+
+    def dial() -> socket.socket:
+        started = monotonic()
+        sock = socket.create_connection((host, port), timeout=timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if tls is not None:
+                if timeout is not None:
+                    sock.settimeout(max(0.001, started + timeout - monotonic()))
+                sock = tls.wrap_socket(sock, server_hostname=host)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def make_wire(started: float, resume_from: Wire | None) -> Wire:
+        return Wire.client(
+            flow,
+            host_header,
+            started,
+            opts,
+            path=target,
+            origin=origin,
+            headers=headers,
+            peer=peer,
+            reconnect=reconnect,
+            resume_from=resume_from,
         )
+
+    def redial(holder: Wire) -> tuple[socket.socket, Wire] | None:
+        started = monotonic()
+        try:
+            sock = dial()
+        except OSError as exc:
+            logger.info("socker: client %s: reconnect failed: %s", peer, exc)
+            return None
+        return sock, make_wire(started, holder)
+
+    started = monotonic()
+    sock = dial()
+    try:
+        wire = make_wire(started, None)
         link = _Link(
             sock,
             wire,
@@ -1131,6 +1313,7 @@ def connect(
             name=f"socker-client-{peer}",
             own_runner=True,
             waitable=True,
+            redial=redial if reconnect else None,
         )
     except BaseException:
         sock.close()

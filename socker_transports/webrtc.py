@@ -68,7 +68,11 @@ The `RTCPeerConnection` is created per connection and kept, with its data
 channel, in a `Session` at ``conn.state.webrtc`` (`session(conn)`). Each
 installer registers an ``on_close`` hook that closes the peer connection
 whatever ends the websocket: normal completion, a timeout, an error, or the peer
-vanishing mid-handshake. ``on_channel(conn, channel)`` (plain or async) runs
+vanishing mid-handshake. With ``Flow(resume_window=...)`` a websocket lost
+without a close handshake does not end the connection (it detaches, see the
+README's "Resume"): ``on_close`` runs only when the session really ends, so the
+peer connection and its data channel keep working while the websocket
+reconnects and resumes. ``on_channel(conn, channel)`` (plain or async) runs
 once the channel is open, before the step advances: attach
 ``channel.on("message")`` there. Messages that arrive on the channel before
 ``on_channel`` has run are kept and delivered to its listeners right after it

@@ -20,6 +20,20 @@
 // closes with 1011 and a text message with 1003 (locally reported codes: the
 // browser WebSocket API can only send 1000 and 3000-4999, so those two go on
 // the wire as 1000 with the reason; result.sentCode tells what was sent).
+//
+// Resume: connect(url, flow, { reconnect: true }) offers the subprotocol
+// socker.resume.v1. Against a route whose flow has resume_window, a lost
+// websocket (close code 1006) detaches the connection instead of ending it: the
+// step, its timer and the queue stay, conn.send keeps messages for replay, and
+// the page reconnects (backoff with jitter: 50 ms doubling to 5 s, each wait
+// uniform in [d/2, d]) and resumes where it was; onDetach/onResume hooks run.
+// Each side counts the binary messages it received and replays what the other
+// missed, so every handler sees every message once, in order. On such a
+// connection text frames are socker's control messages (see the README,
+// "Resume"). A resume the server cannot honour ends with its code (4403, 4410,
+// 4412, 4413); the page may then start a fresh connection. Browsers cannot see
+// pings, so a silent drop is noticed when the server gives up on the transport
+// or the browser's TCP stack does.
 
 export const SIGNALING_VERSION = 1;
 export const CLOSE = Object.freeze({
@@ -29,7 +43,24 @@ export const CLOSE = Object.freeze({
   SIGNALING_ERROR: 4400,
   STEP_TIMEOUT: 4408,
   CHANNEL_TIMEOUT: 4504,
+  RESUME_REFUSED: 4403,
+  SESSION_TAKEN_OVER: 4409,
+  SESSION_GONE: 4410,
+  FLOW_CHANGED: 4412,
+  RESUME_BUFFER_OVERFLOW: 4413,
 });
+
+export const RESUME_SUBPROTOCOL = "socker.resume.v1";
+const ACK_EVERY = 32;
+const ACK_BYTES = 64 * 1024;
+const RECONNECT_BASE = 0.05;
+const RECONNECT_MAX = 5.0;
+
+/** Seconds before reconnect attempt `attempt` (0-based), as socker_core.reconnect_delay. */
+export function reconnectDelay(attempt, unit = Math.random()) {
+  const ceiling = Math.min(RECONNECT_MAX, RECONNECT_BASE * 2 ** Math.min(attempt, 30));
+  return ceiling * (0.5 + 0.5 * unit);
+}
 
 const GOTO = Symbol("goto");
 const CLOSE_RESULT = Symbol("close");
@@ -52,6 +83,20 @@ export class Flow {
     this.openHooks = [];
     this.closeHooks = [];
     this.stepHooks = [];
+    this.detachHooks = [];
+    this.resumeHooks = [];
+  }
+
+  /** hook(conn): the websocket was lost and the connection waits to resume. */
+  onDetach(hook) {
+    this.detachHooks.push(hook);
+    return this;
+  }
+
+  /** hook(conn): the connection resumed on a new websocket (onOpen does not run again). */
+  onResume(hook) {
+    this.resumeHooks.push(hook);
+    return this;
   }
 
   /** Append a step. Returns the flow (chainable). */
@@ -91,9 +136,21 @@ export class Flow {
 const sendable = (code) => code === 1000 || (code >= 3000 && code <= 4999);
 
 export class Connection {
-  constructor(url, flow, { protocols = undefined } = {}) {
+  constructor(
+    url,
+    flow,
+    { protocols = undefined, reconnect = false, maxResumeBuffer = 1024 * 1024 } = {},
+  ) {
     if (!flow.steps.length) throw new Error(`flow ${flow.name} has no steps`);
     this.flow = flow;
+    this.url = url;
+    this.reconnect = reconnect;
+    this.reconnects = 0;
+    this.detached = false;
+    this._protocols = protocols === undefined ? [] : [].concat(protocols);
+    // Resume state (a ledger like socker_core.ReplayBuffer), once negotiated.
+    this._resume = null;
+    this._maxResumeBuffer = maxResumeBuffer;
     this.state = {};
     this.index = 0;
     this.closeCode = null;
@@ -106,12 +163,23 @@ export class Connection {
     this.closed = new Promise((resolve) => {
       this._resolve = resolve;
     });
-    this.ws = new WebSocket(url, protocols);
-    this.ws.binaryType = "arraybuffer";
-    this.ws.onopen = () => this._opened();
-    this.ws.onmessage = (event) => this._message(event.data);
-    this.ws.onclose = (event) => this._ended(event.code, event.reason);
-    this.ws.onerror = () => {}; // onclose follows with 1006
+    const offered = reconnect ? [RESUME_SUBPROTOCOL, ...this._protocols] : protocols;
+    this._attach(new WebSocket(url, offered), () => this._opened());
+  }
+
+  _attach(ws, onopen) {
+    this.ws = ws;
+    ws.binaryType = "arraybuffer";
+    ws.onopen = () => {
+      if (this.ws === ws) onopen();
+    };
+    ws.onmessage = (event) => {
+      if (this.ws === ws) this._message(event.data);
+    };
+    ws.onclose = (event) => {
+      if (this.ws === ws) this._lost(event.code, event.reason);
+    };
+    ws.onerror = () => {}; // onclose follows with 1006
   }
 
   get step() {
@@ -119,19 +187,50 @@ export class Connection {
   }
 
   get isOpen() {
-    return this.ws.readyState === WebSocket.OPEN && !this._closing;
+    return this.ws.readyState === WebSocket.OPEN && !this._closing && !this._resuming();
   }
 
-  /** Send one binary message (Uint8Array, ArrayBuffer or view). */
+  _resuming() {
+    return this.detached || (this._resume !== null && this._resume.awaitingResumed);
+  }
+
+  /** Send one binary message (Uint8Array, ArrayBuffer or view). While detached the
+   * message is kept and sent after the resume. */
   send(data) {
-    if (!this.isOpen) throw new Error("cannot send: the connection is not open");
     if (typeof data === "string") throw new TypeError("socker sends binary messages only");
+    const resume = this._resume;
+    if (resume !== null && !this._closing && !this._done) {
+      const copy = new Uint8Array(ArrayBuffer.isView(data) ? data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength) : data.slice(0));
+      resume.sent += 1;
+      resume.retained.push(copy);
+      resume.retainedBytes += copy.byteLength;
+      while (resume.retainedBytes > this._maxResumeBuffer && resume.retained.length) {
+        resume.overflowed = true;
+        resume.retainedBytes -= resume.retained.shift().byteLength;
+      }
+      if (this._resuming()) {
+        if (resume.overflowed) this._endSession(CLOSE.RESUME_BUFFER_OVERFLOW, "replay buffer overflowed");
+        return;
+      }
+      this.ws.send(copy);
+      return;
+    }
+    if (!this.isOpen) throw new Error("cannot send: the connection is not open");
     this.ws.send(data);
   }
 
   /** Close with `code` and `reason` (a no-op once closing). */
   close(code = 1000, reason = "") {
     if (this._closing || this._done) return;
+    if (this._resuming()) {
+      this._endSession(code, reason); // no transport to close on
+      try {
+        this.ws.close(sendable(code) ? code : 1000, reason.slice(0, 120));
+      } catch (err) {
+        this.ws.close();
+      }
+      return;
+    }
     this._closing = true;
     this.closeCode = code;
     this.closeReason = reason;
@@ -147,6 +246,21 @@ export class Connection {
   }
 
   async _opened() {
+    if (this.ws.protocol === RESUME_SUBPROTOCOL) {
+      this._resume = {
+        token: null,
+        window: 0,
+        received: 0,
+        sent: 0,
+        acked: 0,
+        retained: [],
+        retainedBytes: 0,
+        overflowed: false,
+        unacked: 0,
+        unackedBytes: 0,
+        awaitingResumed: false,
+      };
+    }
     this._enter(0, null);
     for (const hook of this.flow.openHooks) {
       this._busy = true;
@@ -163,13 +277,155 @@ export class Connection {
   }
 
   _message(data) {
-    if (this._closing || this._done) return;
+    if (this._done) return;
+    const resume = this._resume;
     if (typeof data === "string") {
-      this.close(CLOSE.UNSUPPORTED_DATA, "text message where binary is expected");
+      if (resume !== null) this._control(data);
+      else if (!this._closing) {
+        this.close(CLOSE.UNSUPPORTED_DATA, "text message where binary is expected");
+      }
       return;
+    }
+    if (this._closing) return;
+    if (resume !== null) {
+      if (resume.awaitingResumed) {
+        this.ws.close(1000, "message before the resume completed");
+        return;
+      }
+      resume.received += 1;
+      resume.unacked += 1;
+      resume.unackedBytes += data.byteLength;
+      if (resume.unacked >= ACK_EVERY || resume.unackedBytes >= ACK_BYTES) this._ack();
     }
     this._queue.push(new Uint8Array(data));
     this._drain();
+  }
+
+  _ack() {
+    const resume = this._resume;
+    resume.unacked = resume.unackedBytes = 0;
+    this.ws.send(JSON.stringify({ type: "ack", received: resume.received }));
+  }
+
+  _control(text) {
+    const resume = this._resume;
+    let message = null;
+    try {
+      message = JSON.parse(text);
+    } catch (err) {
+      message = null;
+    }
+    const bad = (why) => {
+      console.error(`socker: ${why}`);
+      this.ws.close(1000, why);
+    };
+    if (!message || typeof message !== "object") return bad("malformed control message");
+    if (message.type === "session" && resume.token === null && !resume.awaitingResumed) {
+      resume.token = message.token;
+      resume.window = message.window;
+    } else if (message.type === "ack" && Number.isInteger(message.received)) {
+      this._trim(message.received);
+    } else if (message.type === "resumed" && resume.awaitingResumed) {
+      resume.token = message.token;
+      resume.awaitingResumed = false;
+      const first = resume.sent - resume.retained.length + 1;
+      if (message.received + 1 < first || message.received > resume.sent) {
+        this._closing = true;
+        this.ws.close(CLOSE.RESUME_BUFFER_OVERFLOW, "cannot replay");
+        this._endSession(CLOSE.RESUME_BUFFER_OVERFLOW, "cannot replay");
+        return;
+      }
+      this._trim(message.received);
+      this._ack(); // tells the server we have the new token
+      for (const data of resume.retained) this.ws.send(data);
+      this.reconnects += 1;
+      this._resumed();
+    } else {
+      bad(`unexpected control message ${message.type}`);
+    }
+  }
+
+  _trim(received) {
+    const resume = this._resume;
+    let first = resume.sent - resume.retained.length + 1;
+    while (resume.retained.length && first <= received) {
+      resume.retainedBytes -= resume.retained.shift().byteLength;
+      first += 1;
+    }
+    resume.acked = Math.max(resume.acked, received);
+  }
+
+  _lost(code, reason) {
+    const resume = this._resume;
+    const resumable =
+      this.reconnect && resume !== null && resume.token !== null && !this._done && !this._closing;
+    if (!resumable || code !== 1006 || (resume.overflowed && !this.detached)) {
+      if (this.detached && code >= 4000) {
+        this._endSession(code, reason); // the server refused the resume
+        return;
+      }
+      if (this.detached) {
+        this._retry(); // that attempt never opened: keep trying within the window
+        return;
+      }
+      if (resumable && code === 1006 && resume.overflowed) {
+        this._endSession(CLOSE.RESUME_BUFFER_OVERFLOW, "replay buffer overflowed");
+        return;
+      }
+      this._ended(code, reason);
+      return;
+    }
+    if (!this.detached) {
+      this.detached = true;
+      this._attempt = 0;
+      this._windowTimer = setTimeout(
+        () => this._endSession(1006, "resume window expired"),
+        resume.window * 1000,
+      );
+      for (const hook of this.flow.detachHooks) {
+        try {
+          hook(this);
+        } catch (err) {
+          console.error("socker: onDetach hook failed", err);
+        }
+      }
+    }
+    this._retry();
+  }
+
+  _retry() {
+    const resume = this._resume;
+    const delay = reconnectDelay(this._attempt++);
+    this._retryTimer = setTimeout(() => {
+      if (!this.detached || this._done) return;
+      resume.awaitingResumed = true;
+      const offer = `socker.resume.${resume.token}.${resume.received}`;
+      this._attach(new WebSocket(this.url, [RESUME_SUBPROTOCOL, offer]), () => {});
+    }, delay * 1000);
+  }
+
+  _resumed() {
+    this.detached = false;
+    clearTimeout(this._windowTimer);
+    for (const hook of this.flow.resumeHooks) {
+      try {
+        hook(this);
+      } catch (err) {
+        console.error("socker: onResume hook failed", err);
+      }
+    }
+    this._drain();
+  }
+
+  /** The session ended while detached (window, overflow, refusal, a local close). */
+  _endSession(code, reason) {
+    this.detached = false;
+    clearTimeout(this._windowTimer);
+    clearTimeout(this._retryTimer);
+    this._closing = true;
+    this.closeCode = code;
+    this.closeReason = reason;
+    this._ended(code, reason);
   }
 
   async _drain() {

@@ -26,6 +26,7 @@ from .connection import Wire
 from .events import (
     AwaitHandshake,
     CloseResult,
+    Detached,
     HandshakeError,
     HandshakeFailed,
     Opened,
@@ -40,10 +41,12 @@ from .options import (
     SHUTDOWN_REASON,
     Options,
 )
+from .resume import RESUME_SUBPROTOCOL
 from .target import ClientTarget, format_host
 
 __all__ = [
     "KEEPALIVE_TIMEOUT_REASON",
+    "RESUME_SUBPROTOCOL",
     "SEND_BUFFER_OVERFLOW",
     "SHUTDOWN_CODE",
     "SHUTDOWN_REASON",
@@ -51,6 +54,7 @@ __all__ = [
     "AwaitHandshake",
     "ClientTarget",
     "CloseResult",
+    "Detached",
     "HandshakeError",
     "HandshakeFailed",
     "HandshakeHook",

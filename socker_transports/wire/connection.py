@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -11,14 +12,16 @@ from wsproto import ConnectionType
 from wsproto.events import Ping
 from wsproto.utilities import LocalProtocolError as WsprotoLocalError
 
-from socker_core import ConnectionClosedError, Flow, LocalProtocolError
+from socker_core import ConnectionClosedError, Flow, LocalProtocolError, ResumeSession
 from socker_core._codes import CloseCode
+from socker_core._resume import SessionStore
 
 from .events import CloseResult, Phase, WireEvent
 from .handshake import _upgrade_request
 from .handshake_phase import _HandshakePhase
 from .hooks import HandshakeHook, HttpHandler, _check_headers
 from .options import _DEFAULT_OPTIONS, KEEPALIVE_TIMEOUT_REASON, Options
+from .resume import RESUME_SUBPROTOCOL, WireResume, resume_offer
 
 logger = logging.getLogger("socker")
 
@@ -58,10 +61,14 @@ class Wire(_HandshakePhase):
         handshake_hook: HandshakeHook | None = None,
         http_handler: HttpHandler | None = None,
         peer: str = "",
+        sessions: SessionStore | None = None,
     ) -> Wire:
         """A server connection: one Flow for every path, or a path -> Flow map (404
         for other paths). The handshake hook may accept (choosing a flow, a
-        subprotocol, `conn.state`), reject with a status, or be `async def`."""
+        subprotocol, `conn.state`), reject with a status, or be `async def`.
+
+        `sessions`: the server's session store; with it, routes whose flow has
+        `resume_window` accept resuming clients (one store per server)."""
         if isinstance(routes, Flow):
             routes.validate()
         else:
@@ -79,6 +86,7 @@ class Wire(_HandshakePhase):
             handshake_hook=handshake_hook,
             http_handler=http_handler,
             peer=peer,
+            sessions=sessions,
         )
 
     @classmethod
@@ -93,9 +101,14 @@ class Wire(_HandshakePhase):
         origin: str | None = None,
         headers: Sequence[tuple[str, str]] = (),
         peer: str = "",
+        reconnect: bool = False,
+        resume_from: Wire | None = None,
     ) -> Wire:
         """A client connection; its opening request is already in `data_to_send()`.
-        `host` is the Host header ("example.com:8000")."""
+        `host` is the Host header ("example.com:8000").
+
+        `reconnect`: offer resume (`socker.resume.v1`). `resume_from`: the previous
+        wire of a detached session: this connection resumes it (same flow)."""
         flow.validate()
         opts = options or _DEFAULT_OPTIONS
         _check_headers(headers, "Wire.client")
@@ -103,12 +116,25 @@ class Wire(_HandshakePhase):
             _check_headers([("Origin", origin)], "Wire.client")
         wire = cls(ConnectionType.CLIENT, opts, now, flow=flow, peer=peer)
         wire.path = path.partition("?")[0]  # like the server's: the query is not part of it
+        offered = tuple(opts.subprotocols)
+        if reconnect or resume_from is not None:
+            resume = wire._resume = WireResume(reconnect=True)
+            offered += (RESUME_SUBPROTOCOL,)
+            previous = resume_from.resumable_session if resume_from is not None else None
+            if previous is not None:
+                if previous.stepper.flow is not flow:
+                    raise LocalProtocolError("resume_from holds a session of another flow")
+                replay = previous.stepper.replay
+                assert replay is not None
+                resume.resume_from = previous
+                offered += (resume_offer(previous.token, replay.received),)
+            resume.offered = offered
         extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
         if origin is not None:
             extra.append((b"Origin", origin.encode("latin-1")))
         nonce = base64.b64encode(os.urandom(16))
         try:
-            data = _upgrade_request(host, path, nonce, opts.subprotocols, extra)
+            data = _upgrade_request(host, path, nonce, offered, extra)
         except Exception as exc:  # idna or the h11 rules refusing the host, path or a header
             raise LocalProtocolError(f"cannot build the opening request: {exc}") from exc
         wire._nonce = nonce
@@ -136,6 +162,30 @@ class Wire(_HandshakePhase):
         return self._phase
 
     @property
+    def resumable_session(self) -> ResumeSession | None:
+        """The resumable session this wire holds (None on plain connections, before
+        the server named one, and once it resumed elsewhere)."""
+        resume = self._resume
+        if resume is None or resume.handed_off or resume.session is None:
+            return None
+        if not resume.session.token or resume.session.stepper.is_closed:
+            return None
+        return resume.session
+
+    @property
+    def handed_off(self) -> bool:
+        """True once this wire's session resumed on another wire: awaited results
+        still go through `resume` (they reach the new wire), nothing else does."""
+        return self._resume is not None and self._resume.handed_off
+
+    @property
+    def detached(self) -> bool:
+        """True while the transport is gone and this wire keeps a detached session:
+        the driver keeps calling `tick` at `next_deadline` (and `collect` on a
+        wakeup) until `finished`."""
+        return self._phase is Phase.DETACHED and not self.finished
+
+    @property
     def is_open(self) -> bool:
         return self._phase is Phase.OPEN
 
@@ -157,13 +207,21 @@ class Wire(_HandshakePhase):
 
     @property
     def finished(self) -> bool:
-        """True once the transport is done and, if a flow ran, it is closed."""
-        return self._transport_done and (self.stepper is None or self.stepper.is_closed)
+        """True once the transport is done and, if a flow ran, it is closed (or
+        resumed on another wire)."""
+        if not self._transport_done:
+            return False
+        if self.stepper is None or self.stepper.is_closed:
+            return True
+        resume = self._resume
+        return resume is not None and resume.handed_off
 
     @property
     def next_deadline(self) -> float | None:
         """When `tick` next has something to do, or None."""
         if self._transport_done:
+            if self._phase is Phase.DETACHED and self.stepper is not None and not self.finished:
+                return self.stepper.next_deadline
             return None
         if self._phase is Phase.HANDSHAKE or self._phase is Phase.HOOK:
             return self._handshake_deadline
@@ -231,6 +289,8 @@ class Wire(_HandshakePhase):
     def tick(self, now: float) -> None:
         """Handle every deadline at or before `now`."""
         if self._transport_done:
+            if self._phase is Phase.DETACHED and self.stepper is not None and not self.finished:
+                self._stepper_events(self.stepper.tick(now), now)
             return
         if self._phase is Phase.HANDSHAKE or self._phase is Phase.HOOK:
             if self._handshake_deadline is not None and now >= self._handshake_deadline:
@@ -246,12 +306,19 @@ class Wire(_HandshakePhase):
         if self._pong_deadline is not None and now >= self._pong_deadline:
             if logger.isEnabledFor(logging.INFO):
                 logger.info("%s: %s", self._label(), KEEPALIVE_TIMEOUT_REASON)
+            if self._resume is not None and self._resume.session is not None:
+                # A silent drop: the session waits for a resume (no close frame,
+                # which a live but slow peer would take as the end).
+                self._finish_transport(now, CloseCode.ABNORMAL, KEEPALIVE_TIMEOUT_REASON)
+                return
             self._fail(now, CloseCode.INTERNAL_ERROR, KEEPALIVE_TIMEOUT_REASON)
             return
         if self._ping_due is not None and now >= self._ping_due and self._phase is Phase.OPEN:
             ws = self._ws
             assert ws is not None
             self._ping_payload = os.urandom(4)
+            if self._resume is not None and self._resume.unacked:
+                self._send_ack(now)  # a quiet peer still trims our replay buffer
             self._write(ws.send(Ping(self._ping_payload)), now)
             self._ping_due = None
             timeout = self.options.ping_timeout
@@ -263,6 +330,13 @@ class Wire(_HandshakePhase):
         """An `Await`'s awaitable returned `result`."""
         if self.stepper is None:
             raise LocalProtocolError("resume before the flow started")
+        if self._resume is not None and self._resume.handed_off:
+            # The session moved to another wire: its events go there (outbox),
+            # under its driver's guard (a threaded driver's lock) if it has one.
+            stepper = self.stepper
+            with stepper.guard or contextlib.nullcontext():
+                stepper.post(stepper.resume(token, result, now))
+            return
         self.collect(now)  # what the awaited handler sent goes out first
         self._stepper_events(self.stepper.resume(token, result, now), now)
         self._feed_held(now)
@@ -271,17 +345,26 @@ class Wire(_HandshakePhase):
         """An `Await`'s awaitable raised `error`."""
         if self.stepper is None:
             raise LocalProtocolError("resume_error before the flow started")
+        if self._resume is not None and self._resume.handed_off:
+            stepper = self.stepper
+            with stepper.guard or contextlib.nullcontext():
+                stepper.post(stepper.resume_error(token, error, now))
+            return
         self.collect(now)  # what the awaited handler sent goes out first
         self._stepper_events(self.stepper.resume_error(token, error, now), now)
         self._feed_held(now)
 
     def collect(self, now: float) -> None:
         """Take what the flow produced outside a call (async handlers, application sends)."""
-        if self.stepper is not None:
+        if self.stepper is not None and not (self._resume is not None and self._resume.handed_off):
             self._stepper_events(self.stepper.pending_events(), now)
 
     def send(self, data: bytes, now: float) -> None:
-        """Application send from outside any handler (ConnectionClosedError once closing)."""
+        """Application send from outside any handler (ConnectionClosedError once closing).
+        While detached the message is kept for replay."""
+        if self._phase is Phase.DETACHED and self.stepper is not None and not self.finished:
+            self._stepper_events(self.stepper.send(data, now), now)
+            return
         if self.stepper is None or self._phase is not Phase.OPEN:
             raise ConnectionClosedError(
                 f"cannot send: the connection is {self._phase.value}",
@@ -292,8 +375,11 @@ class Wire(_HandshakePhase):
 
     def close(self, code: int = 1000, reason: str = "", now: float = 0.0) -> None:
         """Application close (a server shutting down uses 1001). Before the handshake
-        completes a server answers 503 (1001) or 400 instead."""
+        completes a server answers 503 (1001) or 400 instead. A detached session
+        ends at once (its on_close hooks run)."""
         if self._transport_done:
+            if self._phase is Phase.DETACHED and self.stepper is not None and not self.finished:
+                self._stepper_events(self.stepper.close(code, reason, now), now)
             return
         if self.stepper is None:
             status = 0 if self._client else 503 if code == CloseCode.GOING_AWAY else 400
@@ -311,11 +397,21 @@ class Wire(_HandshakePhase):
         self._phase = Phase.HANDSHAKE
         self._decide(result, now)
 
-    def abort(self, now: float, reason: str = "transport lost") -> None:
-        """The transport failed under us (reset, write error): end everything now."""
+    def abort(
+        self, now: float, reason: str = "transport lost", *, keep_session: bool = True
+    ) -> None:
+        """The transport failed under us (reset, write error): end everything now
+        (a resumable session detaches, unless `keep_session` is False: a driver
+        shutting down or cancelled)."""
         if self._transport_done:
+            if not keep_session and self.detached and self.stepper is not None:
+                self._stepper_events(self.stepper.transport_closed(1006, reason, now), now)
             return
         if self._phase is Phase.HANDSHAKE or self._phase is Phase.HOOK:
             self._fail_handshake(0, reason, now, respond=False)
         else:
+            if not keep_session:
+                resume = self._resume
+                if resume is not None and not resume.handed_off:
+                    resume.session = None  # a lost transport now ends the flow
             self._finish_transport(now, CloseCode.ABNORMAL, reason)

@@ -79,8 +79,18 @@ class AwaitHandshake:
     awaitable: Awaitable[Accept | Reject | None]
 
 
+@dataclass(frozen=True, slots=True)
+class Detached:
+    """The transport was lost and the connection is detached for `window` seconds:
+    a client reconnects (`Wire.client(..., resume_from=this_wire)`); both sides
+    keep calling `tick` on this wire at `next_deadline` until it is `finished`."""
+
+    window: float
+
+
 WireEvent = (
     Opened
+    | Detached
     | HandshakeFailed
     | AwaitHandshake
     | Await
@@ -99,3 +109,7 @@ class Phase(Enum):
     CLOSING = "closing"  # our close frame sent, waiting for the peer's
     DRAINING = "draining"  # close handshake done; client waits for the server's EOF
     DONE = "done"
+    # Resume: the transport is gone but this wire still holds a detached session
+    # (it ticks it and takes its awaited results) until the session resumes on
+    # another wire or ends. The driver closes the socket and keeps calling tick.
+    DETACHED = "detached"

@@ -11,7 +11,9 @@ from urllib.parse import urlsplit
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import RejectConnection, Request
 
-from socker_core import Flow, Stepper
+from socker_core import Flow, ReplayBuffer, ResumeSession, Stepper
+from socker_core._codes import CloseCode
+from socker_core._resume import Claimed
 
 from .events import AwaitHandshake, Opened, Phase
 from .frames import _frame_connection
@@ -19,6 +21,14 @@ from .handshake import _accept_response, _check_accept_response, _read_request, 
 from .hooks import _DEFAULT_ACCEPT, Accept, HandshakeRequest, Reject
 from .http1 import _STATUS_LINE_101, _h11_fields, _h11_head, _http_response, _Refused
 from .open_phase import _OpenPhase
+from .resume import (
+    RESUME_SUBPROTOCOL,
+    WireResume,
+    control,
+    new_token,
+    parse_offer,
+    without_token,
+)
 
 logger = logging.getLogger("socker")
 
@@ -74,6 +84,16 @@ class _HandshakePhase(_OpenPhase):
             if protocols
             else ()
         )
+        if self._sessions is not None and RESUME_SUBPROTOCOL in offered:
+            # The token never reaches a hook or a log: keep it here, strip it there.
+            self._resume = WireResume(offer=parse_offer(offered))
+            offered = without_token(offered)
+            headers = [
+                (name, ", ".join(without_token(tuple(v.strip() for v in value.split(",")))))
+                if name == "sec-websocket-protocol"
+                else (name, value)
+                for name, value in headers
+            ]
         request = HandshakeRequest(path, query, tuple(headers), offered, origin)
         self._request = request
         self.path = path
@@ -163,6 +183,11 @@ class _HandshakePhase(_OpenPhase):
             subprotocol = next(
                 (p for p in self.options.subprotocols if p in request.subprotocols), None
             )
+        offer = self._resume.offer if self._resume is not None else None
+        if offer is not None and subprotocol is None and flow.resume_window is not None:
+            subprotocol = RESUME_SUBPROTOCOL
+        if subprotocol != RESUME_SUBPROTOCOL:
+            self._resume = None  # not resumable here: a plain connection
         if subprotocol is not None and subprotocol not in request.subprotocols:
             logger.error("%s: subprotocol %r was not offered", self._label(), subprotocol)
             self._fail_handshake(
@@ -180,7 +205,10 @@ class _HandshakePhase(_OpenPhase):
         rest = self._pending_after_head
         # Frames that came with (or after) the request: parsed lazily, like any later read.
         self._ws = _frame_connection(ConnectionType.SERVER, rest)
-        self._start_flow(flow, now, accept.state)
+        if offer is not None and offer.token is not None and self._resume is not None:
+            self._resume_server(flow, offer.token, offer.received, now)
+        else:
+            self._start_flow(flow, now, accept.state)
         if rest and not self._transport_done:
             self._pump(now)
 
@@ -191,7 +219,9 @@ class _HandshakePhase(_OpenPhase):
             return
         try:
             fields = _h11_fields(block)
-            subprotocol = _check_accept_response(fields, self._nonce, self.options.subprotocols)
+            resume = self._resume
+            offered = self.options.subprotocols if resume is None else resume.offered
+            subprotocol = _check_accept_response(fields, self._nonce, offered)
         except Exception as exc:  # the message says why; a non-ASCII value, for example
             self._fail_handshake(0, f"bad handshake response: {exc}", now)
             return
@@ -200,7 +230,15 @@ class _HandshakePhase(_OpenPhase):
         assert flow is not None
         # Frames that came with the response: parsed lazily, like any later read.
         self._ws = _frame_connection(ConnectionType.CLIENT, head[end:] + rest)
-        self._start_flow(flow, now, {})
+        if resume is not None and subprotocol != RESUME_SUBPROTOCOL:
+            self._resume = None  # the server does not resume this route
+            if resume.resume_from is not None:
+                self._resume_refused_by_server(resume.resume_from, now)
+                return
+        if resume is not None and resume.resume_from is not None and self._resume is not None:
+            self._resume_client(resume.resume_from, now)
+        else:
+            self._start_flow(flow, now, {})
         if not self._transport_done:
             self._pump(now)
 
@@ -223,22 +261,107 @@ class _HandshakePhase(_OpenPhase):
             return
         self._fail_handshake(0, "unexpected handshake response", now)
 
-    def _start_flow(self, flow: Flow, now: float, state: Mapping[str, Any]) -> None:
+    def _opened_transport(self, now: float) -> None:
         self._phase = Phase.OPEN
         self.handshake_status = 101
         self._handshake_deadline = None
         self._drop_handshake_state()
         self._decoder = getattr(getattr(self._ws, "_proto", None), "_frame_decoder", None)
-        stepper = Stepper(flow, max_queue=self.options.max_queue)
+        if self.options.ping_interval is not None:
+            self._ping_due = now + self.options.ping_interval
+
+    def _start_flow(self, flow: Flow, now: float, state: Mapping[str, Any]) -> None:
+        self._opened_transport(now)
+        resume = self._resume
+        stepper = Stepper(
+            flow,
+            max_queue=self.options.max_queue,
+            replay=None if resume is None else ReplayBuffer(flow.max_resume_buffer),
+        )
+        if resume is not None:
+            if self._client:
+                # Named by the server's "session" message.
+                resume.session = ResumeSession("", self.path, stepper, 0.0, holder=self)
+            else:
+                assert self._sessions is not None and flow.resume_window is not None
+                token = new_token()
+                window = flow.resume_window
+                resume.session = ResumeSession(token, self.path, stepper, window, holder=self)
+                self._sessions.add(resume.session, now)
+                self._write_control(control("session", token=token, window=window), now)
         if state:
             conn_state = stepper.conn.state
             for key, value in state.items():
                 setattr(conn_state, key, value)
         stepper.wakeup = self._wakeup
+        if self.stepper_guard is not None:
+            stepper.guard = self.stepper_guard
         self.stepper = stepper
-        if self.options.ping_interval is not None:
-            self._ping_due = now + self.options.ping_interval
         self._events.append(Opened(self.path, self.subprotocol, flow.name))
         if logger.isEnabledFor(logging.INFO):
             logger.info("%s: open %s (flow %s)", self._label(), self.path, flow.name)
         self._stepper_events(stepper.open(now), now)
+
+    # -- resume ------------------------------------------------------------------
+
+    def _resume_server(self, flow: Flow, token: str, peer_received: int, now: float) -> None:
+        """A client presents a session token: take the session over, or refuse with
+        its code (after the 101: a browser sees close codes, never HTTP statuses)."""
+        self._opened_transport(now)
+        resume = self._resume
+        assert resume is not None and self._sessions is not None
+        answer = self._sessions.claim(token, self.path, flow, new_token(), now)
+        if not isinstance(answer, Claimed):
+            if logger.isEnabledFor(logging.INFO):
+                logger.info("%s: resume refused (%s %s)", self._label(), answer.code, answer.reason)
+            self._resume = None
+            self._close_transport_only(answer.code, answer.reason, now)
+            return
+        session = answer.session
+        self._adopt(session, now)
+        stepper = session.stepper
+        replay = stepper.replay
+        assert replay is not None
+        self._events.append(Opened(self.path, self.subprotocol, flow.name))
+        if stepper.is_closed:  # ended while being taken over (overflowed)
+            self._close_transport_only(stepper.close_code or 1006, stepper.close_reason, now)
+            return
+        missed = replay.replay_after(peer_received)
+        if missed is None:
+            self._stepper_events(
+                stepper.close(CloseCode.RESUME_BUFFER_OVERFLOW, "cannot replay", now), now
+            )
+            self._close_transport_only(CloseCode.RESUME_BUFFER_OVERFLOW, "cannot replay", now)
+            return
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "%s: resumed %s at step %s (replaying %d)",
+                self._label(),
+                stepper.id,
+                stepper.step,
+                len(missed),
+            )
+        resume.unconfirmed = True
+        self._write_control(control("resumed", token=session.token, received=replay.received), now)
+        for message in missed:
+            self._send_message(message, now)
+        self._stepper_events(stepper.attach(now), now)
+
+    def _resume_client(self, session: ResumeSession, now: float) -> None:
+        """Our resume was accepted at the HTTP level: hold the session, and wait for
+        the server's "resumed" (or its refusal: a close frame)."""
+        self._opened_transport(now)
+        resume = self._resume
+        assert resume is not None
+        self._adopt(session, now)
+        resume.resuming = True
+        self._events.append(Opened(self.path, self.subprotocol, session.stepper.flow.name))
+
+    def _resume_refused_by_server(self, session: ResumeSession, now: float) -> None:
+        self._opened_transport(now)
+        self._resume = WireResume()
+        self._adopt(session, now)
+        self._stepper_events(
+            session.stepper.close(CloseCode.SESSION_GONE, "the server does not resume", now), now
+        )
+        self._close_transport_only(CloseCode.NORMAL, "", now)

@@ -12,12 +12,12 @@ from socker_core import is_sendable_close_code
 from socker_core._codes import CloseCode
 
 from .events import Phase
-from .state import _WireState
+from .resume_phase import _ResumePhase
 
 logger = logging.getLogger("socker")
 
 
-class _OpenPhase(_WireState):
+class _OpenPhase(_ResumePhase):
     """Once open: messages, fragments and `max_size`, ping/pong, the close handshake."""
 
     __slots__ = ()
@@ -35,6 +35,9 @@ class _OpenPhase(_WireState):
                 chunk = event.data
             elif isinstance(event, TextMessage):
                 if self._phase is not Phase.OPEN:
+                    continue
+                if self._resume is not None:
+                    self._text_control(event, now)  # socker's own (see resume.py)
                     continue
                 if not self.options.accept_text:
                     self._close_flow(
@@ -110,6 +113,8 @@ class _OpenPhase(_WireState):
             held.append(message)
             self._held_size += len(message)
             return
+        if self._resume is not None and not self._count(message, now):
+            return
         self._stepper_events(stepper.receive(message, now), now)
 
     def _feed_held(self, now: float) -> None:
@@ -120,6 +125,8 @@ class _OpenPhase(_WireState):
         while held and stepper is not None and stepper.accepting and self._phase is Phase.OPEN:
             message = held.popleft()
             self._held_size -= len(message)
+            if self._resume is not None and not self._count(message, now):
+                return
             self._stepper_events(stepper.receive(message, now), now)
         if not held and self._held is held:
             self._held = None

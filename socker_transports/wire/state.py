@@ -24,6 +24,7 @@ from socker_core import (
     Stepper,
 )
 from socker_core._codes import CloseCode
+from socker_core._resume import SessionStore
 
 from .events import HandshakeFailed, Phase, WireEvent
 from .frames import (
@@ -37,6 +38,7 @@ from .frames import (
 from .hooks import HandshakeHook, HandshakeRequest, HttpHandler
 from .http1 import _HeadGuard, _http_response
 from .options import SEND_BUFFER_OVERFLOW, Options
+from .resume import WireResume
 
 logger = logging.getLogger("socker")
 
@@ -69,6 +71,8 @@ class _WireState:
         "_ping_payload",
         "_pong_deadline",
         "_request",
+        "_resume",
+        "_sessions",
         "_transport_done",
         "_wakeup",
         "_ws",
@@ -83,6 +87,7 @@ class _WireState:
         "role",
         "routes",
         "stepper",
+        "stepper_guard",
         "subprotocol",
     )
 
@@ -97,6 +102,7 @@ class _WireState:
         http_handler: HttpHandler | None = None,
         flow: Flow | None = None,
         peer: str = "",
+        sessions: SessionStore | None = None,
     ) -> None:
         self.role = role
         self.options = options
@@ -113,6 +119,10 @@ class _WireState:
         self._out_size = 0
         self._events: list[WireEvent] = []
         self.stepper: Stepper | None = None
+        #: The lock a threaded driver holds around every call into this wire; the
+        #: wire makes it its Stepper's `guard` (a resumed Stepper's too, taken
+        #: under the old one, so two drivers' threads never race on it).
+        self.stepper_guard: Any = None
         self.path = ""
         self.subprotocol: str | None = None
         self._parts: list[bytes | bytearray] | None = None  # fragments, once one arrives
@@ -138,6 +148,11 @@ class _WireState:
         self._key = b""
         self._pending_after_head = b""  # server: bytes read while the hook runs
         self._client_flow = flow
+        #: Server: where resumable sessions live (None: this server does not resume).
+        self._sessions = sessions
+        #: Resume state, on connections that negotiated socker.resume.v1 (see
+        #: resume.py); None otherwise, so a plain connection pays one test.
+        self._resume: WireResume | None = None
         self._nonce = b""  # client: our Sec-WebSocket-Key
         # client: (host, path, extra headers), to read a refusal with wsproto
         self._client_request: tuple[str, str, list[tuple[bytes, bytes]]] | None = None
@@ -152,6 +167,9 @@ class _WireState:
             elif isinstance(event, CloseRequested):
                 self._send_close(event.code, event.reason, now)
             elif isinstance(event, Closed):
+                resume = self._resume
+                if resume is not None and resume.session is not None and self._sessions:
+                    self._sessions.end(resume.session, event.code, now)
                 self.close_code, self.close_reason = event.code, event.reason
                 if logger.isEnabledFor(logging.INFO):
                     logger.info(
@@ -248,6 +266,8 @@ class _WireState:
         self._finish_transport(now, code, reason)
 
     def _close_flow(self, now: float, code: int, reason: str) -> None:
+        if self._resume is not None and self._resume.handed_off:
+            return
         if self.stepper is not None:
             self._stepper_events(self.stepper.close(code, _truncate_reason(reason), now), now)
 
@@ -267,6 +287,9 @@ class _WireState:
         self._phase = Phase.DONE
         self._transport_done = True
         self._close_deadline = None
+        if code == CloseCode.ABNORMAL and self._can_detach():
+            self._detach(now, reason)
+            return
         if code is not None:
             self._end_flow(now, code, reason)
         else:
@@ -274,6 +297,8 @@ class _WireState:
 
     def _end_flow(self, now: float, code: int, reason: str) -> None:
         stepper = self.stepper
+        if self._resume is not None and self._resume.handed_off:
+            return  # the session lives on another wire now
         if stepper is None:
             if self.close_code is None:
                 self.close_code, self.close_reason = code, reason
@@ -305,6 +330,14 @@ class _WireState:
         if logger.isEnabledFor(logging.INFO):
             logger.info("%s: handshake failed (%s): %s", self._label(), status or "-", reason)
         self._events.append(HandshakeFailed(status, reason))
+
+    # -- resume (implemented by _ResumePhase) -----------------------------------------
+
+    def _can_detach(self) -> bool:
+        return False
+
+    def _detach(self, now: float, reason: str) -> None:
+        raise NotImplementedError
 
     def _drop_handshake_state(self) -> None:
         self._guard = None

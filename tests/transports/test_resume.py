@@ -1,0 +1,170 @@
+"""Resume on every driver and backend, over real loopback sockets through a
+proxy that cuts the TCP connection (RST, or a silent drop with no FIN) at every
+step and in the middle of bursts. Both transcripts must show every message
+exactly once, in order; on_close runs once; nothing is left running."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from socker_core import CloseCode, Connection, Flow
+from tests.resume_flows import expected, make_pair
+from tests.timing import deadline
+from tests.transports.conftest import StartServer
+from tests.transports.cutproxy import CutProxy
+from tests.transports.harness import DriverHarness
+
+# Bytes server -> client after the 101 head at which the cut happens. The
+# "session" message is 67 bytes, then each step's burst is three 6-byte frames
+# (s0: 68-85, s1: 86-103, s2: 104-121, s3: 122-139), then the close: cuts right
+# after the session message, inside frames, between bursts, at every step, and
+# just before the close.
+BUDGETS = [67, 70, 79, 86, 95, 104, 113, 125, 134, 139]
+
+KEEPALIVE = {"ping_interval": 0.2, "ping_timeout": 0.3}
+
+
+@pytest.fixture
+def proxy_for() -> Any:
+    proxies: list[CutProxy] = []
+
+    def make(port: int) -> CutProxy:
+        proxy = CutProxy(port)
+        proxies.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.stop()
+
+
+def _wait_idle(server: Any) -> None:
+    end = time.monotonic() + deadline(5.0)
+    while server.active_connections() and time.monotonic() < end:
+        time.sleep(0.01)
+    assert server.active_connections() == 0
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _uvloop_warm() -> None:
+    """uvloop keeps one pipe pair open after its first loop (for good): make it
+    exist before the tests count file descriptors."""
+    from anyio.from_thread import start_blocking_portal
+
+    with start_blocking_portal("asyncio", {"use_uvloop": True}):
+        pass
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _run(
+    driver: DriverHarness,
+    start_server: StartServer,
+    proxy_for: Any,
+    budgets: list[int],
+    mode: str,
+) -> tuple[Any, Any, Any, CutProxy]:
+    server_flow, client_flow, srec, crec = make_pair(window=deadline(10.0))
+    threads, fds = threading.active_count(), _open_fds()
+    server = start_server(server_flow, **KEEPALIVE)
+    proxy = proxy_for(server.port)
+    proxy.plan(list(budgets), mode)
+    result = driver.run_client(
+        proxy.url, client_flow, timeout=deadline(20.0), reconnect=True, **KEEPALIVE
+    )
+    _wait_idle(server)
+    # Nothing left over: every thread and socket the server, the client and the
+    # proxy made is gone once they stop.
+    server.stop()
+    proxy.stop()
+    end = time.monotonic() + deadline(5.0)
+    while (threading.active_count(), _open_fds()) != (threads, fds) and time.monotonic() < end:
+        time.sleep(0.01)
+    assert threading.active_count() == threads
+    assert _open_fds() == fds
+    return result, srec, crec, proxy
+
+
+@pytest.mark.parametrize("budget", BUDGETS)
+@pytest.mark.parametrize("mode", ["rst", "silent"])
+def test_a_cut_anywhere_resumes(
+    driver: DriverHarness, start_server: StartServer, proxy_for: Any, budget: int, mode: str
+) -> None:
+    result, srec, crec, proxy = _run(driver, start_server, proxy_for, [budget], mode)
+    assert proxy.cuts == 1
+    assert result.code == 1000, result
+    assert srec.seen == expected("server")
+    assert crec.seen == expected("client")
+    assert (srec.opened, crec.opened) == (1, 1)
+    assert srec.closed == [1000] and crec.closed == [1000]
+    # A side cut after its last step was closing: it resends its close on resume
+    # and is not handed back to the application (no on_detach/on_resume then).
+    assert srec.resumed == srec.detached == (0 if budget > 122 else 1)
+    assert crec.resumed == crec.detached == (0 if budget >= 139 else 1)
+    assert proxy.connections == 2
+
+
+@pytest.mark.parametrize("mode", ["rst", "silent"])
+def test_five_consecutive_drops(
+    driver: DriverHarness, start_server: StartServer, proxy_for: Any, mode: str
+) -> None:
+    # Each resumed transport is cut again inside the message after its
+    # "resumed" (66 bytes): the replay, or the next live message.
+    result, srec, crec, proxy = _run(driver, start_server, proxy_for, [70, 69, 69, 69, 69], mode)
+    assert proxy.cuts == 5
+    assert result.code == 1000, result
+    assert srec.seen == expected("server") and crec.seen == expected("client")
+    assert srec.closed == [1000] and crec.closed == [1000]
+    assert crec.resumed == 5 and srec.resumed == srec.detached
+    assert (srec.opened, crec.opened) == (1, 1)
+
+
+def test_window_expiry_ends_both_sides_and_another_client_is_undisturbed(
+    driver: DriverHarness, start_server: StartServer, proxy_for: Any
+) -> None:
+    server_flow = Flow("hold", resume_window=0.3)
+    closes: list[int | None] = []
+    server_flow.on_close(lambda conn: closes.append(conn.close_code))
+
+    @server_flow.step
+    def echo(conn: Connection, message: bytes) -> bool:
+        conn.send(message)
+        return message == b"bye"
+
+    server = start_server(server_flow)
+    proxy = proxy_for(server.port)
+    client_flow = Flow("c")
+    client_closes: list[int | None] = []
+    client_flow.on_close(lambda conn: client_closes.append(conn.close_code))
+
+    @client_flow.on_open
+    def hello(conn: Connection) -> None:
+        conn.send(b"hi")
+
+    @client_flow.step
+    def got(conn: Connection, message: bytes) -> bool:
+        proxy._listener.close()  # every reconnect is refused from now on
+        proxy.cut("rst")
+        return False
+
+    result = driver.run_client(proxy.url, client_flow, timeout=deadline(10.0), reconnect=True)
+    assert result.code == CloseCode.ABNORMAL and result.reason == "resume window expired"
+    assert client_closes == [CloseCode.ABNORMAL]
+    other_flow = Flow("other")
+
+    @other_flow.on_open
+    def bye(conn: Connection) -> None:
+        conn.send(b"bye")
+
+    other_flow.add(lambda conn, message: True, name="done")
+    other = driver.run_client(server.url, other_flow, timeout=deadline(10.0))
+    assert other.code == 1000
+    _wait_idle(server)
+    assert closes == [CloseCode.ABNORMAL, 1000]
