@@ -51,6 +51,20 @@ async def until(check: Any, seconds: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
+async def screenshot(page: chromium.Page, path: Path) -> Path:
+    """Save what `page` shows (wide enough for the arena and its side panel)."""
+    size = {"width": 1200, "height": 700, "deviceScaleFactor": 1, "mobile": False}
+    await page.cdp.call("Emulation.setDeviceMetricsOverride", size, page.session)
+    await asyncio.sleep(0.3)  # a few animation frames at the new size
+    shot = await page.cdp.call("Page.captureScreenshot", {"format": "png"}, page.session)
+    path.write_bytes(base64.b64decode(shot["data"]))
+    print(f"arena screenshot: {path}")
+    if ARTIFACTS:
+        Path(ARTIFACTS).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(ARTIFACTS) / path.name)
+    return path
+
+
 def test_two_pages_and_a_bot_play_one_match(
     browser: chromium.Browser, ice_guard: guard.Record, tmp_path: Path
 ) -> None:
@@ -104,16 +118,7 @@ def test_two_pages_and_a_bot_play_one_match(
                 assert seen["step"] == "control" and seen["channel"] == "open", (name, seen)
                 assert seen["latencies"] > 0, f"{name}: no input came back echoed"
 
-            size = {"width": 1200, "height": 700, "deviceScaleFactor": 1, "mobile": False}
-            await one.cdp.call("Emulation.setDeviceMetricsOverride", size, one.session)
-            await asyncio.sleep(0.3)  # a few animation frames at the new size
-            shot = await one.cdp.call("Page.captureScreenshot", {"format": "png"}, one.session)
-            picture = tmp_path / "arena.png"
-            picture.write_bytes(base64.b64decode(shot["data"]))
-            print(f"arena screenshot: {picture}")
-            if ARTIFACTS:
-                Path(ARTIFACTS).mkdir(parents=True, exist_ok=True)
-                shutil.copy(picture, Path(ARTIFACTS) / "arena.png")
+            picture = await screenshot(one, tmp_path / "arena.png")
 
             # Cut page-2's websocket: a TCP reset on both sides, nothing on the data channel.
             resumable = bool(await two.evaluate("arena.resumable")) and resume_supported()
@@ -135,6 +140,7 @@ def test_two_pages_and_a_bot_play_one_match(
 
                 await until(flowing, 10, "page-2's data channel to keep delivering")
                 assert (await state(two))["channel"] == "open"  # never closed or reopened
+                await screenshot(two, tmp_path / "arena-page-2-resumed.png")
                 server_view = [r for r in records if r.get("ev") in ("detached", "resumed")]
                 assert [r["ev"] for r in server_view if r.get("name") == "page-2"] == [
                     "detached",
