@@ -29,7 +29,7 @@ from socker_core import Close, Connection, Flow, Result
 
 from . import protocol
 from .game import World, nearest, toward
-from .server import arena_flow, on_link, resume_supported
+from .server import RESUME_WINDOW
 
 INPUT_RATE = 20  # inputs per second
 Report = Callable[[dict[str, Any]], None]
@@ -145,7 +145,7 @@ def bot_flow(
     (seconds after play began)."""
     from .. import webrtc
 
-    flow = arena_flow()
+    flow = Flow("arena", resume_window=RESUME_WINDOW)  # both sides opt in to resume
 
     @flow.on_open
     def introduce(conn: Connection) -> None:
@@ -216,7 +216,8 @@ def bot_flow(
             record |= {"ms": bot.resume_ms[-1], "states_while_cut": bot.states_while_cut[-1]}
         report(record)
 
-    on_link(flow, detached=detached, resumed=resumed)
+    flow.on_detach(detached)
+    flow.on_resume(resumed)
 
     @flow.on_close
     async def closed(conn: Connection) -> None:
@@ -269,16 +270,15 @@ async def run_bot(
     from .cut import CutRelay
 
     bot = Bot(name, seconds)
-    options: dict[str, Any] = {"reconnect": True} if resume_supported() else {}
     with webrtc.local_only():
         if not cut_at:
-            result = await run_client(url, bot_flow(bot, report), **options)
+            result = await run_client(url, bot_flow(bot, report), reconnect=True)
         else:
             parts = urlsplit(url)
             async with CutRelay(parts.port or 80) as relay:
                 relayed = parts._replace(netloc=f"127.0.0.1:{relay.port}").geturl()
                 flow = bot_flow(bot, report, cut=relay.cut, cut_at=cut_at)
-                result = await run_client(relayed, flow, **options)
+                result = await run_client(relayed, flow, reconnect=True)
     report(summary(bot, result.code, result.reason))
     return result.code if result.code is not None else -1
 

@@ -12,15 +12,16 @@ A player's connection goes through these steps (see `protocol` for the bytes):
 
 While the match runs, `Match.run` advances the game at its fixed tick rate and
 sends every player the world on its data channel; inputs come back on the same
-channel. When the flow supports resume (``Flow(name, resume_window=...)``), a
-dropped websocket detaches the player instead of ending it: the data channel and
-the player's place on the arena stay, and ``on_resume`` picks up where it was.
+channel. The flow is resumable (``Flow(name, resume_window=RESUME_WINDOW)``): a
+dropped websocket detaches the player instead of ending it; the data channel and
+the player's place on the arena stay, broadcasts to it are kept for replay, and
+``on_resume`` runs when it is back at its step. ``on_close`` (the player leaves)
+runs only when the session really ends.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,24 +36,6 @@ PATH = "/arena"
 MATCH = "match"  # the room every player of the match joins
 RESUME_WINDOW = 30.0  # seconds a dropped player keeps its place (when resume exists)
 Report = Callable[[dict[str, Any]], None]
-
-
-def resume_supported() -> bool:
-    """Whether this socker has resume end to end: ``Flow(name, resume_window=...)`` in
-    the core and ``run_client(..., reconnect=True)`` in the anyio driver."""
-    from ..anyio import run_client
-
-    return (
-        "resume_window" in inspect.signature(Flow).parameters
-        and "reconnect" in inspect.signature(run_client).parameters
-    )
-
-
-def arena_flow() -> Flow:
-    """A new flow named "arena", resumable (`RESUME_WINDOW`) when socker has resume;
-    both sides of a resumable connection opt in."""
-    resume: dict[str, Any] = {"resume_window": RESUME_WINDOW} if resume_supported() else {}
-    return Flow("arena", **resume)
 
 
 @dataclass(eq=False)
@@ -194,7 +177,7 @@ class Match:
         """The server flow every player's connection runs."""
         from .. import webrtc
 
-        flow = arena_flow()
+        flow = Flow("arena", resume_window=RESUME_WINDOW)
 
         @flow.on_open
         def welcome(conn: Connection) -> None:
@@ -250,11 +233,13 @@ class Match:
                 return False
             return Close(1003, f"unexpected {tag!r} while playing")
 
-        on_link(
-            flow,
-            detached=lambda conn: self._report_link(conn, "detached"),
-            resumed=lambda conn: self._report_link(conn, "resumed"),
-        )
+        @flow.on_detach
+        def detached(conn: Connection) -> None:
+            self._report_link(conn, "detached")
+
+        @flow.on_resume
+        def resumed(conn: Connection) -> None:
+            self._report_link(conn, "resumed")
 
         @flow.on_close
         def closed(conn: Connection) -> None:
@@ -267,13 +252,3 @@ class Match:
         member = self.members.get(conn.id)
         name = member.player.name if member else conn.id
         self.report({"ev": what, "id": conn.id, "name": name, "step": conn.step})
-
-
-def on_link(
-    flow: Flow, *, detached: Callable[[Connection], None], resumed: Callable[[Connection], None]
-) -> None:
-    """Register ``@flow.on_detach`` / ``@flow.on_resume`` when this socker has resume."""
-    for hook_name, hook in (("on_detach", detached), ("on_resume", resumed)):
-        register = getattr(flow, hook_name, None)
-        if register is not None:
-            register(hook)

@@ -23,7 +23,7 @@ from socker_transports.anyio import serve
 from socker_transports.arena import run as arena_run
 from socker_transports.arena.bots import run_bot
 from socker_transports.arena.cut import CutRelay
-from socker_transports.arena.server import PATH, Match, resume_supported
+from socker_transports.arena.server import PATH, Match
 from tests.timing import deadline
 
 from . import chromium, guard
@@ -31,10 +31,6 @@ from .test_webrtc import run
 
 #: Set SOCKER_ARTIFACTS=<dir> to keep a copy of the screenshot there too.
 ARTIFACTS = os.environ.get("SOCKER_ARTIFACTS")
-RESUME_MISSING = (
-    "resume (issue 11) has not fully landed: the cut page's websocket ends with 1006 and "
-    "its data channel closes with it"
-)
 
 
 @pytest.fixture(scope="module")
@@ -121,55 +117,42 @@ def test_two_pages_and_a_bot_play_one_match(
             picture = await screenshot(one, tmp_path / "arena.png")
 
             # Cut page-2's websocket: a TCP reset on both sides, nothing on the data channel.
-            resumable = bool(await two.evaluate("arena.resumable")) and resume_supported()
+            assert await two.evaluate("arena.resumable")  # socker.js has onDetach/onResume
             assert relay.cut() == 1
             cut_states = (await state(two))["states"]
-            players = {"page-1", "page-2", "bot-1"}
-            if resumable:
 
-                async def resumed() -> bool:
-                    return bool((await state(two))["resumes"] >= 1)
+            async def resumed() -> bool:
+                return bool((await state(two))["resumes"] >= 1)
 
-                await until(resumed, 20, "page-2 to resume")
-                after = await state(two)
-                assert after["step"] == "control" and after["channel"] == "open", after
-                assert after["closed"] is None, after
+            await until(resumed, 20, "page-2 to resume")
+            after = await state(two)
+            assert after["step"] == "control" and after["channel"] == "open", after
+            assert after["closed"] is None, after
 
-                async def flowing() -> bool:
-                    return bool((await state(two))["states"] > cut_states + 20)
+            async def flowing() -> bool:
+                return bool((await state(two))["states"] > cut_states + 20)
 
-                await until(flowing, 10, "page-2's data channel to keep delivering")
-                assert (await state(two))["channel"] == "open"  # never closed or reopened
-                await screenshot(two, tmp_path / "arena-page-2-resumed.png")
-                server_view = [r for r in records if r.get("ev") in ("detached", "resumed")]
-                assert [r["ev"] for r in server_view if r.get("name") == "page-2"] == [
-                    "detached",
-                    "resumed",
-                ]
-            else:
-                # Everything else runs; the resume part cannot: say exactly why (visible xfail).
-                async def ended() -> bool:
-                    return (await state(two))["closed"] is not None
-
-                await until(ended, 20, "page-2's websocket to end after the cut")
-                outcome = await state(two)
-                assert outcome["closed"]["code"] == 1006, outcome
-                if resume_supported():  # the server keeps page-2 detached for its window
-                    players.discard("page-2")
+            await until(flowing, 10, "page-2's data channel to keep delivering")
+            assert (await state(two))["channel"] == "open"  # never closed or reopened
+            await screenshot(two, tmp_path / "arena-page-2-resumed.png")
+            server_view = [r for r in records if r.get("ev") in ("detached", "resumed")]
+            assert [r["ev"] for r in server_view if r.get("name") == "page-2"] == [
+                "detached",
+                "resumed",
+            ]
 
             # Everyone quits: the server's flow completes with 1000 for each.
             await one.evaluate("arena.quit()")
-            if resumable:
-                await two.evaluate("arena.quit()")
+            await two.evaluate("arena.quit()")
             await asyncio.wait_for(bot, deadline(40))
             left: dict[str, Any] = {}
 
             async def everyone_left() -> bool:
                 left.update({r["name"]: r for r in records if r.get("ev") == "left"})
-                return players <= set(left)
+                return len(left) == 3
 
             await until(everyone_left, 20, "every player to leave")
-            return {"left": left, "picture": picture, "resumable": resumable}
+            return {"left": left, "picture": picture}
         except BaseException:
             for name, page in pages.items():
                 print(f"{name} console:", *page.console, sep="\n  ")
@@ -183,10 +166,4 @@ def test_two_pages_and_a_bot_play_one_match(
     assert all(
         r["bot"] is False for r in records if r.get("ev") == "joined" and "page" in r["name"]
     )
-    if not outcome["resumable"]:
-        missing = []
-        if not resume_supported():
-            missing.append("Python: Flow(name, resume_window=...), run_client(reconnect=True)")
-        missing.append("socker.js: connect(url, flow, {reconnect: true}), flow.onDetach/onResume")
-        pytest.xfail(f"{RESUME_MISSING}; missing here: {'; '.join(missing)}")
     assert left["page-2"]["code"] == 1000, left
