@@ -248,25 +248,21 @@ flow.add((conn, message) => {
 
 flow.onStep((conn, from, to) => { arena.step = to; });
 
-// Resume (socker.js with `reconnect: true`): the websocket comes back at its step while
-// the data channel keeps delivering. Registered only when this socker.js has the hooks.
-arena.resumable = typeof flow.onDetach === "function" && typeof flow.onResume === "function";
-if (typeof flow.onDetach === "function") {
-  flow.onDetach(() => {
-    arena.wsOpen = false;
-    arena.detaches += 1;
-    arena.statesAtDetach = arena.states;
-    log("~ websocket lost: reconnecting (data channel still open)");
-  });
-}
-if (typeof flow.onResume === "function") {
-  flow.onResume((conn) => {
-    arena.wsOpen = true;
-    arena.resumes += 1;
-    arena.statesWhileCut = arena.states - (arena.statesAtDetach ?? arena.states);
-    log(`~ resumed at step ${conn.step}`);
-  });
-}
+// Resume (connect(..., { reconnect: true })): the websocket comes back at its step
+// while the data channel keeps delivering; onOpen does not run again.
+arena.resumable = typeof flow.onDetach === "function";
+flow.onDetach(() => {
+  arena.wsOpen = false;
+  arena.detaches += 1;
+  arena.statesAtDetach = arena.states;
+  log("~ websocket lost: reconnecting (data channel still open)");
+});
+flow.onResume((conn) => {
+  arena.wsOpen = true;
+  arena.resumes += 1;
+  arena.statesWhileCut = arena.states - (arena.statesAtDetach ?? arena.states);
+  log(`~ resumed at step ${conn.step}`);
+});
 
 flow.onClose((conn, result) => {
   arena.wsOpen = false;
