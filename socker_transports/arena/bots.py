@@ -163,6 +163,7 @@ def bot_flow(
 
     async def play(conn: Connection, channel: Any) -> None:
         start = clock()
+        conn.send(protocol.control(protocol.CHAT, text=f"hello from {bot.name}"))
         seconds_mark, states_mark = start, 0
         cuts = sorted(cut_at) if cut is not None else []
         while clock() - start < bot.seconds:

@@ -75,7 +75,7 @@ class LiveView:
             self.server_resumed.append(r["name"])
             return [f"{stamp} ~ server: {r['name']} resumed at step {r['step']!r}"]
         if ev == "chat":
-            return [f"{stamp}   {r['name']}: {r['text']}"]
+            return [f"{stamp} chat {r['name']}: {r['text']}"]
         if ev == "second":
             self.ticks.append(float(r["ticks"]))
             self._second = (stamp, r)

@@ -39,6 +39,7 @@ def test_make_demo_bots_play_and_one_resumes() -> None:
     for name in ("bot-1", "bot-2", "bot-3", "bot-4"):
         assert re.search(rf"\+ {name} joined the match \(bot, slot \d\)", out), out
     assert re.search(r"ticks \d+\.\d/s, players 4", out), out
+    assert "chat bot-3: hello from bot-3" in out, out  # chat goes to the match room
     assert re.search(r"bot-2 +dc +\d+\.\d states/s +loss +\d+\.\d %", out), out
     assert "x bot-1: websocket cut at step 'control'" in out, out
     assert "[ok] every bot joined (4/4)" in out, out
