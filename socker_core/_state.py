@@ -119,6 +119,14 @@ CALLS: dict[str, dict[State, Disposition]] = {
         CLOSED: IGNORE,
     },
     # Resume calls (only on a Stepper made with a ReplayBuffer).
-    "detach": {OPEN: RUN, AWAITING: RUN, CLOSING: RUN, CLOSED: IGNORE},
+    "detach": {
+        OPEN: RUN,
+        AWAITING: RUN,
+        CLOSING: RUN,
+        DETACHED: IGNORE,  # already detached: the window keeps running
+        DETACHED_AWAITING: IGNORE,
+        DETACHED_CLOSING: IGNORE,
+        CLOSED: IGNORE,
+    },
     "attach": {DETACHED: RUN, DETACHED_AWAITING: RUN, DETACHED_CLOSING: RUN},
 }

@@ -158,6 +158,8 @@ class Entry:
     (code, reason)), "closed" (payload: (code, reason)), "action" (a scripted
     application action), "stall" (the run ended with this side waiting in step
     `payload`) and "limit" (the run was stopped by max_events or max_time).
+    With `drops=`: "lost" (a message in flight at a drop), "detach", "resumed"
+    (payload: how many messages this side replays) and "replay" (one of them).
     """
 
     side: Side
@@ -331,6 +333,14 @@ def _describe(entry: Entry, markdown: bool) -> str:
         return f"resumes with {_code(_short(payload), markdown)}"
     if kind == "cancel":
         return f"cancels await {payload}"
+    if kind == "lost":
+        return f"loses {_code(_short(payload), markdown)} (transport dropped)"
+    if kind == "detach":
+        return "detached (transport lost)"
+    if kind == "resumed":
+        return f"resumed, replaying {payload}"
+    if kind == "replay":
+        return f"replays {_code(_short(payload), markdown)}"
     if kind == "failed":
         detail = _plain(f"{type(payload).__name__}: {payload}", markdown)
         failed = "**failed**" if markdown else "FAILED"
@@ -633,7 +643,7 @@ class _Pair:
                 )
             return
         for side in (SERVER, CLIENT):
-            self._record(side, "resume", len(replays[side] or ()))
+            self._record(side, "resumed", len(replays[side] or ()))
             for message in replays[side] or ():
                 self._record(side, "replay", message)
                 self._push(self.now + self.latency, _PRIORITY_NET, ("msg", _other(side), message))

@@ -353,12 +353,19 @@ class _HandshakePhase(_OpenPhase):
         self._opened_transport(now)
         resume = self._resume
         assert resume is not None
+        if not session.stepper.is_detached:  # it ended while we were connecting
+            self._resume = None
+            self._close_transport_only(CloseCode.NORMAL, "", now)
+            return
         self._adopt(session, now)
         resume.resuming = True
         self._events.append(Opened(self.path, self.subprotocol, session.stepper.flow.name))
 
     def _resume_refused_by_server(self, session: ResumeSession, now: float) -> None:
         self._opened_transport(now)
+        if not session.stepper.is_detached:  # it ended while we were connecting
+            self._close_transport_only(CloseCode.NORMAL, "", now)
+            return
         self._resume = WireResume()
         self._adopt(session, now)
         self._stepper_events(

@@ -188,3 +188,53 @@ def test_a_resume_takes_over_a_half_open_session_with_4409(
     finally:
         proxy.stop()
     assert "session taken over by a new connection" in caplog.text
+
+
+def test_window_expiry_ends_both_sides_and_another_client_is_undisturbed(
+    driver: DriverHarness, start_server: StartServer, bystander: Any
+) -> None:
+    server_flow = Flow("hold", resume_window=0.3)
+    closes: list[int | None] = []
+    server_flow.on_close(lambda conn: closes.append(conn.close_code))
+
+    @server_flow.step
+    def echo(conn: Connection, message: bytes) -> bool:
+        conn.send(message)
+        return message == b"bye"
+
+    server = start_server({"/": server_flow, "/echo": echo_flow()})
+    bystander(server)
+    proxy = CutProxy(server.port)
+    client_flow = Flow("c")
+    client_closes: list[int | None] = []
+    client_flow.on_close(lambda conn: client_closes.append(conn.close_code))
+
+    @client_flow.on_open
+    def hello(conn: Connection) -> None:
+        conn.send(b"hi")
+
+    @client_flow.step
+    def got(conn: Connection, message: bytes) -> bool:
+        proxy._listener.close()  # every reconnect is refused from now on
+        proxy.cut("rst")
+        return False
+
+    try:
+        result = driver.run_client(proxy.url, client_flow, timeout=deadline(10.0), reconnect=True)
+    finally:
+        proxy.stop()
+    assert result.code == CloseCode.ABNORMAL and result.reason == "resume window expired"
+    assert client_closes == [CloseCode.ABNORMAL]
+    other_flow = Flow("other")
+
+    @other_flow.on_open
+    def bye(conn: Connection) -> None:
+        conn.send(b"bye")
+
+    other_flow.add(lambda conn, message: True, name="done")
+    other = driver.run_client(server.url, other_flow, timeout=deadline(10.0))
+    assert other.code == 1000
+    end = time.monotonic() + deadline(5.0)
+    while len(closes) < 2 and time.monotonic() < end:
+        time.sleep(0.01)  # the server's window may end a moment after the client's
+    assert sorted(closes) == [1000, CloseCode.ABNORMAL]

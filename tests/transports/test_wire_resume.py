@@ -295,3 +295,15 @@ def test_session_message_is_the_first_frame() -> None:
     length = body[1]
     message = json.loads(body[2 : 2 + length])
     assert message["type"] == "session" and message["window"] == 30.0
+
+
+def test_a_session_closed_during_a_reconnect_attempt_ends_that_attempt_cleanly() -> None:
+    server_flow, client_flow, srec, crec, store, client, server = _open_pair()
+    retry = Wire.client(client_flow, HOST, 1.0, resume_from=client)
+    client.close(1000, "user left", 1.0)  # while the attempt is in flight
+    assert crec.closed == [1000] and client.finished
+    fresh = Wire.server(server_flow, 1.0, sessions=store)
+    Link(retry, fresh).pump(1.0)
+    assert retry.should_close_transport and retry.stepper is None
+    # The attempt had resumed the server's side: the client's close ends it there.
+    assert srec.closed == [1000] and fresh.finished and server.finished
