@@ -39,11 +39,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from typing import IO, Any
 
 from socker_core import Close, Connection, Flow, Result
 from socker_core._flow import Handler
+
+from .demo import static_file
 
 GAME_PATH = "/game"
 DEFAULT_ROUNDS = 500
@@ -509,11 +510,6 @@ def _run_demo(rounds: int, scene_kib: int, timeout: float, out: IO[str]) -> int:
 
 
 # -- --serve: the browser page --------------------------------------------------------
-
-
-def static_file(name: str) -> bytes:
-    """A file shipped in socker_transports/static (index.html, socker.js)."""
-    return resources.files("socker_transports").joinpath("static").joinpath(name).read_bytes()
 
 
 _CONTENT_TYPES = {

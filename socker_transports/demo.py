@@ -4,6 +4,12 @@ the original single-handshake demo (`socker_transports.classic_demo`)."""
 from __future__ import annotations
 
 import sys
+from importlib import resources
+
+
+def static_file(name: str) -> bytes:
+    """A file shipped in socker_transports/static (socker.js, the demo pages)."""
+    return resources.files("socker_transports").joinpath("static").joinpath(name).read_bytes()
 
 
 def main(argv: list[str] | None = None) -> int:

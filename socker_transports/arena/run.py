@@ -22,9 +22,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from importlib import resources
 from typing import IO, Any
 
+from ..demo import static_file
 from .server import MATCH, PATH, Match
 from .view import LiveView
 
@@ -46,8 +46,7 @@ def http_handler(request: Any) -> Any:
     if found is None:
         return HttpResponse(404, b"not found\n")
     name, content_type = found
-    body = resources.files("socker_transports").joinpath("static").joinpath(name).read_bytes()
-    return HttpResponse(200, body, content_type)
+    return HttpResponse(200, static_file(name), content_type)
 
 
 async def serve_arena(
