@@ -76,8 +76,10 @@ class Match:
             server.broadcast(data, room=MATCH, skip=skip)
             return
         for member in list(self.members.values()):  # socker without rooms yet
-            if member.conn is not skip and member.conn.is_open:
-                member.conn.send(data)
+            conn = member.conn
+            # a detached connection keeps what is sent to it and replays it on resume
+            if conn is not skip and (conn.is_open or conn.is_detached):
+                conn.send(data)
 
     def _card(self, member: Member) -> dict[str, Any]:
         p = member.player

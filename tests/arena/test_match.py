@@ -17,6 +17,7 @@ class FakeConn:
     id: str
     sent: list[bytes] = field(default_factory=list)
     is_open: bool = True
+    is_detached: bool = False
     close_code: int | None = None
     close_reason: str = ""
     step: str = "play"
@@ -116,3 +117,17 @@ def test_scores_are_told_to_the_match() -> None:
     member.player.x, member.player.y = target.x, target.y
     match.tick()
     assert conn.controls()[-1] == (protocol.SCORE, {"slot": 1, "score": 1})
+
+
+def test_a_detached_player_is_still_told_and_a_closed_one_is_not() -> None:
+    match = Match(clock=Clock())
+    away, gone = FakeConn("c1"), FakeConn("c2")
+    match.enter(away, "away", False, FakeChannel())
+    match.enter(gone, "gone", False, FakeChannel())
+    away.is_open, away.is_detached = False, True  # transport lost, waiting to resume
+    gone.is_open = False  # closing: nothing more for it
+    sent_away, sent_gone = len(away.sent), len(gone.sent)
+    away.send = away.sent.append  # type: ignore[method-assign] (a detached send is kept)
+    match.enter(FakeConn("c3"), "new", False, FakeChannel())
+    assert len(away.sent) == sent_away + 1 and away.controls()[-1][0] == protocol.JOINED
+    assert len(gone.sent) == sent_gone
