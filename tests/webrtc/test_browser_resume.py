@@ -149,3 +149,59 @@ def test_socker_js_resumes_while_the_data_channel_keeps_flowing(
     assert out["dcWhileDetached"] > 0, out
     assert out["dcIn"] > 0 and len(dc_in) >= out["dcIn"]
     assert len(ice_guard.peers) == 1 and ice_guard.open_peers() == []
+
+
+REFUSED_PAGE = """
+(async () => {
+  const { Flow, connect } = await import("/socker.js");
+  const flow = new Flow("refused");
+  const out = { detaches: 0, resumes: 0 };
+  flow.onOpen((conn) => conn.send(new TextEncoder().encode("hi")));
+  flow.onDetach(() => { out.detaches += 1; });
+  flow.onResume(() => { out.resumes += 1; });
+  flow.add(() => false, { name: "wait" });
+  const conn = connect("ws://127.0.0.1:%(port)d/hold", flow, { reconnect: true });
+  out.result = await conn.closed;
+  out.reconnects = conn.reconnects;
+  return out;
+})()
+"""
+
+
+def test_socker_js_reports_a_refused_resume(browser: chromium.Browser) -> None:
+    """The server ended the detached session (here: its on_detach closes it); the
+    browser's resume is refused with 4410 and socker.js reports that code."""
+    proxies: list[CutProxy] = []
+    flow = Flow("hold", resume_window=deadline(10.0))
+
+    @flow.step
+    def hold(conn: Connection, message: bytes) -> bool:
+        proxies[0].cut("rst")
+        return False
+
+    flow.on_detach(lambda conn: conn.close(1000, "no resume for you"))
+
+    def pages(request: HandshakeRequest) -> HttpResponse | None:
+        if request.path == "/socker.js":
+            return HttpResponse(200, demo.static_file("socker.js"), "text/javascript")
+        return HttpResponse(200, b"<!doctype html><title>socker</title>", "text/html")
+
+    async def scenario() -> Any:
+        async with serve({"/hold": flow}, "127.0.0.1", 0, http_handler=pages) as server:
+            proxy = CutProxy(server.port)
+            proxies.append(proxy)
+            try:
+
+                async def play(page: chromium.Page) -> Any:
+                    script = REFUSED_PAGE % {"port": proxy.port}
+                    return await asyncio.wait_for(page.evaluate(script), deadline(30))
+
+                outcome = await open_page(browser, f"http://127.0.0.1:{server.port}/", play)
+                await asyncio.wait_for(_until(lambda: server.active == 0), deadline(10))
+            finally:
+                await asyncio.to_thread(proxy.stop)
+            return outcome
+
+    out = run(scenario(), 60)
+    assert out["result"]["code"] == 4410, out
+    assert out["detaches"] == 1 and out["resumes"] == 0 and out["reconnects"] == 0
