@@ -31,6 +31,7 @@ import contextlib
 import json
 import os
 import queue
+import signal
 import struct
 import subprocess
 import sys
@@ -531,6 +532,8 @@ def http_handler(request: Any) -> Any:
 
 
 async def _serve(host: str, port: int, scene_kib: int, ready: Callable[[str], None]) -> None:
+    import anyio
+
     from . import webrtc
     from .anyio import serve
 
@@ -539,9 +542,26 @@ async def _serve(host: str, port: int, scene_kib: int, ready: Callable[[str], No
 
     flow = server_flow(sink, scene_kib=scene_kib)
     with webrtc.local_only():
-        async with serve({GAME_PATH: flow}, host, port, http_handler=http_handler) as server:
+        async with (
+            serve({GAME_PATH: flow}, host, port, http_handler=http_handler) as server,
+            anyio.create_task_group() as tasks,
+        ):
+            # SIGINT and SIGTERM close the server gracefully (clients see 1001), as
+            # `socker serve` does.
+            await tasks.start(_close_on_signal, server)
             ready(f"http://{host}:{server.port}/")
             await server.serve_forever()
+            tasks.cancel_scope.cancel()
+    print("socker demo: server stopped", flush=True)
+
+
+async def _close_on_signal(server: Any, *, task_status: Any) -> None:
+    import anyio
+
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
+        async for _ in signals:
+            server.close()
 
 
 def _serve_main(host: str, port: int, scene_kib: int) -> int:

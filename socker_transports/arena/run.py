@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -253,7 +254,17 @@ def serve_main(port: int, bots: int, bot_seconds: float) -> int:
             fields = {k: v for k, v in record.items() if k not in ("ev", "t")}
             print(f"[server] {ev} {fields}", flush=True)
 
+    stop = False
+
+    def stopping() -> None:
+        nonlocal stop
+        stop = True
+
     def ready(server: Any) -> None:
+        # SIGINT and SIGTERM end the match gracefully (players see 1001), as `socker serve`.
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stopping)
         print(f"socker demo page: http://127.0.0.1:{server.port}/  (Ctrl-C stops)", flush=True)
         url = server.url + PATH
         for i in range(1, bots + 1):
@@ -264,8 +275,8 @@ def serve_main(port: int, bots: int, bot_seconds: float) -> int:
             )
 
     try:
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve_arena(report, port=port, ready=ready))
+        asyncio.run(serve_arena(report, port=port, ready=ready, finished=lambda m: stop))
+        print("socker demo: server stopped", flush=True)
     finally:
         for proc in procs:
             if proc.poll() is None:

@@ -90,8 +90,11 @@ def test_demo_serve_serves_the_page_and_adds_bots() -> None:
             line = proc.stdout.readline()
             assert line, "the demo server exited early"
         assert "'name': 'bot-1'" in line and "'bot': True" in line, line
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=deadline(15)) == 0
+        proc.send_signal(signal.SIGTERM)  # a graceful stop: the bot is told 1001
+        out, _ = proc.communicate(timeout=deadline(15))
+        assert proc.returncode == 0, out
+        assert re.search(r"\[server\] left .*'name': 'bot-1'.*'code': 1001", out), out
+        assert "socker demo: server stopped" in out, out
     finally:
         if proc.poll() is None:
             proc.kill()
