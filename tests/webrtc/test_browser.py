@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from socker_core import Connection, Flow
-from socker_transports import demo
+from socker_transports import classic_demo as demo
 from socker_transports.anyio import serve
 from socker_transports.wire import HandshakeRequest, HttpResponse
 from tests.timing import deadline

@@ -1,4 +1,5 @@
-"""`socker demo` itself, as a user runs it: two processes, a bounded run, exit 0."""
+"""`socker demo --classic` (the original single-handshake demo), as a user runs it:
+two processes, a bounded run, exit 0."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 def test_demo_runs_end_to_end() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "socker_transports.demo", "--rounds", "200"],
+        [sys.executable, "-m", "socker_transports.classic_demo", "--rounds", "200"],
         cwd=ROOT,
         env=ENV,
         capture_output=True,
@@ -58,7 +59,7 @@ def test_demo_runs_end_to_end() -> None:
 
 def test_demo_serve_serves_the_page_and_socker_js() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "socker_transports.demo", "--serve", "--port", "0"],
+        [sys.executable, "-m", "socker_transports.classic_demo", "--serve", "--port", "0"],
         cwd=ROOT,
         env=ENV,
         stdout=subprocess.PIPE,
