@@ -18,7 +18,7 @@ from statistics import median
 from typing import Any
 
 from socker_core import Connection, Flow
-from socker_transports.demo import _scene
+from socker_transports.classic_demo import _scene
 from socker_transports.wire import Options, Wire
 
 

@@ -189,18 +189,23 @@ def test_a_flow_that_cannot_run_is_a_usage_error(
             "socker: error: bad URL 'ws://127.0.0.1:99999/': Port out of range 0-65535",
         ),
         (
-            ["demo", "--rounds", "0"],
-            "socker demo: error: --rounds and --scene-kib must be positive "
-            "(see socker demo --help)",
+            ["demo", "--bots", "1"],
+            "socker demo: error: --bots must be at least 2 (they must see each other) and "
+            "--seconds positive (see socker demo --help)",
+        ),
+        (
+            ["demo", "--classic", "--rounds", "0"],
+            "socker demo --classic: error: --rounds and --scene-kib must be positive "
+            "(see socker demo --classic --help)",
         ),
         (
             ["-v", "demo", "--bogus"],
             "socker demo: error: unrecognized arguments: --bogus (see socker demo --help)",
         ),
         (
-            ["demo", "-vv", "--rounds", "0"],  # -v after demo is socker's, not the demo's
-            "socker demo: error: --rounds and --scene-kib must be positive "
-            "(see socker demo --help)",
+            ["demo", "-vv", "--classic", "--rounds", "0"],  # -v after demo is socker's
+            "socker demo --classic: error: --rounds and --scene-kib must be positive "
+            "(see socker demo --classic --help)",
         ),
         (
             ["graph", "no_colon"],

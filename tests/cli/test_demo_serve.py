@@ -1,5 +1,6 @@
-"""`socker demo --serve` stops gracefully on SIGTERM and SIGINT, as `socker serve`
-does: a connected client sees 1001 and the process exits 0."""
+"""`socker demo --classic --serve` stops gracefully on SIGTERM and SIGINT, as
+`socker serve` does: a connected client sees 1001 and the process exits 0 (the
+arena's `--serve` is tested in tests/arena)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_demo_serve_stops_gracefully(sig: int) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "socker_transports", "demo", "--serve", "--port", "0"],
+        [sys.executable, "-m", "socker_transports", "demo", "--classic", "--serve", "--port", "0"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
