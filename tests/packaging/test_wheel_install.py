@@ -252,17 +252,18 @@ def test_default_install_gives_a_working_command(default_env: Path, flows_dir: P
 def test_webrtc_extra_runs_the_demo(tmp_path: Path, wheelhouse: Path) -> None:
     bin_dir = make_venv(tmp_path / "webrtc", wheelhouse, f"{DISTRIBUTION}[webrtc]")
     assert {"aiortc", "aioice"} <= installed_names(bin_dir)
+    # The arena (the README's main job), short: two bots, one cut and resumed.
     done = run(
         bin_dir / "socker",
         "demo",
-        "--rounds",
-        "50",
-        "--scene-kib",
-        "16",
+        "--bots",
+        "2",
+        "--seconds",
+        "4",
         "--timeout",
         "60",
         env=clean_env(),
         timeout=90,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert done.stdout.rstrip().endswith("demo OK")
+    assert done.stdout.rstrip().endswith("players 2 (2 bots), resumed 1, closed 1000 2")

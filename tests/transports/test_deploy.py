@@ -45,10 +45,14 @@ def server_close(running: Any, **kwargs: Any) -> None:
 
 def refused(port: int) -> bool:
     try:
-        socket.create_connection(("127.0.0.1", port), timeout=deadline(1)).close()
-    except ConnectionRefusedError:
+        with socket.create_connection(("127.0.0.1", port), timeout=deadline(1)) as sock:
+            sock.settimeout(deadline(1))
+            # Accepted into the backlog just as the listener closed: the kernel resets it.
+            return sock.recv(1) == b""
+    except (ConnectionRefusedError, ConnectionResetError):
         return True
-    return False
+    except TimeoutError:
+        return False  # accepted and kept open: the server still accepts
 
 
 def wait_until(condition: Callable[[], bool], what: str) -> None:
