@@ -191,7 +191,7 @@ def test_readme_embedded_registry() -> None:
     from socker_core import Send, Stepper
 
     registry = Registry()
-    stepper = Stepper(readme_match(), registry=registry, remote_address=("10.0.0.7", 50123))
+    stepper = Stepper(readme_match(), registry=registry, remote_address=("127.0.0.1", 50123))
     stepper.open(now=0.0)
     assert stepper.conn.server is registry
     events = stepper.receive(b"match-1", now=0.1)
