@@ -70,7 +70,6 @@ from anyio.streams.tls import TLSStream
 
 from socker_core import (
     Connection,
-    ConnectionClosedError,
     Flow,
     MemorySessionStore,
     Registry,
@@ -102,7 +101,8 @@ from .wire import (
     Wire,
     check_shutdown,
     format_host,
-    frame_message,
+    prepare_broadcast,
+    send_through_flow,
     shutdown_reason,
     socket_address,
 )
@@ -262,30 +262,19 @@ class Server:
         that is closing, or that `max_send_buffer` drops, is skipped: nothing
         raises into the caller. The frame is built once; each recipient's copy is
         written at once, in the order of the calls."""
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"broadcast() takes bytes, got {type(data).__name__}")
-        recipients = self.registry.recipients(room, skip)
-        if not recipients:
-            return 0
-        payload = bytes(data)
-        frame = frame_message(payload)
+        recipients, payload, frame = prepare_broadcast(self.registry, data, room, skip)
         sessions = self._session_of
         now = self._now()
         count = 0
         for conn in recipients:
             session = sessions.get(conn)
             if session is not None:
-                if session.push_frame(frame, payload, now):
-                    count += 1
-                continue
-            # Still opening (a broadcast from its own on_open hook: its Stepper is
-            # in a call, and takes the message in order), or detached (the Stepper
-            # keeps the message for the replay when it resumes).
-            try:
-                conn.send(payload)
-            except ConnectionClosedError:
-                continue
-            count += 1
+                count += session.push_frame(frame, payload, now)
+            else:
+                # Still opening (a broadcast from its own on_open hook: its Stepper is
+                # in a call, and takes the message in order), or detached (the Stepper
+                # keeps the message for the replay when it resumes).
+                count += send_through_flow(conn, payload)
         return count
 
     def close(

@@ -128,7 +128,8 @@ from .wire import (
     WireEvent,
     check_shutdown,
     format_host,
-    frame_message,
+    prepare_broadcast,
+    send_through_flow,
     shutdown_reason,
     socket_address,
 )
@@ -1206,21 +1207,14 @@ class Server:
         nothing raises into the caller. The frame is built once; a recipient whose
         thread is idle gets it written by the caller at once (one `send`), a busy
         one from its own thread (one wake-up for all it was sent meanwhile)."""
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"broadcast() takes bytes, got {type(data).__name__}")
-        recipients = self.registry.recipients(room, skip)
-        if not recipients:
-            return 0
-        payload = bytes(data)
-        frame = frame_message(payload)
+        recipients, payload, frame = prepare_broadcast(self.registry, data, room, skip)
         links = _links_by_conn  # dict.get is atomic: no lock per recipient
         now = monotonic()
         count = 0
         for conn in recipients:
             link = links.get(conn)
             if link is not None:
-                if link.push_frame(frame, payload, now):
-                    count += 1
+                count += link.push_frame(frame, payload, now)
                 continue
             # Detached (between transports): the Stepper keeps the message for the
             # replay, under its guard. Otherwise not registered yet: its on_open
@@ -1229,11 +1223,7 @@ class Server:
             current = threading.current_thread()
             stepper = current.wire.stepper if isinstance(current, _Link) else None
             if conn.is_detached or (stepper is not None and stepper.conn is conn):
-                try:
-                    conn.send(payload)
-                except ConnectionClosedError:
-                    continue
-                count += 1
+                count += send_through_flow(conn, payload)
         return count
 
     def close(

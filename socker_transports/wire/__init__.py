@@ -53,7 +53,7 @@ from .events import (
     Phase,
     WireEvent,
 )
-from .frames import frame_message
+from .frames import frame_message, prepare_broadcast, send_through_flow
 from .hooks import Accept, HandshakeHook, HandshakeRequest, HttpHandler, HttpResponse, Reject
 from .observe import EventHook, ObservedEvent
 from .options import (
@@ -100,6 +100,8 @@ __all__ = [
     "check_shutdown",
     "format_host",
     "frame_message",
+    "prepare_broadcast",
+    "send_through_flow",
     "shutdown_reason",
     "socket_address",
 ]

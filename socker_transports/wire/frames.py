@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Collection
 
+from socker_core import Connection, ConnectionClosedError, Registry
 from socker_core._codes import CloseCode
 
 from .masking import mask
@@ -62,6 +64,35 @@ def frame_message(data: bytes | bytearray | memoryview) -> bytes:
     else:
         header = _HEADER_64(0x82, 127, n)
     return header + bytes(data)
+
+
+def prepare_broadcast(
+    registry: Registry,
+    data: bytes | bytearray | memoryview,
+    room: str | None,
+    skip: Connection | Collection[Connection] | None,
+) -> tuple[list[Connection], bytes, bytes]:
+    """What every driver's `Server.broadcast` starts with: the recipients the core's
+    registry decides, the payload (a snapshot of `data`) and its frame, built once
+    (no recipients: an empty list, and nothing built)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"broadcast() takes bytes, got {type(data).__name__}")
+    recipients = registry.recipients(room, skip)
+    if not recipients:
+        return recipients, b"", b""
+    payload = bytes(data)
+    return recipients, payload, frame_message(payload)
+
+
+def send_through_flow(conn: Connection, payload: bytes) -> bool:
+    """A broadcast's copy for a connection whose wire cannot take the prebuilt frame
+    now (still opening, or detached): through its Stepper, in order (and kept for
+    replay when detached). False when it is no longer open."""
+    try:
+        conn.send(payload)
+    except ConnectionClosedError:
+        return False
+    return True
 
 
 def control_frame(opcode: int, payload: bytes, client: bool) -> bytes:
