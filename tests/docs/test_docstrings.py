@@ -19,6 +19,8 @@ PUBLIC_MODULES = [
     "socker_transports.anyio",
     "socker_transports.threaded",
     "socker_transports.webrtc",
+    "socker_transports.asgi",
+    "socker_transports.metrics",
 ]
 
 
