@@ -23,14 +23,22 @@ sockets, no event loop, no real clock:
 
 from __future__ import annotations
 
-from ._testing_fuzz import FuzzFailure, FuzzOp, FuzzStats, fuzz_flow, replay_fuzz
-from ._testing_pair import Action, Transcript, arun_pair, run_pair
-from ._testing_render import CLIENT, SERVER, Entry, Side
+# isort: off
+# In the order the API page (mkdocstrings, source order) has always listed them.
+from ._testing_sim import NeedsEventLoopError
+from ._testing_render import CLIENT, SERVER, Side, Entry
+from ._testing_pair import Action, Transcript
+from ._testing_fuzz import FuzzOp, FuzzStats, FuzzFailure
+from ._testing_room import RoomAction, RoomEntry, RoomTranscript
+from ._testing_sim import resolve
+from ._testing_pair import run_pair, arun_pair
+from ._testing_fuzz import replay_fuzz, fuzz_flow
+from ._testing_room import run_room
+
+# isort: on
 from ._testing_render import SUMMARY_KINDS as SUMMARY_KINDS
-from ._testing_room import RoomAction, RoomEntry, RoomTranscript, run_room
 from ._testing_sim import DEFAULT_MAX_AWAIT_STEPS as DEFAULT_MAX_AWAIT_STEPS
 from ._testing_sim import DEFAULT_MAX_EVENTS as DEFAULT_MAX_EVENTS
-from ._testing_sim import NeedsEventLoopError, resolve
 
 # The kit's modules, one concept each: _testing_sim (the discrete-event simulation
 # both run_pair and run_room use, and driving awaitables without an event loop),
