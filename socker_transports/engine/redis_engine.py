@@ -289,17 +289,18 @@ class RedisEngine:
         self._redis()
         encoded = encode_info(info)
         async with self._lock(room):
-            await self._refresh_presence(room, [(member, encoded)])
-            self._members.setdefault(room, {})[member] = encoded
+            # Subscribed first, visible in presence second: whoever sees the member in
+            # presence and then publishes reaches it.
             cursor = self._cursors.get(room)
-            if cursor is None:
-                try:
+            try:
+                if cursor is None:
                     cursor = await self._subscribe(room)
-                except BaseException:
-                    self._members[room].pop(member, None)
-                    if not self._members[room]:
-                        del self._members[room]
-                    raise
+                await self._refresh_presence(room, [(member, encoded)])
+            except BaseException:
+                if not self._members.get(room):
+                    await self._unsubscribe(room)  # no trace on this worker
+                raise
+            self._members.setdefault(room, {})[member] = encoded
             return cursor.position
 
     async def leave(self, room: str, member: str) -> None:
