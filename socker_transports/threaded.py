@@ -1286,7 +1286,10 @@ class Server:
         for conn in recipients:
             link = links.get(conn)
             if link is not None:
-                count += link.push_frame(frame, payload, now)
+                if link.push_frame(frame, payload, now):
+                    count += 1
+                elif conn.is_detached:  # its old link is still ending: kept for replay
+                    count += send_through_flow(conn, payload)
                 continue
             # Detached (between transports): the Stepper keeps the message for the
             # replay, under its guard. Otherwise not registered yet: its on_open
