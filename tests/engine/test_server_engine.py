@@ -402,9 +402,15 @@ def test_stopping_a_server_leaves_presence_and_closes_its_engine(
     server = servers(engine=engine)
     client = clients(server.url)
     client.ask("join r ada")
+    client.ask("join other")
     assert [m["name"] for m in client.who("r").values()] == ["ada"]
+    # The worker is subscribed to exactly the rooms it has members in.
+    assert engine.subscribed_rooms == {"r", "other"}
+    client.ask("leave other")
+    client.who("other")  # (after this server's queued leave reached the engine)
+    assert engine.subscribed_rooms == {"r"}
     server.stop()
-    assert engine.subscribed_rooms == frozenset() or not engine.available
+    assert engine.subscribed_rooms == frozenset()
     assert not engine.available  # exited: no client left
     with BlockingEngine(RedisEngine(redis_url)) as observer:
         assert observer.presence("r") == {}
