@@ -109,7 +109,8 @@ from ._listen import (
     tcp_listener,
     unix_listener,
 )
-from .engine.cluster import BlockingClusterRooms, LocalNumbering, ResyncHook, resolve_engine
+from .engine.cluster import LocalNumbering, ResyncHook, resolve_engine
+from .engine.cluster_blocking import BlockingClusterRooms
 from .engine.events import Publication, StreamPosition
 from .engine.interface import Engine
 from .wire import (

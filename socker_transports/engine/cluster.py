@@ -22,8 +22,8 @@ worker process and machine shares. A server made with `engine=` owns one of thes
   reconnect and resync", so each client rebuilds its state. Never silent.
 
 `ClusterRooms` runs on the server's event loop (anyio driver); `BlockingClusterRooms`
-does the same for the threaded driver, its engine behind a `BlockingEngine` and its
-queue applied by one thread of its own.
+(cluster_blocking.py) does the same for the threaded driver, its engine behind a
+`BlockingEngine` and its queue applied by one thread of its own.
 """
 
 from __future__ import annotations
@@ -50,7 +50,6 @@ from socker_core import (
 )
 
 from ..wire.observe import EventHook, PublishFailed
-from .blocking import BlockingEngine
 from .errors import EngineClosed, EngineError, EngineUnavailable
 from .events import Publication, Resync, RoomEvent, StreamPosition
 from .interface import Engine
@@ -434,6 +433,8 @@ class ClusterRooms(_Bridge):
                 self._abandon()
 
     def _enqueue(self, op: _Op) -> None:
+        if self._closed:
+            return  # stopped: publications and barriers raised EngineClosed already
         self._ops.append(op)
         waiting = self._waiting
         if waiting is not None:
@@ -521,183 +522,10 @@ class ClusterRooms(_Bridge):
             op.waiter.settle(None, None)
 
 
-# -- the threaded driver's ------------------------------------------------------------
-
-
-class BlockingClusterRooms(_Bridge):
-    """`ClusterRooms` for threads: `engine` runs behind a `BlockingEngine` (its own
-    loop thread, where the receiver runs) and one thread of this object applies the
-    queue. `start()` / `close()`; `broadcast` and `publish` block until the store has
-    the publication (EngineUnavailable when it cannot)."""
-
-    def __init__(
-        self,
-        engine: Engine,
-        registry: Registry,
-        deliver: Deliver,
-        *,
-        on_resync: ResyncHook | None = None,
-        on_event: EventHook | None = None,
-        log: logging.Logger | None = None,
-        max_pending: int = MAX_PENDING,
-        drain_timeout: float = DRAIN_TIMEOUT,
-    ) -> None:
-        super().__init__(
-            registry,
-            deliver,
-            on_resync=on_resync,
-            on_event=on_event,
-            log=log,
-            max_pending=max_pending,
-        )
-        self.engine = engine
-        self.blocking = BlockingEngine(engine)
-        self.drain_timeout = drain_timeout
-        self._changed = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._stopping = False
-        self._loop_thread: int | None = None
-
-    @property
-    def available(self) -> bool:
-        return self.blocking.available
-
-    def start(self) -> None:
-        self.blocking.__enter__()
-        try:
-            self._loop_thread = self.blocking._call().call(threading.get_ident)
-            self._bind(self.blocking)
-        except BaseException:
-            self.blocking.__exit__(None, None, None)
-            raise
-        self._thread = threading.Thread(
-            target=self._apply_queue, name="socker-engine-queue", daemon=True
-        )
-        self._thread.start()
-
-    def close(self) -> None:
-        """Let queued changes reach the engine (at most `drain_timeout`), stop."""
-        thread = self._thread
-        if thread is None:
-            return
-        self._thread = None
-        with self._changed:
-            self._stopping = True
-            self._changed.notify_all()
-        thread.join(self.drain_timeout)
-        try:
-            self._unbind(self.blocking)
-            self.blocking.__exit__(None, None, None)
-        finally:
-            with self._changed:
-                self._abandon()
-
-    def _enqueue(self, op: _Op) -> None:
-        with self._changed:
-            self._ops.append(op)
-            self._changed.notify()
-
-    def _on_own_threads(self) -> bool:
-        ident = threading.get_ident()
-        thread = self._thread
-        return ident == self._loop_thread or (thread is not None and ident == thread.ident)
-
-    def broadcast(
-        self, data: bytes, room: str, skip: Connection | Collection[Connection] | None
-    ) -> int:
-        """Publish to `room` cluster-wide and wait for the store (from the engine's
-        own threads, an on_resync hook say, it only queues); the local members it
-        will reach."""
-        if not self.available:
-            raise EngineUnavailable("the engine's store is unreachable")
-        count = self.local_count(room, skip)
-        if self._on_own_threads():
-            self._enqueue(self._publication(data, room, skip, None))
-        else:
-            self.publish(data, room, skip)
-        return count
-
-    def publish(
-        self, data: bytes, room: str, skip: Connection | Collection[Connection] | None
-    ) -> StreamPosition:
-        if self._on_own_threads():
-            raise RuntimeError("publish() would wait for its own thread: use broadcast()")
-        waiter = _ThreadWaiter()
-        self._enqueue(self._publication(data, room, skip, waiter))
-        waiter.event.wait()
-        if waiter.error is not None:
-            raise waiter.error
-        assert waiter.result is not None
-        return waiter.result
-
-    def presence(self, room: str) -> dict[str, dict[str, str]]:
-        if not self._on_own_threads():
-            waiter = _ThreadWaiter()
-            self._enqueue(_Barrier(waiter))
-            waiter.event.wait()
-            if waiter.error is not None:
-                raise waiter.error
-        return self.blocking.presence(room)
-
-    def _apply_queue(self) -> None:
-        ops, changed = self._ops, self._changed
-        while True:
-            with changed:
-                while not ops and not self._stopping:
-                    changed.wait()
-                if not ops:
-                    return
-                op = ops[0]
-            try:
-                self._apply(op)
-            except Exception:  # the engine stopped under us: abandon the rest
-                self.log.exception("the engine's queue stopped")
-                return
-            with changed:
-                ops.popleft()
-
-    def _apply(self, op: _Op) -> None:
-        engine = self.blocking
-        if isinstance(op, _Publish):
-            try:
-                position = engine.publish(op.room, op.blob)
-            except Exception as exc:
-                self._failed(op, exc)
-            else:
-                if op.waiter is not None:
-                    op.waiter.settle(position, None)
-        elif isinstance(op, _Join):
-            delay = _JOIN_RETRY[0]
-            while True:
-                try:
-                    engine.join(op.room, op.conn.id, op.info)
-                    return
-                except EngineUnavailable as exc:
-                    if not self._member(op) or self._stopping:
-                        return
-                    self.log.warning("room %r: join retried in %.2fs: %s", op.room, delay, exc)
-                except Exception:
-                    self.log.exception("room %r: the engine refused a join", op.room)
-                    return
-                with self._changed:
-                    self._changed.wait_for(lambda: self._stopping, delay)
-                delay = min(_JOIN_RETRY[1], delay * 2)
-        elif isinstance(op, _Leave):
-            try:
-                engine.leave(op.room, op.conn.id)
-            except EngineUnavailable as exc:
-                self.log.warning("room %r: leave not confirmed: %s", op.room, exc)
-            except Exception:
-                self.log.exception("room %r: the engine refused a leave", op.room)
-        else:
-            op.waiter.settle(None, None)
-
-
 __all__ = [
     "DRAIN_TIMEOUT",
     "MAX_PENDING",
     "ROOM_STATE_LOST_REASON",
-    "BlockingClusterRooms",
     "ClusterRooms",
     "Deliver",
     "LocalNumbering",
