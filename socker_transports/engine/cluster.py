@@ -298,6 +298,17 @@ class _Bridge:
         payload = bytes(data)
         return _Publish(room, encode_publication(payload, skip_ids(skip)), len(payload), waiter)
 
+    @property
+    def available(self) -> bool:
+        """False while the engine knows its store is unreachable."""
+        raise NotImplementedError
+
+    def _refuse_if_down(self) -> None:
+        # While the engine knows the store is down, refuse at once rather than queue
+        # behind work that cannot be done (a join being retried, say).
+        if not self.available:
+            raise EngineUnavailable("the engine's store is unreachable")
+
     def local_count(self, room: str, skip: Connection | Collection[Connection] | None) -> int:
         """How many local members a broadcast to `room` will reach (as things stand)."""
         return len(self.registry.recipients(room, skip))
@@ -445,8 +456,7 @@ class ClusterRooms(_Bridge):
         self, data: bytes, room: str, skip: Connection | Collection[Connection] | None
     ) -> int:
         """Queue a publication to `room` cluster-wide; the local members it will reach."""
-        if not self.available:
-            raise EngineUnavailable("the engine's store is unreachable")
+        self._refuse_if_down()
         self._enqueue(self._publication(data, room, skip, None))
         return self.local_count(room, skip)
 
@@ -455,6 +465,7 @@ class ClusterRooms(_Bridge):
     ) -> StreamPosition:
         """Publish to `room` cluster-wide, in order with the queue; returns once the
         store has it (EngineUnavailable when it cannot)."""
+        self._refuse_if_down()
         waiter = _AsyncWaiter()
         self._enqueue(self._publication(data, room, skip, waiter))
         await waiter.event.wait()
@@ -465,6 +476,7 @@ class ClusterRooms(_Bridge):
 
     async def presence(self, room: str) -> dict[str, dict[str, str]]:
         """Every member of `room` cluster-wide, after this worker's queued changes."""
+        self._refuse_if_down()
         await self._barrier()
         return await self.engine.presence(room)
 
@@ -505,7 +517,8 @@ class ClusterRooms(_Bridge):
                 except EngineUnavailable as exc:
                     if not self._member(op):
                         return  # it left meanwhile: nothing to join
-                    self.log.warning("room %r: join retried in %.2fs: %s", op.room, delay, exc)
+                    level = logging.WARNING if delay == _JOIN_RETRY[0] else logging.DEBUG
+                    self.log.log(level, "room %r: join retried in %.2fs: %s", op.room, delay, exc)
                 except Exception:
                     self.log.exception("room %r: the engine refused a join", op.room)
                     return

@@ -127,8 +127,7 @@ class BlockingClusterRooms(_Bridge):
         """Publish to `room` cluster-wide and wait for the store (from the engine's
         own threads, an on_resync hook say, it only queues); the local members it
         will reach."""
-        if not self.available:
-            raise EngineUnavailable("the engine's store is unreachable")
+        self._refuse_if_down()
         count = self.local_count(room, skip)
         if self._on_own_threads():
             self._enqueue(self._publication(data, room, skip, None))
@@ -141,6 +140,7 @@ class BlockingClusterRooms(_Bridge):
     ) -> StreamPosition:
         if self._on_own_threads():
             raise RuntimeError("publish() would wait for its own thread: use broadcast()")
+        self._refuse_if_down()
         waiter = _ThreadWaiter()
         self._enqueue(self._publication(data, room, skip, waiter))
         waiter.event.wait()
@@ -150,6 +150,7 @@ class BlockingClusterRooms(_Bridge):
         return waiter.result
 
     def presence(self, room: str) -> dict[str, dict[str, str]]:
+        self._refuse_if_down()
         if not self._on_own_threads():
             waiter = _ThreadWaiter()
             self._enqueue(_Barrier(waiter))
@@ -196,7 +197,8 @@ class BlockingClusterRooms(_Bridge):
                 except EngineUnavailable as exc:
                     if not self._member(op) or self._stopping:
                         return
-                    self.log.warning("room %r: join retried in %.2fs: %s", op.room, delay, exc)
+                    level = logging.WARNING if delay == _JOIN_RETRY[0] else logging.DEBUG
+                    self.log.log(level, "room %r: join retried in %.2fs: %s", op.room, delay, exc)
                 except Exception:
                     self.log.exception("room %r: the engine refused a join", op.room)
                     return

@@ -454,9 +454,19 @@ class RedisEngine:
                     subscription_timeout=self.timeout,
                     max_idle_seconds=max(1.0, self.timeout),
                 ) as pubsub:
-                    if self._channels:
-                        await pubsub.subscribe(*self._channels)
+                    subscribed = set(self._channels)
+                    if subscribed:
+                        await pubsub.subscribe(*subscribed)
+                    # Rooms joined or left while that subscribe was in flight saw no
+                    # pub/sub to use (None) and count on this reader: catch up, or a
+                    # room joined at that moment would stay deaf.
                     self._pubsub = pubsub
+                    missing = [c for c in self._channels if c not in subscribed]
+                    stale = [c for c in subscribed if c not in self._channels]
+                    if missing:
+                        await pubsub.subscribe(*missing)
+                    if stale:
+                        await pubsub.unsubscribe(*stale)
                     self._down = False
                     if not started:
                         started = True

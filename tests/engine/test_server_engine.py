@@ -376,6 +376,12 @@ def test_a_redis_outage_raises_keeps_connections_and_recovers(
         time.sleep(0.05)
     assert a.ask("pub r during") == "unavailable"
     assert b.ask("who r") == "unavailable"
+    # A member joining during the outage: its join waits for the engine (retried in
+    # order), while publish and presence keep answering "unavailable" at once.
+    late = clients(server.url)
+    assert late.ask("join later") == "joined"
+    assert late.ask("pub later x") == "unavailable"
+    assert late.ask("who later") == "unavailable"
 
     own_redis.start()
     # Redis lost everything: the members cannot be brought up to date, so by default
@@ -386,6 +392,11 @@ def test_a_redis_outage_raises_keeps_connections_and_recovers(
                 client.recv()
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4414
         assert closed.value.rcvd.reason == "room state lost: reconnect and resync"
+    # The late join reached the engine once Redis was back: the member is in presence
+    # and receives the room's publications.
+    wait_for(lambda: late.ask("who later") != "unavailable")
+    assert list(late.who("later")) and late.ask("pub later hi").startswith("pos:")
+    assert late.messages(1) == [b"b:hi"]
     # The service recovered by itself: a new client joins and broadcasts.
     c = clients(server.url)
     c.ask("join r")
