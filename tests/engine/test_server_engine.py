@@ -292,6 +292,8 @@ def test_join_then_broadcast_in_one_handler_reaches_the_new_member(
     engine_urls: list[str],
 ) -> None:
     server = servers(engine=engine_urls[0])
+    engine = server.server.engine  # type: ignore[attr-defined]
+    assert isinstance(engine, LocalEngine if engine_urls[0] == "memory://" else RedisEngine)
     client = clients(server.url)
     # A room this server has no member in yet: the join subscribes it first.
     assert client.ask("joinsay fresh hello") == "count:1"
@@ -302,6 +304,7 @@ def test_without_an_engine_publish_and_presence_are_local(
     servers: Callable[..., RunningServer], clients: Callable[[str], Client]
 ) -> None:
     server = servers()
+    assert server.server.engine is None  # type: ignore[attr-defined]
     a, b = clients(server.url), clients(server.url)
     a.ask("join lobby ada")
     b.ask("join lobby")
