@@ -1295,12 +1295,26 @@ class Server:
             # Detached (between transports): the Stepper keeps the message for the
             # replay, under its guard. Otherwise not registered yet: its on_open
             # hooks are running, and only its own thread (a broadcast from those
-            # hooks) may reach its Stepper now.
+            # hooks) may reach its Stepper now; from another thread (an engine's
+            # delivery, say) the frame is posted to its link, which writes it once
+            # the hooks are done: never skipped silently.
             current = threading.current_thread()
             stepper = current.wire.stepper if isinstance(current, _Link) else None
             if conn.is_detached or (stepper is not None and stepper.conn is conn):
                 count += send_through_flow(conn, payload)
+            elif conn.is_open:
+                opening = self._opening_link(conn)
+                if opening is not None:
+                    count += opening.push_frame(frame, payload, now)
         return count
+
+    def _opening_link(self, conn: Connection) -> _Link | None:
+        """The link of a connection whose on_open hooks run (rare: a scan)."""
+        for link in self._snapshot():
+            stepper = link.wire.stepper
+            if stepper is not None and stepper.conn is conn:
+                return link
+        return None
 
     def close(
         self, code: int = SHUTDOWN_CODE, drain: bool = False, *, drain_timeout: float | None = None
