@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Collection
+from typing import Any
 
 from socker_core import Connection, Registry
 
@@ -161,6 +162,7 @@ class BlockingClusterRooms(_Bridge):
 
     def _apply_queue(self) -> None:
         ops, changed = self._ops, self._changed
+        publish_many = getattr(self.engine, "publish_many", None)
         while True:
             with changed:
                 while not ops and not self._stopping:
@@ -168,6 +170,21 @@ class BlockingClusterRooms(_Bridge):
                 if not ops:
                     return
                 op = ops[0]
+                batch = self._batch() if publish_many is not None else []
+            if publish_many is not None and len(batch) > 1:
+                # Many threads broadcasting at once: their publications go in one
+                # round trip (in queue order), each caller told its own outcome.
+                try:
+                    results: Any = self.blocking._call().call(
+                        publish_many, [(p.room, p.blob) for p in batch]
+                    )
+                except Exception as exc:
+                    results = exc
+                self._settle_batch(batch, results)
+                with changed:
+                    for _ in batch:
+                        ops.popleft()
+                continue
             try:
                 self._apply(op)
             except Exception:  # the engine stopped under us: abandon the rest

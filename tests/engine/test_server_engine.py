@@ -73,6 +73,11 @@ def _command(
             _reply(conn, "unavailable")
         else:
             _reply(conn, f"count:{count}")
+    elif verb == "burst":  # "burst ROOM TAG:N": N broadcasts in a row, TAG:0 .. TAG:N-1
+        tag, _, count = text.partition(":")
+        for n in range(int(count)):
+            server.broadcast(f"b:{tag}:{n}".encode(), room=room)
+        _reply(conn, "burst")
     elif verb == "pub":
         return ("pub", publish(b"b:" + text.encode(), room, None))
     elif verb == "who":
@@ -284,6 +289,39 @@ def test_one_order_presence_and_skip_across_servers(
     players[1].ask("leave match")
     players[2].close()
     wait_for(lambda: {m["name"] for m in players[0].who("match").values()} == {"p0", "p3"})
+
+
+BURST = 150
+
+
+def test_bursts_from_many_members_keep_one_order_across_servers(
+    servers: Callable[..., RunningServer],
+    clients: Callable[[str], Client],
+    engine_urls: list[str],
+) -> None:
+    """Broadcasts queued faster than the store confirms them (sent to Redis in
+    pipelined batches; threaded: many threads blocking at once) still arrive whole,
+    in one order, everywhere."""
+    running = [servers(engine=url) for url in engine_urls]
+    players = [clients(running[i % len(running)].url) for i in range(4)]
+    for index, player in enumerate(players):
+        player.ask(f"join burst p{index}")
+    wait_for(lambda: len(players[0].who("burst")) == 4)
+    for index, player in enumerate(players):  # all at once: no waiting for replies
+        player.ws.send(f"burst burst {index}:{BURST}".encode())
+    expected = 4 * BURST
+    seen = []
+    for player in players:
+        got: list[bytes] = []
+        while len(got) < expected:
+            data = player.recv()
+            if not data.startswith(b"r:"):
+                got.append(data)
+        seen.append(got)
+    assert all(sequence == seen[0] for sequence in seen), "players disagree on the order"
+    for index in range(4):
+        own = [m for m in seen[0] if m.startswith(f"b:{index}:".encode())]
+        assert own == [f"b:{index}:{n}".encode() for n in range(BURST)]
 
 
 def test_join_then_broadcast_in_one_handler_reaches_the_new_member(
