@@ -90,6 +90,7 @@ from socker_core import (
     HOOK_STEPS,
     Await,
     CancelAwait,
+    CloseCode,
     Connection,
     ConnectionClosedError,
     Flow,
@@ -109,9 +110,9 @@ from ._listen import (
     tcp_listener,
     unix_listener,
 )
-from .engine.cluster import LocalNumbering, ResyncHook, resolve_engine
+from .engine.cluster import ROOM_STATE_LOST_REASON, LocalNumbering, ResyncHook, resolve_engine
 from .engine.cluster_blocking import BlockingClusterRooms
-from .engine.events import Publication, StreamPosition
+from .engine.events import Publication, Resync, StreamPosition
 from .engine.interface import Engine
 from .wire import (
     SHUTDOWN_CODE,
@@ -1157,6 +1158,9 @@ class Server:
                 on_event=on_event,
                 log=self.log,
             )
+            # The engine's thread must never wait for a connection's lock (its thread
+            # may be waiting for the engine): the default resync posts the close.
+            cluster.default_resync = self._close_for_resync
             try:
                 cluster.start()
             except BaseException:
@@ -1307,6 +1311,19 @@ class Server:
                 if opening is not None:
                     count += opening.push_frame(frame, payload, now)
         return count
+
+    def _close_for_resync(self, event: Resync, members: list[Connection]) -> None:
+        """The default `on_resync` here (close with 4414), from the engine's thread
+        without waiting for any connection's lock: posted to each member's link."""
+        for conn in members:
+            with _links_lock:
+                link = _links_by_conn.get(conn)
+            if link is None and not conn.is_detached:
+                link = self._opening_link(conn)
+            if link is not None:
+                link.request_close(CloseCode.ROOM_STATE_LOST, ROOM_STATE_LOST_REASON)
+            else:  # detached: no thread of its own, its Stepper ends the session
+                conn.close(CloseCode.ROOM_STATE_LOST, ROOM_STATE_LOST_REASON)
 
     def _opening_link(self, conn: Connection) -> _Link | None:
         """The link of a connection whose on_open hooks run (rare: a scan)."""
@@ -1597,7 +1614,8 @@ def serve(
     `"redis://HOST:PORT/DB"`, `"unix:///path"`) or an `Engine` instance, run behind a
     `BlockingEngine` on a thread of its own; the server enters it here and exits it
     at shutdown. `on_resync(event, members)`: a room's sequence had a gap history
-    could not fill (default: close those members with 4414).
+    could not fill (default: close those members with 4414); it runs on the
+    engine's thread: send with `send_threadsafe`, never wait for a connection.
 
     `options` are the `wire.Options` fields (`max_size`, `close_timeout`, ...).
     Returns once listening; connections are accepted in a background thread.

@@ -260,6 +260,8 @@ class _Bridge:
         self.max_pending = max_pending
         self._ops: deque[_Op] = deque()
         self._closed = False
+        #: What a Resync does without an `on_resync` (a driver may close its own way).
+        self.default_resync: ResyncHook = close_members
 
     # -- the registry's side --------------------------------------------------------
 
@@ -339,7 +341,7 @@ class _Bridge:
         self.log.warning(
             "room %r: %d local member(s) must resync (%s)", event.room, len(members), event.reason
         )
-        hook = self.on_resync if self.on_resync is not None else close_members
+        hook = self.on_resync if self.on_resync is not None else self.default_resync
         try:
             hook(event, members)
         except Exception:
