@@ -90,6 +90,7 @@ from socker_core import (
     HOOK_STEPS,
     Await,
     CancelAwait,
+    CloseCode,
     Connection,
     ConnectionClosedError,
     Flow,
@@ -109,6 +110,10 @@ from ._listen import (
     tcp_listener,
     unix_listener,
 )
+from .engine.cluster import ROOM_STATE_LOST_REASON, LocalNumbering, ResyncHook, resolve_engine
+from .engine.cluster_blocking import BlockingClusterRooms
+from .engine.events import Publication, Resync, StreamPosition
+from .engine.interface import Engine
 from .wire import (
     SHUTDOWN_CODE,
     SHUTDOWN_REASON,
@@ -129,6 +134,7 @@ from .wire import (
     check_shutdown,
     format_host,
     prepare_broadcast,
+    prepare_delivery,
     send_through_flow,
     shutdown_reason,
     socket_address,
@@ -1079,6 +1085,8 @@ class Server:
         unix_socket: str | None = None,
         on_event: EventHook | None = None,
         logger: logging.Logger | None = None,
+        engine: str | Engine | None = None,
+        on_resync: ResyncHook | None = None,
     ) -> None:
         check_choice(sock, unix_socket, reuse_port)
         self.on_event = on_event
@@ -1086,6 +1094,10 @@ class Server:
         self.log = logger if logger is not None else _SOCKER_LOGGER
         if sock is not None:
             check_listening(sock)
+        #: The cluster engine rooms go through (`engine=`), or None: in-process rooms.
+        self.engine: Engine | None = resolve_engine(engine)
+        self._cluster: BlockingClusterRooms | None = None
+        self._numbering: LocalNumbering | None = None  # publish() without an engine
         # Validate the routes (and flows) now, not on the first connection.
         Wire.server(routes, 0.0, options, handshake_hook=handshake_hook)
         #: The unix-domain socket path served (unix_socket=), else None.
@@ -1135,6 +1147,27 @@ class Server:
             raise
         self._listener = listener
         self.host, self.port = bound_address(listener)
+        if self.engine is not None:
+            # Entered before the first connection (a store that cannot be reached
+            # fails here), closed in _shut_down after the last one ended.
+            cluster = BlockingClusterRooms(
+                self.engine,
+                self.registry,
+                self._deliver,
+                on_resync=on_resync,
+                on_event=on_event,
+                log=self.log,
+            )
+            # The engine's thread must never wait for a connection's lock (its thread
+            # may be waiting for the engine): the default resync posts the close.
+            cluster.default_resync = self._close_for_resync
+            try:
+                cluster.start()
+            except BaseException:
+                listener.close()
+                self._waker.close()
+                raise
+            self._cluster = cluster
         self._runner = _AsyncRunner(f"socker-server-{self.port}")
         # Made here, not on the accept thread: the server's descriptors all exist
         # once `serve()` returns.
@@ -1206,25 +1239,99 @@ class Server:
         A connection that is closing, or that `max_send_buffer` drops, is skipped:
         nothing raises into the caller. The frame is built once; a recipient whose
         thread is idle gets it written by the caller at once (one `send`), a busy
-        one from its own thread (one wake-up for all it was sent meanwhile)."""
+        one from its own thread (one wake-up for all it was sent meanwhile).
+
+        With an `engine`, `room=` goes cluster-wide (every member on every worker,
+        in the room's one order): it blocks until the store has the publication and
+        raises EngineUnavailable when it cannot; the count is of the local members
+        it will reach. Without `room=` a broadcast stays on this worker."""
+        cluster = self._cluster
+        if cluster is not None and room is not None:
+            return cluster.broadcast(data, room, skip)
         recipients, payload, frame = prepare_broadcast(self.registry, data, room, skip)
+        return self._push(recipients, payload, frame)
+
+    def publish(
+        self,
+        data: bytes,
+        *,
+        room: str,
+        skip: Connection | Collection[Connection] | None = None,
+    ) -> StreamPosition:
+        """Broadcast `data` to `room`; returns its position once the store has it
+        (with an engine: cluster-wide, blocking, EngineUnavailable when the store
+        cannot take it; without: a local broadcast in this server's own numbering)."""
+        cluster = self._cluster
+        if cluster is not None:
+            return cluster.publish(data, room, skip)
+        self.broadcast(data, room=room, skip=skip)
+        with self._lock:
+            if self._numbering is None:
+                self._numbering = LocalNumbering()
+            return self._numbering.next(room)
+
+    def presence(self, room: str) -> dict[str, dict[str, str]]:
+        """Who is in `room`: member id (`conn.id`) -> its info. With an engine, every
+        worker's members (blocking); without, this server's."""
+        cluster = self._cluster
+        if cluster is not None:
+            return cluster.presence(room)
+        return {conn.id: info for conn, info in self.registry.members(room).items()}
+
+    def _deliver(self, publication: Publication, skip_ids: frozenset[str], payload: bytes) -> int:
+        """The one delivery of an engine's publication to this worker's members of its
+        room (but `skip_ids`), on the engine's thread: pushed like a broadcast."""
+        recipients, frame = prepare_delivery(self.registry, publication.room, skip_ids, payload)
+        return self._push(recipients, payload, frame) if recipients else 0
+
+    def _push(self, recipients: list[Connection], payload: bytes, frame: bytes) -> int:
         links = _links_by_conn  # dict.get is atomic: no lock per recipient
         now = monotonic()
         count = 0
         for conn in recipients:
             link = links.get(conn)
             if link is not None:
-                count += link.push_frame(frame, payload, now)
+                if link.push_frame(frame, payload, now):
+                    count += 1
+                elif conn.is_detached:  # its old link is still ending: kept for replay
+                    count += send_through_flow(conn, payload)
                 continue
             # Detached (between transports): the Stepper keeps the message for the
             # replay, under its guard. Otherwise not registered yet: its on_open
             # hooks are running, and only its own thread (a broadcast from those
-            # hooks) may reach its Stepper now.
+            # hooks) may reach its Stepper now; from another thread (an engine's
+            # delivery, say) the frame is posted to its link, which writes it once
+            # the hooks are done: never skipped silently.
             current = threading.current_thread()
             stepper = current.wire.stepper if isinstance(current, _Link) else None
             if conn.is_detached or (stepper is not None and stepper.conn is conn):
                 count += send_through_flow(conn, payload)
+            elif conn.is_open:
+                opening = self._opening_link(conn)
+                if opening is not None:
+                    count += opening.push_frame(frame, payload, now)
         return count
+
+    def _close_for_resync(self, event: Resync, members: list[Connection]) -> None:
+        """The default `on_resync` here (close with 4414), from the engine's thread
+        without waiting for any connection's lock: posted to each member's link."""
+        for conn in members:
+            with _links_lock:
+                link = _links_by_conn.get(conn)
+            if link is None and not conn.is_detached:
+                link = self._opening_link(conn)
+            if link is not None:
+                link.request_close(CloseCode.ROOM_STATE_LOST, ROOM_STATE_LOST_REASON)
+            else:  # detached: no thread of its own, its Stepper ends the session
+                conn.close(CloseCode.ROOM_STATE_LOST, ROOM_STATE_LOST_REASON)
+
+    def _opening_link(self, conn: Connection) -> _Link | None:
+        """The link of a connection whose on_open hooks run (rare: a scan)."""
+        for link in self._snapshot():
+            stepper = link.wire.stepper
+            if stepper is not None and stepper.conn is conn:
+                return link
+        return None
 
     def close(
         self, code: int = SHUTDOWN_CODE, drain: bool = False, *, drain_timeout: float | None = None
@@ -1417,6 +1524,8 @@ class Server:
             link.kill()
         for link in late:
             link.join(grace)
+        if self._cluster is not None:
+            self._cluster.close()  # after the last connection: its leaves drained first
         self._runner.close(grace)
         self._waker.close()
         self._stopped.set()
@@ -1485,6 +1594,8 @@ def serve(
     unix_socket: str | None = None,
     on_event: EventHook | None = None,
     logger: logging.Logger | None = None,
+    engine: str | Engine | None = None,
+    on_resync: ResyncHook | None = None,
     **options: Unpack[OptionsDict],
 ) -> Server:
     """Listen on `host:port` (0: an ephemeral port) and serve `routes` (one Flow for
@@ -1498,6 +1609,13 @@ def serve(
 
     `on_event` receives every connection's `wire.observe` events (called on the
     connection's thread); `logger` replaces the "socker" logger for this server.
+
+    `engine` makes rooms cluster-wide (README "Scale-out"): a URL (`"memory://"`,
+    `"redis://HOST:PORT/DB"`, `"unix:///path"`) or an `Engine` instance, run behind a
+    `BlockingEngine` on a thread of its own; the server enters it here and exits it
+    at shutdown. `on_resync(event, members)`: a room's sequence had a gap history
+    could not fill (default: close those members with 4414); it runs on the
+    engine's thread: send with `send_threadsafe`, never wait for a connection.
 
     `options` are the `wire.Options` fields (`max_size`, `close_timeout`, ...).
     Returns once listening; connections are accepted in a background thread.
@@ -1516,6 +1634,8 @@ def serve(
         unix_socket=unix_socket,
         on_event=on_event,
         logger=logger,
+        engine=engine,
+        on_resync=on_resync,
     )
 
 

@@ -29,7 +29,7 @@ import logging
 import math
 import secrets
 import sys
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
 from typing import Any
@@ -132,6 +132,9 @@ class RedisEngine:
         self._client: coredis.Redis[bytes] | None = None
         self._stack: AsyncExitStack | None = None
         self._room_locks: dict[str, list[Any]] = {}  # room -> [Lock, users]
+        # True from a command (or the pub/sub reader) finding Redis unreachable until
+        # one succeeds again: what `available` reports.
+        self._down = False
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -175,9 +178,17 @@ class RedisEngine:
         try:
             await self._forget_members()
         finally:
-            await stack.aclose()
-        self._client = None
-        self._pubsub = None
+            try:
+                await stack.aclose()
+            except BaseException as error:
+                # A connection that broke while stopping (Redis just restarted, say)
+                # is not the caller's failure: the engine is stopped either way.
+                if not _unreachable(error):
+                    raise
+                logger.debug("redis connection lost while the engine stopped: %r", error)
+            finally:
+                self._client = None
+                self._pubsub = None
 
     async def _forget_members(self) -> None:
         """On a graceful stop, remove this worker's members from presence at once
@@ -205,17 +216,28 @@ class RedisEngine:
             raise EngineClosed("the engine is not running: use `async with RedisEngine(...)`")
         return self._client
 
+    @property
+    def available(self) -> bool:
+        """False while the engine knows Redis is unreachable (its last command, or its
+        subscription, failed to reach it and nothing has succeeded since): callers
+        can refuse work at once (`server.broadcast` raises EngineUnavailable) instead
+        of queueing it. True again as soon as a command or the reconnect succeeds."""
+        return self._client is not None and not self._down
+
     async def _command(self, request: Any) -> Any:
         try:
-            return await request
+            result = await request
         except Exception as exc:
             if _unreachable(exc):
+                self._down = True
                 raise EngineUnavailable(f"redis unreachable: {exc}") from exc
             if isinstance(exc, coredis.exceptions.RedisError):
                 # An error reply (out of memory, read-only replica...): the client's
                 # own exception types stay behind the engine's.
                 raise EngineError(f"redis refused: {exc}") from exc
             raise
+        self._down = False
+        return result
 
     # -- the Engine interface --------------------------------------------------------
 
@@ -243,6 +265,51 @@ class RedisEngine:
             )
         )
         return StreamPosition(int(offset), _text(epoch))
+
+    async def publish_many(
+        self, items: Sequence[tuple[str, bytes]]
+    ) -> list[StreamPosition | EngineError]:
+        """Publish several `(room, data)` in order, in one round trip (a pipeline on
+        one connection: Redis runs the scripts in this order). Each result is the
+        publication's position, or the EngineError its own command got. Raises
+        EngineUnavailable (nothing confirmed) when Redis cannot be reached."""
+        client = self._redis()
+        requests: list[Any] = []
+
+        async def pipelined() -> None:
+            async with client.pipeline(
+                transaction=False, raise_on_error=False, timeout=self.timeout
+            ) as pipe:
+                for room, data in items:
+                    meta, history, _, _ = self._keys(room)
+                    requests.append(
+                        self._publish(
+                            keys=[meta, history],
+                            args=[
+                                bytes(data),
+                                self.history_size,
+                                math.ceil(self.history_ttl),
+                                math.ceil(self.meta_ttl),
+                                self._channel(room),
+                                secrets.token_hex(8),
+                            ],
+                            client=pipe,
+                        )
+                    )
+
+        await self._command(pipelined())
+        results: list[StreamPosition | EngineError] = []
+        for request in requests:
+            try:
+                reply = await self._command(request)
+                if isinstance(reply, BaseException):  # (raise_on_error=False)
+                    raise EngineError(f"redis refused: {reply}")
+                offset, epoch = reply
+            except EngineError as exc:
+                results.append(exc)
+            else:
+                results.append(StreamPosition(int(offset), _text(epoch)))
+        return results
 
     async def position(self, room: str) -> StreamPosition:
         result = await self.fetch_since(room, StreamPosition(0, ""))
@@ -275,17 +342,18 @@ class RedisEngine:
         self._redis()
         encoded = encode_info(info)
         async with self._lock(room):
-            await self._refresh_presence(room, [(member, encoded)])
-            self._members.setdefault(room, {})[member] = encoded
+            # Subscribed first, visible in presence second: whoever sees the member in
+            # presence and then publishes reaches it.
             cursor = self._cursors.get(room)
-            if cursor is None:
-                try:
+            try:
+                if cursor is None:
                     cursor = await self._subscribe(room)
-                except BaseException:
-                    self._members[room].pop(member, None)
-                    if not self._members[room]:
-                        del self._members[room]
-                    raise
+                await self._refresh_presence(room, [(member, encoded)])
+            except BaseException:
+                if not self._members.get(room):
+                    await self._unsubscribe(room)  # no trace on this worker
+                raise
+            self._members.setdefault(room, {})[member] = encoded
             return cursor.position
 
     async def leave(self, room: str, member: str) -> None:
@@ -439,9 +507,20 @@ class RedisEngine:
                     subscription_timeout=self.timeout,
                     max_idle_seconds=max(1.0, self.timeout),
                 ) as pubsub:
-                    if self._channels:
-                        await pubsub.subscribe(*self._channels)
+                    subscribed = set(self._channels)
+                    if subscribed:
+                        await pubsub.subscribe(*subscribed)
+                    # Rooms joined or left while that subscribe was in flight saw no
+                    # pub/sub to use (None) and count on this reader: catch up, or a
+                    # room joined at that moment would stay deaf.
                     self._pubsub = pubsub
+                    missing = [c for c in self._channels if c not in subscribed]
+                    stale = [c for c in subscribed if c not in self._channels]
+                    if missing:
+                        await pubsub.subscribe(*missing)
+                    if stale:
+                        await pubsub.unsubscribe(*stale)
+                    self._down = False
                     if not started:
                         started = True
                         task_status.started()
@@ -460,6 +539,7 @@ class RedisEngine:
                             await self._on_message(channel, data)
             except Exception as exc:
                 if _unreachable(exc) or isinstance(exc, EngineUnavailable):
+                    self._down = True
                     logger.warning("redis pub/sub lost (%s); reconnecting in %.2fs", exc, delay)
                 else:  # an error reply, say: start over (and reconcile) rather than die
                     logger.exception("redis pub/sub failed; reconnecting in %.2fs", delay)
