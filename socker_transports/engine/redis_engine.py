@@ -50,7 +50,7 @@ from .events import (
     StreamPosition,
     Unrecoverable,
 )
-from .interface import MemberInfo, Receiver
+from .interface import MemberInfo, Receiver, documented_by_engine
 from .presence_info import encode_info
 
 if sys.version_info < (3, 11):  # pragma: no cover - coredis depends on the backport
@@ -83,6 +83,7 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+@documented_by_engine
 class RedisEngine:
     """`Engine` on Redis (see the module docstring; the promises are in interface.py).
 

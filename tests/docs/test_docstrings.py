@@ -21,6 +21,8 @@ PUBLIC_MODULES = [
     "socker_transports.webrtc",
     "socker_transports.asgi",
     "socker_transports.metrics",
+    "socker_transports.engine",
+    "socker_transports.workers",
 ]
 
 
