@@ -27,6 +27,7 @@ class CloseCode(IntEnum):
     SESSION_GONE = 4410
     FLOW_CHANGED = 4412
     RESUME_BUFFER_OVERFLOW = 4413
+    RESUME_HISTORY_LOST = 4415
 
 
 #: The public close-code table: code -> what it means in socker.
@@ -63,6 +64,9 @@ CLOSE_CODES: dict[int, str] = {
     CloseCode.FLOW_CHANGED: "resume failed: the route now serves a different flow",
     CloseCode.RESUME_BUFFER_OVERFLOW: (
         "resume failed: messages to replay outgrew max_resume_buffer (the session ended)"
+    ),
+    CloseCode.RESUME_HISTORY_LOST: (
+        "resume failed: room messages the client missed are gone from history (resync)"
     ),
     4400: "WebRTC signaling: a malformed, unsupported or out-of-order signaling message",
     4504: "WebRTC: the data channel did not open within open_timeout (or ICE failed)",

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 from ._codes import is_sendable_close_code
 from ._errors import FlowDefinitionError
 from ._resume import DEFAULT_MAX_RESUME_BUFFER
+from ._snapshot import JsonStateCodec, StateCodec
 
 if TYPE_CHECKING:
     # A default (PEP 696) keeps a bare `Flow` / `Connection` meaning `...[Any]`, so
@@ -117,6 +118,7 @@ class Flow(Generic[StateT]):
         state: Callable[[], StateT] | None = None,
         resume_window: float | None = None,
         max_resume_buffer: int = DEFAULT_MAX_RESUME_BUFFER,
+        state_codec: StateCodec | None = None,
     ) -> None:
         if resume_window is not None and not resume_window > 0:
             raise FlowDefinitionError(f"resume_window must be positive, got {resume_window!r}")
@@ -135,6 +137,16 @@ class Flow(Generic[StateT]):
         self.resume_window = resume_window
         #: Bytes of unacknowledged sends kept for replay, per connection and side.
         self.max_resume_buffer = max_resume_buffer
+        if state_codec is not None and not isinstance(state_codec, StateCodec):
+            raise FlowDefinitionError(
+                f"state_codec needs encode(state) -> bytes and decode(bytes) -> state, "
+                f"got {state_codec!r}"
+            )
+        #: How `conn.state` travels in a session snapshot (resume on another worker):
+        #: JSON of its attributes by default (`JsonStateCodec`).
+        self.state_codec: StateCodec = (
+            state_codec if state_codec is not None else JsonStateCodec(self.state_factory)
+        )
         self.detach_hooks: list[Hook] = []
         self.resume_hooks: list[Hook] = []
         self._steps: list[Step] = []
