@@ -45,7 +45,15 @@ from ._resume import (
     SessionStore,
     reconnect_delay,
 )
-from ._rooms import Registry
+from ._rooms import (
+    MAX_INFO_BYTES,
+    MemberJoined,
+    MemberLeft,
+    MembershipEvent,
+    MembershipListener,
+    Registry,
+    check_info,
+)
 from ._snapshot import (
     SNAPSHOT_VERSION,
     JsonStateCodec,
@@ -71,6 +79,7 @@ __all__ = [
     "DEFAULT_MAX_QUEUE",
     "DEFAULT_MAX_RESUME_BUFFER",
     "HOOK_STEPS",
+    "MAX_INFO_BYTES",
     "ON_CLOSE",
     "ON_DETACH",
     "ON_OPEN",
@@ -96,6 +105,10 @@ __all__ = [
     "Hook",
     "JsonStateCodec",
     "LocalProtocolError",
+    "MemberJoined",
+    "MemberLeft",
+    "MembershipEvent",
+    "MembershipListener",
     "MemorySessionStore",
     "Message",
     "OutgoingLedger",
@@ -121,6 +134,7 @@ __all__ = [
     "StepChanged",
     "Stepper",
     "__version__",
+    "check_info",
     "check_restorable",
     "history_needed",
     "is_sendable_close_code",

@@ -27,6 +27,8 @@ class CloseCode(IntEnum):
     SESSION_GONE = 4410
     FLOW_CHANGED = 4412
     RESUME_BUFFER_OVERFLOW = 4413
+    # Scale-out (see README "Scale-out"): a room's cluster-wide sequence had a gap.
+    ROOM_STATE_LOST = 4414
     RESUME_HISTORY_LOST = 4415
 
 
@@ -65,6 +67,7 @@ CLOSE_CODES: dict[int, str] = {
     CloseCode.RESUME_BUFFER_OVERFLOW: (
         "resume failed: messages to replay outgrew max_resume_buffer (the session ended)"
     ),
+    CloseCode.ROOM_STATE_LOST: "room state lost: reconnect and resync",
     CloseCode.RESUME_HISTORY_LOST: (
         "resume failed: room messages the client missed are gone from history (resync)"
     ),
