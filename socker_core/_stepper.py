@@ -203,6 +203,12 @@ class Connection(Generic[StateT]):
         )
 
 
+def stepper_of(conn: Connection[StateT]) -> Stepper[StateT]:
+    """The Stepper behind `conn` (for the wire layer: delivering a room publication
+    with its origin, `Stepper.deliver`)."""
+    return conn._stepper
+
+
 class Stepper(Generic[StateT]):
     """One connection's state machine: pure, deterministic, no I/O, no clock.
 

@@ -103,6 +103,7 @@ class _ResumePhase(_WireState):
             self._stepper_events(stepper.detach(now, window), now)
         if not stepper.is_closed:
             self._events.append(Detached(window))
+            self._kept_detached(now)
 
     def _write_control(self, text: str, now: float) -> None:
         """One control message: a text frame, never compressed (RFC 7692 allows it)."""
@@ -118,7 +119,9 @@ class _ResumePhase(_WireState):
         if stepper is None or stepper.replay is None or self._phase is not Phase.OPEN:
             return
         resume.unacked = resume.unacked_bytes = 0
-        self._write_control(control("ack", received=stepper.replay.received), now)
+        # With a ledger: the stored snapshot's count (what a new worker would ask for).
+        resume.acked_at = stepper.replay.ack_count
+        self._write_control(control("ack", received=resume.acked_at), now)
 
     def _count(self, message: bytes | str, now: float) -> bool:
         """A binary message is about to reach the Stepper: count it (acking every
@@ -142,7 +145,7 @@ class _ResumePhase(_WireState):
         resume = self._resume
         assert resume is not None
         resume.unconfirmed = False
-        if resume.session is not None and self._sessions is not None:
+        if resume.session is not None and self._sessions is not None and self._keeper is None:
             self._sessions.confirm(resume.session, now)
 
     def _text_control(self, text: str, now: float) -> None:
