@@ -73,6 +73,7 @@ from socker_core import (
     Flow,
     MemorySessionStore,
     Registry,
+    RoomRef,
     reconnect_delay,
 )
 
@@ -90,6 +91,7 @@ from ._listen import bound_address, check_choice, check_listening, is_tcp, unix_
 from .engine.cluster import ClusterRooms, LocalNumbering, ResyncHook, resolve_engine
 from .engine.events import Publication, StreamPosition
 from .engine.interface import Engine
+from .engine.sessions import EngineSessions
 from .wire import (
     SHUTDOWN_CODE,
     SHUTDOWN_REASON,
@@ -208,6 +210,12 @@ class Server:
         self._session_of: dict[Connection, _SessionBase] = {}
         #: Rooms and the recipients of a broadcast (socker_core's pure registry).
         self.registry = Registry()
+        #: Resumable sessions in the engine (any worker resumes them), or None.
+        self._keeper: EngineSessions | None = None
+        #: room -> the last publication this worker delivered (its place in the stream).
+        self._room_positions: dict[str, StreamPosition] = {}
+        if self.engine is not None and _resumable(routes):
+            self._keeper = EngineSessions(self, self.engine, log=self.log)
         if self.engine is not None:
             self._cluster = ClusterRooms(
                 self.engine,
@@ -298,22 +306,39 @@ class Server:
     def _deliver(self, publication: Publication, skip_ids: frozenset[str], payload: bytes) -> int:
         """The one delivery of an engine's publication to this worker's members of its
         room (but `skip_ids`): the frame built once and pushed like a broadcast's."""
-        recipients, frame = prepare_delivery(self.registry, publication.room, skip_ids, payload)
-        return self._push(recipients, payload, frame) if recipients else 0
+        room = publication.room
+        self._room_positions[room] = StreamPosition(publication.offset, publication.epoch)
+        recipients, frame = prepare_delivery(self.registry, room, skip_ids, payload)
+        if not recipients:
+            return 0
+        # Tagged with its origin: a resumable member's ledger records it (cross-worker
+        # resume replays it from history instead of keeping it).
+        origin = RoomRef(room, publication.epoch, publication.offset)
+        return self._push(recipients, payload, frame, origin)
 
-    def _push(self, recipients: list[Connection], payload: bytes, frame: bytes) -> int:
+    def room_position(self, room: str) -> StreamPosition | None:
+        """The last publication of `room` this worker delivered (None: none yet)."""
+        return self._room_positions.get(room)
+
+    def _push(
+        self,
+        recipients: list[Connection],
+        payload: bytes,
+        frame: bytes,
+        origin: RoomRef | None = None,
+    ) -> int:
         sessions = self._session_of
         now = self._now()
         count = 0
         for conn in recipients:
             session = sessions.get(conn)
             if session is not None:
-                count += session.push_frame(frame, payload, now)
+                count += session.push_frame(frame, payload, now, origin)
             else:
                 # Still opening (a broadcast from its own on_open hook: its Stepper is
                 # in a call, and takes the message in order), or detached (the Stepper
                 # keeps the message for the replay when it resumes).
-                count += send_through_flow(conn, payload)
+                count += send_through_flow(conn, payload, origin)
         return count
 
     async def publish(
@@ -438,6 +463,8 @@ class Server:
                 cluster if cluster is not None else contextlib.nullcontext(),
                 anyio.create_task_group() as tg,
             ):
+                if self._keeper is not None:
+                    await tg.start(self._keeper.run)
                 await tg.start(main, listener)
                 try:
                     yield self
@@ -536,6 +563,7 @@ class Server:
             registry=self.registry,
             owner=self,
             sessions=self.session_store,
+            keeper=self._keeper,
         )
         return self._session_factory(
             loop,
@@ -676,6 +704,7 @@ class Server:
             registry=self.registry,
             owner=self,
             sessions=self.session_store,
+            keeper=self._keeper,
         )
         session = _StreamSession(
             None,
@@ -727,6 +756,7 @@ class Server:
             registry=self.registry,
             owner=self,
             sessions=self.session_store,
+            keeper=self._keeper,
         )
         assert self._spawn is not None
         session = _StreamSession(
@@ -755,6 +785,12 @@ class Server:
             del self._session_of[conn]  # (a resumed session already maps to its new one)
         if not self._sessions and not self._refused and self._idle is not None:
             self._idle.set()
+
+
+def _resumable(routes: Flow | Mapping[str, Flow]) -> bool:
+    """Whether any route's flow may resume (then sessions are kept in the engine)."""
+    flows = [routes] if isinstance(routes, Flow) else list(routes.values())
+    return any(flow.resume_window is not None for flow in flows)
 
 
 def serve(

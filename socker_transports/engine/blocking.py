@@ -107,6 +107,9 @@ class BlockingEngine:
     def put_session(self, key: str, data: bytes, ttl: float) -> None:
         self._call().call(self.engine.put_session, key, data, ttl)
 
+    def replace_session(self, key: str, data: bytes, ttl: float) -> bool:
+        return bool(self._call().call(self.engine.replace_session, key, data, ttl))
+
     def take_session(self, key: str) -> bytes | None:
         return self._call().call(self.engine.take_session, key)
 

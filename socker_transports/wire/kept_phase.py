@@ -46,9 +46,11 @@ class SessionKeeper(Protocol):
     def detached(self, wire: Wire, session: ResumeSession, now: float) -> None:
         """The transport of `wire`'s session was lost: it is detached."""
 
-    def lookup(self, wire: Wire, flow: Flow, token: str, received: int, now: float) -> None:
+    def lookup(
+        self, wire: Wire, flow: Flow, token: str, received: int, request: Any, now: float
+    ) -> None:
         """A client presents `token` (having received `received` messages) that this
-        worker does not hold."""
+        worker does not hold; `request` is its handshake request (`conn.request`)."""
 
     def ended(self, wire: Wire, session: ResumeSession, code: int) -> None:
         """The session ended (its on_close ran here), with `code`."""
@@ -123,12 +125,12 @@ class _KeptPhase(_ResumePhase):
     # -- resume through the keeper --------------------------------------------------
 
     def _lookup(self, flow: Flow, token: str, received: int, now: float) -> None:
-        self._opened_transport(now)  # type: ignore[attr-defined]  # the handshake phase's
+        request = self._opened_transport(now)  # type: ignore[attr-defined]  # the handshake's
         resume = self._resume
         keeper = self._keeper
         assert resume is not None and keeper is not None
         resume.lookup = True
-        keeper.lookup(self, flow, token, received, now)
+        keeper.lookup(self, flow, token, received, request, now)
 
     def adopt_restored(self, session: ResumeSession, peer_received: int, now: float) -> bool:
         """The keeper restored `session` for this wire's resume: answer "resumed",

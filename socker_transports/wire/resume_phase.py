@@ -135,6 +135,8 @@ class _ResumePhase(_WireState):
         if resume.unconfirmed:
             self._confirm(now)
         stepper.replay.received += 1
+        if self._keeper is not None:
+            self._keeper.touched(self)  # a turn to store (coalesced by the keeper)
         resume.unacked += 1
         resume.unacked_bytes += len(message)
         if resume.unacked >= ACK_EVERY or resume.unacked_bytes >= ACK_BYTES:

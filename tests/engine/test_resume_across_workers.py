@@ -1,0 +1,173 @@
+"""Resume across workers, over real loopback sockets and a real redis-server: two
+anyio servers sharing one Redis are two workers. A client plays on worker A through
+a proxy; the proxy cuts it (RST) and from then on forwards to worker B; the client
+resumes on B at its step, with its connection id, and gets every room message it
+missed (published on either worker while it was away) exactly once and in order,
+then its direct replies and live room traffic from B. on_close runs once, on B, and
+on_resume once."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from socker_core import Close, CloseCode, Connection, Flow
+from tests.timing import deadline
+from tests.transports.conftest import DRIVERS
+from tests.transports.cutproxy import CutProxy
+from tests.transports.harness import DriverHarness, RunningServer
+
+ANYIO = [name for name in DRIVERS if name.startswith("anyio")]
+KEEPALIVE = {"ping_interval": 0.2, "ping_timeout": 0.5}
+
+
+@pytest.fixture(params=ANYIO)
+def driver(request: pytest.FixtureRequest) -> DriverHarness:
+    return DRIVERS[request.param]()
+
+
+class Log:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.entries: list[tuple[str, str, str]] = []  # (worker, hook, conn id)
+        self.joined = threading.Event()
+
+    def add(self, worker: str, hook: str, conn: Connection) -> None:
+        with self.lock:
+            self.entries.append((worker, hook, conn.id))
+
+
+def server_flow(worker: str, log: Log) -> Flow:
+    flow = Flow("xgame", resume_window=deadline(20.0))
+
+    @flow.on_open
+    def hello(conn: Connection) -> None:
+        conn.join("match", {"worker": worker})
+        conn.send(b"hello")
+        log.add(worker, "open", conn)
+        log.joined.set()
+
+    @flow.on_resume
+    def back(conn: Connection) -> None:
+        log.add(worker, "resume", conn)
+
+    @flow.on_close
+    def bye(conn: Connection) -> None:
+        log.add(worker, "close", conn)
+
+    @flow.step
+    def play(conn: Connection, message: bytes) -> Close | None:
+        if message == b"end":
+            return Close(1000, "done")
+        conn.send(b"re:" + message + b"@" + worker.encode())
+        return None
+
+    return flow
+
+
+def publish(server: RunningServer, data: bytes) -> None:
+    running: Any = server
+    running.portal.call(lambda: running.server.publish(data, room="match"))
+
+
+def test_a_client_resumes_on_another_worker_with_what_it_missed(
+    driver: DriverHarness, redis_url: str
+) -> None:
+    log = Log()
+    a = driver.start_server(
+        server_flow("A", log), engine=redis_url, close_timeout=2, **KEEPALIVE
+    )
+    b = driver.start_server(
+        server_flow("B", log), engine=redis_url, close_timeout=2, **KEEPALIVE
+    )
+    proxy = CutProxy(a.port)
+    heard: list[bytes] = []
+    got = {"n": 0}
+    progress = threading.Condition()
+    ids: list[str] = []
+
+    player = Flow("player")
+
+    @player.on_open
+    def remember(conn: Connection) -> None:
+        ids.append(conn.id)
+
+    @player.step
+    def listen(conn: Connection, message: bytes) -> bool:
+        with progress:
+            heard.append(message)
+            progress.notify_all()
+        if message == b"b:go":
+            conn.send(b"m1")
+        elif message == b"b:back":
+            conn.send(b"m2")
+        elif message == b"b:last":
+            conn.send(b"end")
+        return False
+
+    def wait_heard(count: int) -> None:
+        with progress:
+            assert progress.wait_for(lambda: len(heard) >= count, deadline(10.0)), heard
+
+    outcome: dict[str, Any] = {}
+
+    def play() -> None:
+        outcome["result"] = driver.run_client(
+            proxy.url, player, timeout=deadline(40.0), reconnect=True, **KEEPALIVE
+        )
+
+    thread = threading.Thread(target=play)
+    thread.start()
+    try:
+        assert log.joined.wait(deadline(10.0))
+        for n in range(3):
+            publish(a, b"b:%d" % n)
+        publish(a, b"b:go")
+        wait_heard(6)  # hello, b:0..2, b:go, re:m1@A
+        proxy.target_port = b.port  # from now on the proxy leads to worker B
+        proxy.cut("rst")
+        # Published while the client is away, on both workers.
+        publish(b, b"b:3")
+        publish(a, b"b:4")
+        publish(b, b"b:back")  # the client answers m2, after its resume
+        wait_heard(10)
+        for n in range(5, 8):
+            publish(a, b"b:%d" % n)
+        publish(b, b"b:last")
+    finally:
+        thread.join(deadline(45.0))
+        proxy.stop()
+    assert not thread.is_alive()
+    try:
+        assert outcome["result"].code == CloseCode.NORMAL, outcome["result"]
+        assert proxy.cuts == 1
+        assert heard == [
+            b"hello",
+            b"b:0",
+            b"b:1",
+            b"b:2",
+            b"b:go",
+            b"re:m1@A",
+            b"b:3",
+            b"b:4",
+            b"b:back",
+            b"re:m2@B",
+            b"b:5",
+            b"b:6",
+            b"b:7",
+            b"b:last",
+        ]
+        with log.lock:
+            entries = list(log.entries)
+        conn_ids = {entry[2] for entry in entries}
+        assert len(conn_ids) == 1  # the same connection id on both workers
+        assert [(w, h) for w, h, _ in entries] == [
+            ("A", "open"),
+            ("B", "resume"),
+            ("B", "close"),
+        ]
+    finally:
+        a.stop()
+        b.stop()
