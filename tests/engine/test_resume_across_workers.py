@@ -76,23 +76,13 @@ def test_a_client_resumes_on_another_worker_with_what_it_missed(
     driver: DriverHarness, redis_url: str
 ) -> None:
     log = Log()
-    a = driver.start_server(
-        server_flow("A", log), engine=redis_url, close_timeout=2, **KEEPALIVE
-    )
-    b = driver.start_server(
-        server_flow("B", log), engine=redis_url, close_timeout=2, **KEEPALIVE
-    )
+    a = driver.start_server(server_flow("A", log), engine=redis_url, close_timeout=2, **KEEPALIVE)
+    b = driver.start_server(server_flow("B", log), engine=redis_url, close_timeout=2, **KEEPALIVE)
     proxy = CutProxy(a.port)
     heard: list[bytes] = []
-    got = {"n": 0}
     progress = threading.Condition()
-    ids: list[str] = []
 
     player = Flow("player")
-
-    @player.on_open
-    def remember(conn: Connection) -> None:
-        ids.append(conn.id)
 
     @player.step
     def listen(conn: Connection, message: bytes) -> bool:
