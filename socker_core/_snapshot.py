@@ -62,16 +62,21 @@ class JsonStateCodec:
     """The default codec: the state's attributes (`vars(state)`, or a dict state
     itself) as JSON; decoding makes a fresh state with the flow's factory and sets
     them back. Values must be JSON types (str, numbers, bools, None, lists, dicts
-    with str keys): anything else needs a codec of your own."""
+    with str keys): anything else needs a codec of your own. Attributes named in
+    `skip` are left out (objects that cannot move between processes: the WebRTC
+    steps skip their peer connection, "webrtc")."""
 
-    __slots__ = ("factory",)
+    __slots__ = ("factory", "skip")
 
-    def __init__(self, factory: Callable[[], Any]) -> None:
+    def __init__(self, factory: Callable[[], Any], skip: frozenset[str] = frozenset()) -> None:
         self.factory = factory
+        self.skip = frozenset(skip)
 
     def encode(self, state: Any) -> bytes:
         """JSON of the state's attributes (TypeError/ValueError for non-JSON values)."""
         fields = state if isinstance(state, dict) else vars(state)
+        if self.skip:
+            fields = {name: value for name, value in fields.items() if name not in self.skip}
         return json.dumps(fields, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
     def decode(self, data: bytes) -> Any:

@@ -543,7 +543,7 @@ class Stepper(Generic[StateT]):
                 self._emit(CloseRequested(self._close_code, self._close_reason))
                 return events
             for hook in self.flow.resume_hooks:
-                self._run_hook(hook, ON_RESUME)
+                self._run_resume_hook(hook, now)
                 if self._phase is not _OPEN and self._phase is not State.AWAITING:
                     break  # a hook closed the connection
         finally:
@@ -908,6 +908,29 @@ class Stepper(Generic[StateT]):
                 return
             if self._phase not in _RUNNING:
                 return
+
+    def _run_resume_hook(self, hook: Callable[..., Any], now: float) -> None:
+        """An on_resume hook; it may return Goto(step) to go back to a step (e.g. one
+        that renegotiates what could not move with the session: a WebRTC peer
+        connection on another worker), or Close."""
+        try:
+            result = hook(self.conn)
+        except Exception as exc:
+            self._emit(HandlerFailed(ON_RESUME, exc))
+            return
+        if isinstance(result, Goto):
+            target = self.flow.index_of(result.step)
+            if target is None:
+                self._emit(
+                    HandlerFailed(ON_RESUME, HandlerError(f"Goto({result.step!r}): no such step"))
+                )
+            elif self._phase is _OPEN:
+                self._emit_step_change(target, now)
+        elif isinstance(result, Close):
+            self._close(result.code, result.reason)
+        elif inspect.isawaitable(result):
+            self._last_token += 1
+            self._emit(Await(self._last_token, result, ON_RESUME))
 
     def _run_hook(self, hook: Callable[..., Any], name: str) -> None:
         try:
