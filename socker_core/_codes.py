@@ -19,6 +19,7 @@ class CloseCode(IntEnum):
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
     SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013
     STEP_TIMEOUT = 4408
     SEND_BUFFER_OVERFLOW = 4503
     # Resume (see README "Resume"): why a resume could not be honoured.
@@ -53,6 +54,9 @@ CLOSE_CODES: dict[int, str] = {
     ),
     CloseCode.SERVICE_RESTART: (
         "service restart: the server is being replaced (reconnect, perhaps to a new release)"
+    ),
+    CloseCode.TRY_AGAIN_LATER: (
+        "try again later: a resume the session store could not answer now (unreachable)"
     ),
     CloseCode.STEP_TIMEOUT: "a step was not left within its timeout",
     CloseCode.SEND_BUFFER_OVERFLOW: "the peer stopped reading: send buffer over max_send_buffer",

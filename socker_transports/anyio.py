@@ -316,6 +316,11 @@ class Server:
         origin = RoomRef(room, publication.epoch, publication.offset)
         return self._push(recipients, payload, frame, origin)
 
+    @property
+    def keeps_sessions(self) -> bool:
+        """True when resumable sessions live in the engine (any worker resumes them)."""
+        return self._keeper is not None
+
     def room_position(self, room: str) -> StreamPosition | None:
         """The last publication of `room` this worker delivered (None: none yet)."""
         return self._room_positions.get(room)

@@ -550,7 +550,7 @@ class _Role:
         detached session moves to the store (any worker resumes it), and a live peer
         connection cannot follow: close it now; the resumed flow renegotiates
         (`peer_lost`)."""
-        if getattr(conn.server, "engine", None) is None:
+        if not getattr(conn.server, "keeps_sessions", False):
             return  # in-process resume: the peer connection lives on
         sess = getattr(conn.state, "webrtc", None)
         if isinstance(sess, Session):

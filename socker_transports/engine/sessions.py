@@ -77,7 +77,7 @@ _RETRY = (0.05, 1.0)
 #: Catch-up fetches at most, for what this worker delivered while it fetched.
 _CATCH_UP = 8
 #: The close code of a resume the store cannot answer now (RFC 6455's "try again later").
-TRY_AGAIN_LATER = 1013
+TRY_AGAIN_LATER = CloseCode.TRY_AGAIN_LATER
 
 
 def _pack(snapshot: SessionSnapshot) -> bytes:
