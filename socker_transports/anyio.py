@@ -76,6 +76,7 @@ from socker_core import (
     RoomRef,
     reconnect_delay,
 )
+from socker_core._stepper import stepper_of
 
 from ._anyio_session import (
     STREAM_ERRORS,
@@ -224,6 +225,7 @@ class Server:
                 on_resync=on_resync,
                 on_event=on_event,
                 log=self.log,
+                on_joined=self._joined,
             )
         self._accepting: anyio.CancelScope | None = None
         self._closing = False
@@ -315,6 +317,20 @@ class Server:
         # resume replays it from history instead of keeping it).
         origin = RoomRef(room, publication.epoch, publication.offset)
         return self._push(recipients, payload, frame, origin)
+
+    def _joined(self, conn: Connection, room: str, position: StreamPosition) -> None:
+        """A member's join reached the engine: this worker delivers `room` from
+        `position` on if it had not delivered any of it yet; a resumable member not
+        sent anything there yet starts at this worker's place in the stream."""
+        cursor = self._room_positions.setdefault(room, position)
+        replay = stepper_of(conn).replay
+        if replay is not None and replay.ledger is not None and room in conn.rooms:
+            replay.ledger.joined_at(room, cursor.epoch, cursor.offset)
+
+    async def rooms_settled(self) -> None:
+        """Every room change queued so far reached the engine (no-op without one)."""
+        if self._cluster is not None:
+            await self._cluster.settled()
 
     @property
     def keeps_sessions(self) -> bool:

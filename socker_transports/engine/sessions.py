@@ -30,7 +30,7 @@ monotonic `now`.
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import logging
 import struct
 import time
@@ -223,24 +223,17 @@ class EngineSessions:
             )
             self._wake(kept.wire)
             return None
-        unplaced = [room for room in snapshot.rooms if room not in snapshot.positions]
-        if unplaced:
-            # A member not sent anything in a room yet: it is owed what this worker
-            # delivers after its own position there.
-            positions = dict(snapshot.positions)
-            ledger = stepper.replay.ledger if stepper.replay is not None else None
-            for room in unplaced:
-                cursor = self.server.room_position(room)
-                if cursor is not None:
-                    positions[room] = (cursor.epoch, cursor.offset)
-                    if ledger is not None:
-                        ledger.joined_at(room, cursor.epoch, cursor.offset)
-            snapshot = dataclasses.replace(snapshot, positions=positions)
         return snapshot
 
     async def _store_once(self, kept: _Kept) -> bool:
         """Store one snapshot; False when the session cannot be stored any more."""
         snapshot = self._snapshot(kept)
+        if snapshot is not None and any(r not in snapshot.positions for r in snapshot.rooms):
+            # A room whose join has not reached the engine yet: once it has, the
+            # member's place in that stream is known (the server's _joined).
+            with contextlib.suppress(EngineError):
+                await self.server.rooms_settled()
+            snapshot = self._snapshot(kept)
         if snapshot is None:
             return False
         session = kept.session

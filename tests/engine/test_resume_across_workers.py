@@ -161,3 +161,102 @@ def test_a_client_resumes_on_another_worker_with_what_it_missed(
     finally:
         a.stop()
         b.stop()
+
+
+# -- the wire protocol by hand: single-use tokens across workers, 4415 -------------------
+
+
+def _drop(ws: Any) -> None:
+    """Reset the TCP connection (no close frame): the server detaches the session."""
+    import socket
+    import struct
+
+    sock = ws.socket
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def _open_session(url: str) -> tuple[Any, str, list[bytes]]:
+    """A raw resumable connection: (client, token, the binary messages so far)."""
+    import json
+
+    from websockets.sync.client import connect
+
+    ws = connect(url, subprotocols=["socker.resume.v1"], open_timeout=deadline(5))  # type: ignore[list-item]
+    first = ws.recv(timeout=deadline(5))
+    assert isinstance(first, str), first
+    session = json.loads(first)
+    assert session["type"] == "session"
+    hello = ws.recv(timeout=deadline(5))
+    assert hello == b"hello"
+    return ws, session["token"], [hello]
+
+
+def _resume(url: str, token: str, received: int) -> Any:
+    from websockets.sync.client import connect
+
+    offer = ["socker.resume.v1", f"socker.resume.{token}.{received}"]
+    return connect(url, subprotocols=offer, open_timeout=deadline(5))  # type: ignore[arg-type]
+
+
+def _closed_with(ws: Any) -> int | None:
+    from websockets.exceptions import ConnectionClosed
+
+    try:
+        while True:
+            ws.recv(timeout=deadline(5))
+    except ConnectionClosed as closed:
+        return None if closed.rcvd is None else closed.rcvd.code
+
+
+# Raw clients are made and dropped by hand (reset, no close frame).
+RAW = pytest.mark.filterwarnings("ignore:connect.. must be used:DeprecationWarning")
+
+
+@RAW
+def test_a_token_is_single_use_across_workers(driver: DriverHarness, redis_url: str) -> None:
+    import json
+
+    log = Log()
+    a = driver.start_server(server_flow("A", log), engine=redis_url, close_timeout=2)
+    b = driver.start_server(server_flow("B", log), engine=redis_url, close_timeout=2)
+    try:
+        ws, token, heard = _open_session(a.url)
+        _drop(ws)
+        again = _resume(b.url, token, len(heard))
+        resumed = json.loads(again.recv(timeout=deadline(5)))
+        assert resumed["type"] == "resumed" and resumed["token"] != token
+        assert resumed["received"] == 0
+        # The token it presented is spent on every worker.
+        for url in (a.url, b.url):
+            replayed = _resume(url, token, len(heard))
+            assert _closed_with(replayed) == CloseCode.SESSION_GONE
+        again.send(json.dumps({"type": "ack", "received": 1}))  # confirms the new token
+        again.send(b"ping")
+        assert again.recv(timeout=deadline(5)) == b"re:ping@B"
+        again.close()
+    finally:
+        a.stop()
+        b.stop()
+
+
+@RAW
+def test_missed_room_messages_gone_from_history_refuse_the_resume_with_4415(
+    driver: DriverHarness, redis_url: str
+) -> None:
+    log = Log()
+    small = f"{redis_url}?history_size=2"
+    a = driver.start_server(server_flow("A", log), engine=small, close_timeout=2)
+    b = driver.start_server(server_flow("B", log), engine=small, close_timeout=2)
+    try:
+        ws, token, _ = _open_session(a.url)
+        publish(a, b"b:0")
+        assert ws.recv(timeout=deadline(5)) == b"b:0"
+        _drop(ws)
+        for n in range(1, 6):  # five while away: history keeps the last two
+            publish(b, b"b:%d" % n)
+        refused = _resume(b.url, token, 2)
+        assert _closed_with(refused) == CloseCode.RESUME_HISTORY_LOST
+    finally:
+        a.stop()
+        b.stop()
