@@ -72,6 +72,10 @@ logger = logging.getLogger("socker.engine")
 
 #: What the engine stores: the wall-clock time of the snapshot, then its bytes.
 _WALL = struct.Struct("!d")
+#: Under a token a resume presented, until the client used its new one: a pointer
+#: to the new token (a drop during the resume handshake must not strand the session;
+#: whoever takes the new token's key wins, so the session still has one owner).
+_POINTER = b"SKPT"
 #: Store retries while the engine is unreachable (seconds, doubling).
 _RETRY = (0.05, 1.0)
 #: Catch-up fetches at most, for what this worker delivered while it fetched.
@@ -94,7 +98,7 @@ def _unpack(blob: bytes) -> tuple[float, SessionSnapshot]:
 class _Kept:
     """One session this worker runs, as the keeper follows it."""
 
-    __slots__ = ("again", "busy", "gone", "session", "stored", "wire")
+    __slots__ = ("again", "busy", "gone", "previous", "session", "stored", "wire")
 
     def __init__(self, wire: Wire, session: ResumeSession) -> None:
         self.wire = wire
@@ -103,6 +107,7 @@ class _Kept:
         self.again = False  # something changed meanwhile: store once more
         self.stored = False  # the engine has held it (updates use replace_session)
         self.gone = False  # ended, forgotten, or taken elsewhere: store nothing more
+        self.previous: str | None = None  # the token the resume presented (a pointer)
 
 
 class EngineSessions:
@@ -169,11 +174,21 @@ class EngineSessions:
         kept.gone = True
         if code != CloseCode.SESSION_TAKEN_OVER:
             self._spawn(self._drop, session.token)
+            if kept.previous is not None:
+                self._spawn(self._drop, kept.previous)
 
     def lookup(
         self, wire: Wire, flow: Flow, token: str, received: int, request: Any, now: float
     ) -> None:
         self._spawn(self._resume, wire, flow, token, received, request)
+
+    def confirmed(self, wire: Wire, session: ResumeSession) -> None:
+        """The client used the transport it resumed on: it has the new token, so the
+        one it presented is spent for good."""
+        kept = self._kept.get(session)
+        if kept is not None and kept.previous is not None:
+            previous, kept.previous = kept.previous, None
+            self._spawn(self._drop, previous)
 
     # -- storing -------------------------------------------------------------------
 
@@ -379,6 +394,10 @@ class EngineSessions:
         self, wire: Wire, flow: Flow, token: str, received: int, request: Any
     ) -> ResumeFailure | None:
         blob = await self.engine.take_session(token)
+        if blob is not None and blob.startswith(_POINTER):
+            # The client did not get (or use) the token its last resume handed out:
+            # follow the pointer; taking that key decides who runs the session.
+            blob = await self.engine.take_session(blob[len(_POINTER) :].decode())
         if blob is None:
             return ResumeFailure(CloseCode.SESSION_GONE, "unknown session")
         try:
@@ -446,6 +465,10 @@ class EngineSessions:
                     break
         finally:
             kept.busy = False
+        if not kept.gone:
+            kept.previous = token
+            pointer = _POINTER + session.token.encode()
+            await self.engine.put_session(token, pointer, snapshot.window)
         if not wire.adopt_restored(session, received, server._now()):
             # The client left again before it heard "resumed": keep the session for
             # its next attempt, under the token it still holds.

@@ -55,6 +55,9 @@ class SessionKeeper(Protocol):
     def ended(self, wire: Wire, session: ResumeSession, code: int) -> None:
         """The session ended (its on_close ran here), with `code`."""
 
+    def confirmed(self, wire: Wire, session: ResumeSession) -> None:
+        """The client used the transport it resumed on (it has the new token)."""
+
 
 class _KeptPhase(_ResumePhase):
     """What a resumable server connection does when its sessions are kept in a

@@ -147,7 +147,11 @@ class _ResumePhase(_WireState):
         resume = self._resume
         assert resume is not None
         resume.unconfirmed = False
-        if resume.session is not None and self._sessions is not None and self._keeper is None:
+        if resume.session is None:
+            return
+        if self._keeper is not None:
+            self._keeper.confirmed(self, resume.session)
+        elif self._sessions is not None:
             self._sessions.confirm(resume.session, now)
 
     def _text_control(self, text: str, now: float) -> None:

@@ -223,18 +223,27 @@ def test_a_token_is_single_use_across_workers(driver: DriverHarness, redis_url: 
     try:
         ws, token, heard = _open_session(a.url)
         _drop(ws)
-        again = _resume(b.url, token, len(heard))
-        resumed = json.loads(again.recv(timeout=deadline(5)))
+        lost = _resume(b.url, token, len(heard))
+        resumed = json.loads(lost.recv(timeout=deadline(5)))
         assert resumed["type"] == "resumed" and resumed["token"] != token
         assert resumed["received"] == 0
-        # The token it presented is spent on every worker.
-        for url in (a.url, b.url):
-            replayed = _resume(url, token, len(heard))
-            assert _closed_with(replayed) == CloseCode.SESSION_GONE
+        second = resumed["token"]
+        _drop(lost)  # as if "resumed" never arrived: the client still holds `token`
+        again = _resume(a.url, token, len(heard))  # so the token it presented still works
+        final = json.loads(again.recv(timeout=deadline(5)))
+        assert final["type"] == "resumed" and final["token"] not in (token, second)
         again.send(json.dumps({"type": "ack", "received": 1}))  # confirms the new token
         again.send(b"ping")
-        assert again.recv(timeout=deadline(5)) == b"re:ping@B"
-        again.close()
+        assert again.recv(timeout=deadline(5)) == b"re:ping@A"
+        # Every token handed out before is spent, on every worker.
+        for url in (a.url, b.url):
+            for spent in (token, second):
+                assert _closed_with(_resume(url, spent, len(heard))) == CloseCode.SESSION_GONE
+        again.send(b"end")
+        assert _closed_with(again) == CloseCode.NORMAL
+        with log.lock:
+            hooks = [(w, h) for w, h, _ in log.entries]
+        assert hooks == [("A", "open"), ("B", "resume"), ("A", "resume"), ("A", "close")]
     finally:
         a.stop()
         b.stop()
