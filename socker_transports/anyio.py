@@ -332,6 +332,11 @@ class Server:
         if self._cluster is not None:
             await self._cluster.settled()
 
+    def wire_of(self, conn: Connection) -> Wire | None:
+        """The wire that moves `conn`'s bytes now (None: detached, or not open)."""
+        session = self._session_of.get(conn)
+        return None if session is None else session.wire
+
     @property
     def keeps_sessions(self) -> bool:
         """True when resumable sessions live in the engine (any worker resumes them)."""

@@ -34,11 +34,13 @@ import contextlib
 import logging
 import struct
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
+from anyio.from_thread import BlockingPortal
 
 from socker_core import (
     Await,
@@ -115,10 +117,20 @@ class EngineSessions:
     module docstring). `server` gives the registry, the clock (`_now`), the worker's
     position in each room (`room_position`) and `run_blocking`."""
 
-    def __init__(self, server: Any, engine: Engine, *, log: logging.Logger | None = None) -> None:
+    def __init__(
+        self,
+        server: Any,
+        engine: Engine,
+        *,
+        log: logging.Logger | None = None,
+        portal: BlockingPortal | None = None,
+    ) -> None:
         self.server = server
         self.engine = engine
         self.log = log if log is not None else logger
+        #: The threaded driver's: the engine's own loop (BlockingEngine), where this
+        #: keeper's tasks run; wires are then called from connection threads.
+        self.portal = portal
         self._kept: dict[ResumeSession, _Kept] = {}
         self._tg: anyio.abc.TaskGroup | None = None
 
@@ -135,7 +147,15 @@ class EngineSessions:
             finally:
                 self._tg = None
 
+    def stop(self) -> None:
+        """End the keeper's tasks (the threaded driver's, on the portal's loop)."""
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+
     def _spawn(self, func: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
+        if self.portal is not None:  # called from any thread: scheduled, never waited for
+            self.portal.start_task_soon(func, *args)
+            return
         tg = self._tg
         if tg is None:
             self.log.warning("session keeper not running: a session is not stored")
@@ -242,13 +262,15 @@ class EngineSessions:
 
     async def _store_once(self, kept: _Kept) -> bool:
         """Store one snapshot; False when the session cannot be stored any more."""
-        snapshot = self._snapshot(kept)
+        async with self._hold(kept.wire):
+            snapshot = self._snapshot(kept)
         if snapshot is not None and any(r not in snapshot.positions for r in snapshot.rooms):
             # A room whose join has not reached the engine yet: once it has, the
             # member's place in that stream is known (the server's _joined).
             with contextlib.suppress(EngineError):
                 await self.server.rooms_settled()
-            snapshot = self._snapshot(kept)
+            async with self._hold(kept.wire):
+                snapshot = self._snapshot(kept)
         if snapshot is None:
             return False
         session = kept.session
@@ -270,12 +292,12 @@ class EngineSessions:
                 delay = min(_RETRY[1], delay * 2)
         if kept.gone:
             return False
-        if not stored:
-            self._taken_elsewhere(kept)
-            return False
-        kept.stored = True
-        now = self.server._now()
-        kept.wire.persisted(snapshot, now)
+        async with self._hold(kept.wire):
+            if not stored:
+                self._taken_elsewhere(kept)
+                return False
+            kept.stored = True
+            kept.wire.persisted(snapshot, self.server._now())
         self._wake(kept.wire)
         return True
 
@@ -297,6 +319,29 @@ class EngineSessions:
             await self.engine.drop_session(token)
         except EngineError as exc:  # it expires with its ttl
             self.log.warning("an ended session was not dropped from the engine: %s", exc)
+
+    @asynccontextmanager
+    async def _hold(self, *wires: Wire | None) -> AsyncIterator[None]:
+        """Hold the locks of these wires (a threaded driver's connection locks; none
+        on anyio, where this never awaits). Taken without blocking the engine's loop:
+        a connection thread may wait for that loop while it holds its lock."""
+        guards = [w.stepper_guard for w in wires if w is not None and w.stepper_guard]
+        while True:
+            taken = []
+            for guard in guards:
+                if not guard.acquire(False):
+                    break
+                taken.append(guard)
+            if len(taken) == len(guards):
+                break
+            for guard in reversed(taken):
+                guard.release()
+            await anyio.sleep(0.001)
+        try:
+            yield
+        finally:
+            for guard in reversed(guards):
+                guard.release()
 
     @staticmethod
     def _wake(wire: Wire) -> None:
@@ -323,12 +368,13 @@ class EngineSessions:
         finally:
             kept.busy = False
         stepper = kept.session.stepper
-        if kept.gone or not stepper.is_detached:
-            return  # ended, or resumed meanwhile
-        kept.gone = True
-        self._kept.pop(kept.session, None)
-        token, window = kept.session.token, kept.session.window
-        stepper.post(stepper.forget(self.server._now()))
+        async with self._hold(kept.wire):
+            if kept.gone or not stepper.is_detached:
+                return  # ended, or resumed meanwhile
+            kept.gone = True
+            self._kept.pop(kept.session, None)
+            token, window = kept.session.token, kept.session.window
+            stepper.post(stepper.forget(self.server._now()))
         self._wake(kept.wire)
         self._spawn(self._expire, token, window, kept.session.stepper.flow)
 
@@ -387,7 +433,8 @@ class EngineSessions:
             self.log.warning("resume: the engine is unreachable: %s", exc)
             answer = ResumeFailure(TRY_AGAIN_LATER, "session store unreachable: try again")
         if isinstance(answer, ResumeFailure):
-            wire.refuse_resume(answer.code, answer.reason, self.server._now())
+            async with self._hold(wire):
+                wire.refuse_resume(answer.code, answer.reason, self.server._now())
         self._wake(wire)
 
     async def _restore(
@@ -418,41 +465,39 @@ class EngineSessions:
             room: await self._fetch(room, epoch, after, member)
             for room, (epoch, after) in needs.items()
         }
-        for _ in range(_CATCH_UP):  # what this worker delivered while we fetched
-            behind = []
-            for room in snapshot.rooms:
-                history = histories.get(room)
-                cursor = self.server.room_position(room)
-                if history is None or history.lost is not None or cursor is None:
-                    continue
-                if cursor.epoch != history.epoch or cursor.offset > history.end:
-                    behind.append(room)
-            if not behind:
-                break
-            for room in behind:
+        server = self.server
+        for _ in range(_CATCH_UP):
+            for room in self._behind(snapshot, histories):  # delivered while we fetched
                 history = histories[room]
                 later = await self._fetch(room, history.epoch, history.end, member)
                 histories[room] = history.then(later)
-        plan = plan_resume(snapshot, received, histories, max_bytes=flow.max_resume_buffer)
-        if isinstance(plan, ResumeFailure):
-            return plan
-        # From here to the registry join nothing awaits: no delivery can slip between.
-        server = self.server
-        self._evict(member)
-        now = server._now()
-        elapsed = max(0.0, time.time() - wall)
-        stepper = Stepper.restore(
-            flow,
-            snapshot,
-            now - elapsed,
-            plan=plan,
-            max_queue=wire.options.max_queue,
-            registry=server.registry,
-            server=server,
-            remote_address=wire.remote_address,
-            request=request,
-            run_blocking=wire.run_blocking,
-        )
+            old = server.registry.get(member)
+            async with self._hold(wire, None if old is None else server.wire_of(old)):
+                # From the last check to the registry join nothing awaits: no delivery
+                # (on this loop) can slip between.
+                if self._behind(snapshot, histories):
+                    continue
+                plan = plan_resume(snapshot, received, histories, max_bytes=flow.max_resume_buffer)
+                if isinstance(plan, ResumeFailure):
+                    return plan
+                self._evict(member)
+                now = server._now()
+                elapsed = max(0.0, time.time() - wall)
+                stepper = Stepper.restore(
+                    flow,
+                    snapshot,
+                    now - elapsed,
+                    plan=plan,
+                    max_queue=wire.options.max_queue,
+                    registry=server.registry,
+                    server=server,
+                    remote_address=wire.remote_address,
+                    request=request,
+                    run_blocking=wire.run_blocking,
+                )
+                break
+        else:
+            return ResumeFailure(TRY_AGAIN_LATER, "the room stream did not settle: try again")
         session = ResumeSession(new_token(), wire.path, stepper, snapshot.window, holder=wire)
         kept = self._kept[session] = _Kept(wire, session)
         kept.busy = True
@@ -469,17 +514,33 @@ class EngineSessions:
             kept.previous = token
             pointer = _POINTER + session.token.encode()
             await self.engine.put_session(token, pointer, snapshot.window)
-        if not wire.adopt_restored(session, received, server._now()):
-            # The client left again before it heard "resumed": keep the session for
-            # its next attempt, under the token it still holds.
-            kept.gone = True
-            self._kept.pop(session, None)
-            final = self._snapshot(kept)
+        async with self._hold(wire):
+            adopted = wire.adopt_restored(session, received, server._now())
+            if not adopted:
+                # The client left again before it heard "resumed": keep the session
+                # for its next attempt, under the token it still holds.
+                kept.gone = True
+                self._kept.pop(session, None)
+                final = self._snapshot(kept)
+                if stepper.is_detached:
+                    stepper.post(stepper.forget(server._now()))
+        if not adopted:
             await self.engine.drop_session(session.token)
             if final is not None:
                 await self.engine.put_session(token, _pack(final), snapshot.window)
-            stepper.post(stepper.forget(server._now()) if stepper.is_detached else [])
         return None
+
+    def _behind(self, snapshot: SessionSnapshot, histories: dict[str, RoomHistory]) -> list[str]:
+        """The rooms this worker delivered further in than their fetched history."""
+        behind = []
+        for room in snapshot.rooms:
+            history = histories.get(room)
+            cursor = self.server.room_position(room)
+            if history is None or history.lost is not None or cursor is None:
+                continue
+            if cursor.epoch != history.epoch or cursor.offset > history.end:
+                behind.append(room)
+        return behind
 
     def _evict(self, member: str) -> None:
         """A stale local copy of a session resumed from the engine (this worker held
@@ -490,9 +551,9 @@ class EngineSessions:
         stepper = stepper_of(conn)
         now = self.server._now()
         if not stepper.is_detached:
-            session = self.server._session_of.get(conn)
-            if session is not None:
-                session.wire.abort(now, "session resumed on another connection")
+            wire = self.server.wire_of(conn)
+            if wire is not None:
+                wire.abort(now, "session resumed on another connection")
         if stepper.is_detached:
             stepper.post(stepper.forget(now))
         for kept in list(self._kept.values()):
