@@ -110,8 +110,7 @@ class OutgoingLedger:
     def joined_at(self, room: str, epoch: str, offset: int) -> None:
         """The member's deliveries in `room` start after (epoch, offset): kept unless
         a delivery already placed it (a join repeated, or reported late)."""
-        if room not in self.positions:
-            self.positions[room] = (epoch, offset)
+        self.positions.setdefault(room, (epoch, offset))  # one step: safe from threads
 
     def left(self, room: str) -> None:
         """The member left `room`: nothing more to resume there."""

@@ -332,6 +332,10 @@ class Server:
         if self._cluster is not None:
             await self._cluster.settled()
 
+    def adopted(self, wire: Wire) -> None:
+        """A restored session now runs on `wire` (its driver's Opened follows; until
+        then deliveries reach it through its Stepper, on this same loop)."""
+
     def wire_of(self, conn: Connection) -> Wire | None:
         """The wire that moves `conn`'s bytes now (None: detached, or not open)."""
         session = self._session_of.get(conn)

@@ -68,6 +68,11 @@ class BlockingEngine:
             if portal_cm is not None:
                 portal_cm.__exit__(None, None, None)
 
+    @property
+    def portal(self) -> BlockingPortal:
+        """The portal of the engine's event loop (while entered)."""
+        return self._call()
+
     def _call(self) -> BlockingPortal:
         if self._portal is None:
             raise RuntimeError("use `with BlockingEngine(...)` first")

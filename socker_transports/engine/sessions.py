@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import struct
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -133,6 +134,7 @@ class EngineSessions:
         self.portal = portal
         self._kept: dict[ResumeSession, _Kept] = {}
         self._tg: anyio.abc.TaskGroup | None = None
+        self._loop_thread: int | None = None  # the thread the keeper's tasks run on
 
     # -- running -------------------------------------------------------------------
 
@@ -140,6 +142,7 @@ class EngineSessions:
         """The keeper's tasks (its stores, lookups and expiry watches), until cancelled."""
         async with anyio.create_task_group() as tg:
             self._tg = tg
+            self._loop_thread = threading.get_ident()
             tg.start_soon(self._refresh)
             task_status.started()
             try:
@@ -153,7 +156,8 @@ class EngineSessions:
             self._tg.cancel_scope.cancel()
 
     def _spawn(self, func: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
-        if self.portal is not None:  # called from any thread: scheduled, never waited for
+        if self.portal is not None and threading.get_ident() != self._loop_thread:
+            # From a connection thread: scheduled on the engine's loop, never waited for.
             self.portal.start_task_soon(func, *args)
             return
         tg = self._tg
@@ -516,7 +520,9 @@ class EngineSessions:
             await self.engine.put_session(token, pointer, snapshot.window)
         async with self._hold(wire):
             adopted = wire.adopt_restored(session, received, server._now())
-            if not adopted:
+            if adopted:
+                server.adopted(wire)  # reachable by deliveries from now on
+            else:
                 # The client left again before it heard "resumed": keep the session
                 # for its next attempt, under the token it still holds.
                 kept.gone = True

@@ -41,6 +41,7 @@ class Player:
         self.pids: list[int] = []
         self.resumed_on: list[int] = []
         self.result: Any = None
+        self.error: BaseException | None = None
         self.opened = threading.Event()
         self.lock = threading.Lock()
 
@@ -78,13 +79,17 @@ async def _publish(url: str, count: int, killed: threading.Event, kill: Any) -> 
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize(
+    "driver",
+    [["--backend", "asyncio"], ["--backend", "trio"], ["--driver", "threaded"]],
+    ids=["asyncio", "trio", "threaded"],
+)
 def test_kill_9_a_worker_while_the_room_streams_loses_and_repeats_nothing(
-    redis_url: str, backend: str
+    redis_url: str, driver: list[str]
 ) -> None:
     server = Supervised(
         "-m", "socker_transports", "serve", FLOW, "--port", "0", "--workers", "2",
-        "--backend", backend, "--engine", redis_url, "--close-timeout", "2",
+        *driver, "--engine", redis_url, "--close-timeout", "2", "-v",  # -v: its log on failure
     )  # fmt: skip
     players = [Player(i) for i in range(CLIENTS)]
     threads: list[threading.Thread] = []
@@ -95,7 +100,10 @@ def test_kill_9_a_worker_while_the_room_streams_loses_and_repeats_nothing(
                 with anyio.fail_after(deadline(60.0)):
                     return await socker_anyio.run_client(server.url, player.flow(), reconnect=True)
 
-            player.result = anyio.run(bounded)
+            try:
+                player.result = anyio.run(bounded)
+            except BaseException as exc:  # reported below, with what it heard
+                player.error = exc
 
         for player in players:
             thread = threading.Thread(target=run, args=(player,), daemon=True)
@@ -123,10 +131,23 @@ def test_kill_9_a_worker_while_the_room_streams_loses_and_repeats_nothing(
         server.kill()
 
     everything = list(range(MESSAGES))
+    if any(p.result is None for p in players):
+        import sys
+
+        for p in players:
+            print("PLAYER", p.index, p.error, len(p.heard), p.pids, p.resumed_on, file=sys.stderr)
+        print("VICTIM", victim, "".join(server.stderr), file=sys.stderr)
     for player in players:
         assert player.result is not None and player.result.code == 1000, (
             player.index,
             player.result,
+            player.error,
+            len(player.heard),
+            player.heard[-3:],
+            player.pids,
+            player.resumed_on,
+            victim,
+            "".join(server.stderr[-30:]),
         )
         # 0 lost, 0 duplicated, in order: exactly the published sequence.
         assert player.heard == everything, (
