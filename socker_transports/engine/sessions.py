@@ -74,7 +74,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger("socker.engine")
 
 #: What the engine stores: the wall-clock time of the snapshot, then its bytes.
-_WALL = struct.Struct("!d")
+_WALL = struct.Struct("!dd")  # when stored, and since when detached (0: connected)
+#: The store keeps a snapshot this long past the window: the worker that detached a
+#: session takes it back when the window ends (to run its on_close), so the key must
+#: still be there then; a resume after the window is refused (4410) and ends it.
+TTL_MARGIN = 10.0
 #: Under a token a resume presented, until the client used its new one: a pointer
 #: to the new token (a drop during the resume handshake must not strand the session;
 #: whoever takes the new token's key wins, so the session still has one owner).
@@ -87,21 +91,22 @@ _CATCH_UP = 8
 TRY_AGAIN_LATER = CloseCode.TRY_AGAIN_LATER
 
 
-def _pack(snapshot: SessionSnapshot) -> bytes:
-    return _WALL.pack(time.time()) + snapshot.to_bytes()
+def _pack(snapshot: SessionSnapshot, detached: float = 0.0) -> bytes:
+    return _WALL.pack(time.time(), detached) + snapshot.to_bytes()
 
 
-def _unpack(blob: bytes) -> tuple[float, SessionSnapshot]:
+def _unpack(blob: bytes) -> tuple[float, float, SessionSnapshot]:
+    """(stored at, detached since or 0, the snapshot), wall-clock seconds."""
     if len(blob) < _WALL.size:
         raise SnapshotError("too short for a stored session")
-    (wall,) = _WALL.unpack_from(blob)
-    return wall, SessionSnapshot.from_bytes(blob[_WALL.size :])
+    wall, detached = _WALL.unpack_from(blob)
+    return wall, detached, SessionSnapshot.from_bytes(blob[_WALL.size :])
 
 
 class _Kept:
     """One session this worker runs, as the keeper follows it."""
 
-    __slots__ = ("again", "busy", "gone", "previous", "session", "stored", "wire")
+    __slots__ = ("again", "busy", "detached", "gone", "previous", "session", "stored", "wire")
 
     def __init__(self, wire: Wire, session: ResumeSession) -> None:
         self.wire = wire
@@ -111,6 +116,7 @@ class _Kept:
         self.stored = False  # the engine has held it (updates use replace_session)
         self.gone = False  # ended, forgotten, or taken elsewhere: store nothing more
         self.previous: str | None = None  # the token the resume presented (a pointer)
+        self.detached = 0.0  # wall-clock time the transport was lost (0: connected)
 
 
 class EngineSessions:
@@ -158,13 +164,21 @@ class EngineSessions:
     def _spawn(self, func: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
         if self.portal is not None and threading.get_ident() != self._loop_thread:
             # From a connection thread: scheduled on the engine's loop, never waited for.
-            self.portal.start_task_soon(func, *args)
+            self.portal.start_task_soon(self._guarded, func, *args)
             return
         tg = self._tg
         if tg is None:
             self.log.warning("session keeper not running: a session is not stored")
             return
-        tg.start_soon(func, *args)
+        tg.start_soon(self._guarded, func, *args)
+
+    async def _guarded(self, func: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
+        """One of the keeper's tasks: an error is logged, never raised into the
+        server's task group (which would stop the server)."""
+        try:
+            await func(*args)
+        except Exception:
+            self.log.exception("session keeper: %s failed", getattr(func, "__name__", func))
 
     async def _refresh(self) -> None:
         """Keep every live session's snapshot in the engine (its ttl is the window)."""
@@ -189,6 +203,7 @@ class EngineSessions:
     def detached(self, wire: Wire, session: ResumeSession, now: float) -> None:
         kept = self._kept.get(session)
         if kept is not None and not kept.gone:
+            kept.detached = time.time()
             self._spawn(self._detach, kept)
 
     def ended(self, wire: Wire, session: ResumeSession, code: int) -> None:
@@ -278,14 +293,15 @@ class EngineSessions:
         if snapshot is None:
             return False
         session = kept.session
-        blob = _pack(snapshot)
+        blob = _pack(snapshot, kept.detached)
+        ttl = session.window + TTL_MARGIN
         delay = _RETRY[0]
         while True:
             try:
                 if kept.stored:
-                    stored = await self.engine.replace_session(session.token, blob, session.window)
+                    stored = await self.engine.replace_session(session.token, blob, ttl)
                 else:
-                    await self.engine.put_session(session.token, blob, session.window)
+                    await self.engine.put_session(session.token, blob, ttl)
                     stored = True
                 break
             except EngineError as exc:
@@ -380,26 +396,35 @@ class EngineSessions:
             token, window = kept.session.token, kept.session.window
             stepper.post(stepper.forget(self.server._now()))
         self._wake(kept.wire)
-        self._spawn(self._expire, token, window, kept.session.stepper.flow)
+        self._spawn(self._expire, token, kept.detached + window, kept.session.stepper.flow)
 
-    async def _expire(self, token: str, window: float, flow: Flow) -> None:
-        """The window is over: if nobody resumed the session, end it here (on_close)."""
-        await anyio.sleep(window)
+    async def _expire(self, token: str, ends: float, flow: Flow) -> None:
+        """When the window ends (`ends`, wall clock): if nobody resumed the session,
+        end it here (its on_close runs)."""
+        await anyio.sleep(max(0.0, ends - time.time()))
         try:
             blob = await self.engine.take_session(token)
         except EngineError as exc:
             self.log.warning("a session's window ended but the engine is unreachable: %s", exc)
             return
-        if blob is None:
-            return  # resumed elsewhere (or already expired in the store)
+        if blob is not None:
+            await self._end_expired(blob, flow)
+
+    async def _end_expired(self, blob: bytes, flow: Flow) -> None:
+        """End a stored session whose window is over, here: its on_close runs."""
+        now = self.server._now()
         try:
-            _, snapshot = _unpack(blob)
+            wall, _, snapshot = _unpack(blob)
             plan = ResumePlan(snapshot.sent, (), {})
-            stepper = Stepper.restore(flow, snapshot, self.server._now(), plan=plan)
+            # Its clocks as they were when it was stored: the step's timer and the
+            # window ran on since; `tick` ends it as the first of them to run out
+            # would have (4408, or 1006 "resume window expired").
+            since = max(0.0, time.time() - wall)
+            stepper = Stepper.restore(flow, snapshot, now - since, plan=plan)
         except (SnapshotError, LocalProtocolError) as exc:
             self.log.warning("an expired session could not be ended cleanly: %s", exc)
             return
-        events = stepper.close(CloseCode.ABNORMAL, "resume window expired", self.server._now())
+        events = stepper.tick(max(now, stepper.next_deadline or now))
         for event in events:
             if isinstance(event, Await):
                 try:
@@ -452,10 +477,13 @@ class EngineSessions:
         if blob is None:
             return ResumeFailure(CloseCode.SESSION_GONE, "unknown session")
         try:
-            wall, snapshot = _unpack(blob)
+            wall, detached, snapshot = _unpack(blob)
         except SnapshotError as exc:
             self.log.warning("resume: %s", exc)
             return ResumeFailure(CloseCode.SESSION_GONE, "session cannot be restored")
+        if detached and time.time() - detached > snapshot.window:
+            await self._end_expired(blob, flow)  # too late: it ends here, once
+            return ResumeFailure(CloseCode.SESSION_GONE, "resume window expired")
         failure = check_restorable(flow, snapshot, wire.path)
         if failure is not None:
             return failure
@@ -517,7 +545,7 @@ class EngineSessions:
         if not kept.gone:
             kept.previous = token
             pointer = _POINTER + session.token.encode()
-            await self.engine.put_session(token, pointer, snapshot.window)
+            await self.engine.put_session(token, pointer, snapshot.window + TTL_MARGIN)
         async with self._hold(wire):
             adopted = wire.adopt_restored(session, received, server._now())
             if adopted:
@@ -533,7 +561,7 @@ class EngineSessions:
         if not adopted:
             await self.engine.drop_session(session.token)
             if final is not None:
-                await self.engine.put_session(token, _pack(final), snapshot.window)
+                await self.engine.put_session(token, _pack(final), snapshot.window + TTL_MARGIN)
         return None
 
     def _behind(self, snapshot: SessionSnapshot, histories: dict[str, RoomHistory]) -> list[str]:

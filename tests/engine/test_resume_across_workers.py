@@ -39,8 +39,8 @@ class Log:
             self.entries.append((worker, hook, conn.id))
 
 
-def server_flow(worker: str, log: Log) -> Flow:
-    flow = Flow("xgame", resume_window=deadline(20.0))
+def server_flow(worker: str, log: Log, window: float | None = None) -> Flow:
+    flow = Flow("xgame", resume_window=window or deadline(20.0))
 
     @flow.on_open
     def hello(conn: Connection) -> None:
@@ -273,6 +273,46 @@ def test_missed_room_messages_gone_from_history_refuse_the_resume_with_4415(
             publish(b, b"b:%d" % n)
         refused = _resume(b.url, token, 2)
         assert _closed_with(refused) == CloseCode.RESUME_HISTORY_LOST
+    finally:
+        a.stop()
+        b.stop()
+
+
+@RAW
+@pytest.mark.parametrize("resumed", [False, True])
+def test_on_close_runs_once_when_the_window_ends_and_only_if_nobody_resumed(
+    driver: DriverHarness, redis_url: str, resumed: bool
+) -> None:
+    import json
+    import time
+
+    log = Log()
+    window = deadline(1.0)
+    a = driver.start_server(server_flow("A", log, window), engine=redis_url, close_timeout=2)
+    b = driver.start_server(server_flow("B", log, window), engine=redis_url, close_timeout=2)
+    try:
+        ws, token, heard = _open_session(a.url)
+        _drop(ws)
+        if resumed:
+            again = _resume(b.url, token, len(heard))
+            assert json.loads(again.recv(timeout=deadline(5)))["type"] == "resumed"
+        # Past the window (the store's ttl, and A's watch of it), with room to spare.
+        end = time.monotonic() + window + deadline(3.0)
+        expected = [("A", "open"), ("B", "resume")] if resumed else [("A", "open"), ("A", "close")]
+        while time.monotonic() < end:
+            with log.lock:
+                hooks = [(w, h) for w, h, _ in log.entries]
+            if hooks == expected and not resumed:
+                break
+            time.sleep(0.05)
+        with log.lock:
+            hooks = [(w, h) for w, h, _ in log.entries]
+        assert hooks == expected
+        if resumed:
+            again.send(json.dumps({"type": "ack", "received": 1}))
+            again.send(b"ping")
+            assert again.recv(timeout=deadline(5)) == b"re:ping@B"  # alive past A's watch
+            again.close()
     finally:
         a.stop()
         b.stop()
