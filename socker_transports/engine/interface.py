@@ -25,6 +25,13 @@ Promises every engine keeps:
 - Sessions: `put_session(key, data, ttl)` keeps an opaque snapshot that any worker
   can `take_session(key)` exactly once (atomic: one taker wins) until `ttl` expires.
 
+Optionally an engine has an `available` property: False while it knows its store is
+unreachable (a server's `broadcast(room=)` then raises EngineUnavailable at once
+rather than queueing); an engine without one counts as always available. And
+optionally `async publish_many([(room, data), ...]) -> [StreamPosition | EngineError]`:
+several publications in order in one round trip (a server's queue sends consecutive
+publications that way when the engine has it; RedisEngine does, with a pipeline).
+
 Used as `async with engine:` (it may run background tasks: the subscription reader,
 the presence heartbeat) on any anyio backend; threads use `BlockingEngine`.
 """
