@@ -65,6 +65,21 @@ class Player:
         return flow
 
 
+def both_workers_serve(url: str) -> set[int]:
+    """Connect (bounded) until both workers have answered: both are accepting."""
+    from websockets.sync.client import connect
+
+    seen: set[int] = set()
+    for _ in range(64):
+        with connect(url, open_timeout=deadline(5)) as probe:
+            first = probe.recv(timeout=deadline(5))
+        assert isinstance(first, bytes) and first.startswith(b"pid:"), first
+        seen.add(int(first[4:]))
+        if len(seen) == 2:
+            break
+    return seen
+
+
 async def _publish(url: str, count: int, killed: threading.Event, kill: Any) -> None:
     async with RedisEngine(url) as engine:
         start = time.monotonic()
@@ -94,6 +109,8 @@ def test_kill_9_a_worker_while_the_room_streams_loses_and_repeats_nothing(
     players = [Player(i) for i in range(CLIENTS)]
     threads: list[threading.Thread] = []
     try:
+        serving = both_workers_serve(server.url)
+        assert len(serving) == 2, f"only {serving} answered 64 connections"
 
         def run(player: Player) -> None:
             async def bounded() -> Any:
