@@ -92,7 +92,7 @@ from ._listen import bound_address, check_choice, check_listening, is_tcp, unix_
 from .engine.cluster import ClusterRooms, LocalNumbering, ResyncHook, resolve_engine
 from .engine.events import Publication, StreamPosition
 from .engine.interface import Engine
-from .engine.sessions import EngineSessions
+from .engine.sessions import EngineSessions, keeps_sessions
 from .wire import (
     SHUTDOWN_CODE,
     SHUTDOWN_REASON,
@@ -215,7 +215,7 @@ class Server:
         self._keeper: EngineSessions | None = None
         #: room -> the last publication this worker delivered (its place in the stream).
         self._room_positions: dict[str, StreamPosition] = {}
-        if self.engine is not None and _resumable(routes):
+        if self.engine is not None and keeps_sessions(self.engine, routes):
             self._keeper = EngineSessions(self, self.engine, log=self.log)
         if self.engine is not None:
             self._cluster = ClusterRooms(
@@ -820,12 +820,6 @@ class Server:
             del self._session_of[conn]  # (a resumed session already maps to its new one)
         if not self._sessions and not self._refused and self._idle is not None:
             self._idle.set()
-
-
-def _resumable(routes: Flow | Mapping[str, Flow]) -> bool:
-    """Whether any route's flow may resume (then sessions are kept in the engine)."""
-    flows = [routes] if isinstance(routes, Flow) else list(routes.values())
-    return any(flow.resume_window is not None for flow in flows)
 
 
 def serve(

@@ -119,7 +119,7 @@ from .engine.cluster import ROOM_STATE_LOST_REASON, LocalNumbering, ResyncHook, 
 from .engine.cluster_blocking import BlockingClusterRooms
 from .engine.events import Publication, Resync, StreamPosition
 from .engine.interface import Engine
-from .engine.sessions import EngineSessions
+from .engine.sessions import EngineSessions, keeps_sessions
 from .wire import (
     SHUTDOWN_CODE,
     SHUTDOWN_REASON,
@@ -1179,7 +1179,7 @@ class Server:
             cluster.default_resync = self._close_for_resync
             try:
                 cluster.start()
-                if _resumable(routes):
+                if keeps_sessions(self.engine, routes):
                     # Resumable sessions live in the engine; the keeper's tasks run
                     # on the engine's own loop.
                     portal = cluster.blocking.portal
@@ -1664,12 +1664,6 @@ class Server:
         with self._lock:
             self._links.discard(link)
             self._changed.notify_all()
-
-
-def _resumable(routes: Flow | Mapping[str, Flow]) -> bool:
-    """Whether any route's flow may resume (then sessions are kept in the engine)."""
-    flows = [routes] if isinstance(routes, Flow) else list(routes.values())
-    return any(flow.resume_window is not None for flow in flows)
 
 
 def serve(

@@ -35,7 +35,7 @@ import logging
 import struct
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -89,6 +89,19 @@ _RETRY = (0.05, 1.0)
 _CATCH_UP = 8
 #: The close code of a resume the store cannot answer now (RFC 6455's "try again later").
 TRY_AGAIN_LATER = CloseCode.TRY_AGAIN_LATER
+
+
+def keeps_sessions(engine: Engine, routes: Flow | Mapping[str, Flow]) -> bool:
+    """Whether a server on `engine` keeps its resumable sessions there: when some
+    route's flow may resume and the engine is shared between processes (not the
+    in-process `LocalEngine`: one process keeps its sessions in its own store, as
+    without an engine)."""
+    from .local import LocalEngine
+
+    if isinstance(engine, LocalEngine):
+        return False
+    flows = [routes] if isinstance(routes, Flow) else list(routes.values())
+    return any(flow.resume_window is not None for flow in flows)
 
 
 def _pack(snapshot: SessionSnapshot, detached: float = 0.0) -> bytes:
@@ -596,4 +609,4 @@ class EngineSessions:
                 self._kept.pop(kept.session, None)
 
 
-__all__ = ["TRY_AGAIN_LATER", "EngineSessions"]
+__all__ = ["TRY_AGAIN_LATER", "TTL_MARGIN", "EngineSessions", "keeps_sessions"]
