@@ -26,6 +26,15 @@ from ._events import (
     StepChanged,
 )
 from ._flow import Close, Flow, Goto, Handler, Hook, Result, Step
+from ._handover import (
+    ResumeFailure,
+    ResumePlan,
+    RoomHistory,
+    check_restorable,
+    history_needed,
+    plan_resume,
+)
+from ._ledger import OutgoingLedger, RoomRef
 from ._resume import (
     DEFAULT_MAX_RESUME_BUFFER,
     Claimed,
@@ -44,6 +53,13 @@ from ._rooms import (
     MembershipListener,
     Registry,
     check_info,
+)
+from ._snapshot import (
+    SNAPSHOT_VERSION,
+    JsonStateCodec,
+    SessionSnapshot,
+    SnapshotError,
+    StateCodec,
 )
 from ._state import State
 from ._stepper import (
@@ -68,6 +84,7 @@ __all__ = [
     "ON_DETACH",
     "ON_OPEN",
     "ON_RESUME",
+    "SNAPSHOT_VERSION",
     "Await",
     "CancelAwait",
     "Claimed",
@@ -86,6 +103,7 @@ __all__ = [
     "HandlerError",
     "HandlerFailed",
     "Hook",
+    "JsonStateCodec",
     "LocalProtocolError",
     "MemberJoined",
     "MemberLeft",
@@ -93,22 +111,33 @@ __all__ = [
     "MembershipListener",
     "MemorySessionStore",
     "Message",
+    "OutgoingLedger",
     "QueueFullError",
     "Refused",
     "Registry",
     "RemoteProtocolError",
     "ReplayBuffer",
     "Result",
+    "ResumeFailure",
+    "ResumePlan",
     "ResumeSession",
+    "RoomHistory",
+    "RoomRef",
     "Send",
+    "SessionSnapshot",
     "SessionStore",
+    "SnapshotError",
     "SockerError",
     "State",
+    "StateCodec",
     "Step",
     "StepChanged",
     "Stepper",
     "__version__",
     "check_info",
+    "check_restorable",
+    "history_needed",
     "is_sendable_close_code",
+    "plan_resume",
     "reconnect_delay",
 ]

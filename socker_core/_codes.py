@@ -19,6 +19,7 @@ class CloseCode(IntEnum):
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
     SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013
     STEP_TIMEOUT = 4408
     SEND_BUFFER_OVERFLOW = 4503
     # Resume (see README "Resume"): why a resume could not be honoured.
@@ -29,6 +30,7 @@ class CloseCode(IntEnum):
     RESUME_BUFFER_OVERFLOW = 4413
     # Scale-out (see README "Scale-out"): a room's cluster-wide sequence had a gap.
     ROOM_STATE_LOST = 4414
+    RESUME_HISTORY_LOST = 4415
 
 
 #: The public close-code table: code -> what it means in socker.
@@ -53,6 +55,9 @@ CLOSE_CODES: dict[int, str] = {
     CloseCode.SERVICE_RESTART: (
         "service restart: the server is being replaced (reconnect, perhaps to a new release)"
     ),
+    CloseCode.TRY_AGAIN_LATER: (
+        "try again later: a resume the session store could not answer now (unreachable)"
+    ),
     CloseCode.STEP_TIMEOUT: "a step was not left within its timeout",
     CloseCode.SEND_BUFFER_OVERFLOW: "the peer stopped reading: send buffer over max_send_buffer",
     CloseCode.RESUME_REFUSED: (
@@ -67,6 +72,9 @@ CLOSE_CODES: dict[int, str] = {
         "resume failed: messages to replay outgrew max_resume_buffer (the session ended)"
     ),
     CloseCode.ROOM_STATE_LOST: "room state lost: reconnect and resync",
+    CloseCode.RESUME_HISTORY_LOST: (
+        "resume failed: room messages the client missed are gone from history (resync)"
+    ),
     4400: "WebRTC signaling: a malformed, unsupported or out-of-order signaling message",
     4504: "WebRTC: the data channel did not open within open_timeout (or ICE failed)",
 }

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 from ._codes import is_sendable_close_code
 from ._errors import FlowDefinitionError
 from ._resume import DEFAULT_MAX_RESUME_BUFFER
+from ._snapshot import JsonStateCodec, StateCodec
 
 if TYPE_CHECKING:
     # A default (PEP 696) keeps a bare `Flow` / `Connection` meaning `...[Any]`, so
@@ -54,12 +55,15 @@ Result = bool | Goto | Close | None
 Handler = Callable[["Connection", Any], Result | Awaitable[Result]]
 #: An `on_open` / `on_close` hook: `hook(conn)`, plain or `async def`.
 Hook = Callable[["Connection"], Close | Awaitable[Any] | None]
+#: An `on_resume` hook: like a Hook, and it may return `Goto(step)`.
+ResumeHook = Callable[["Connection"], Close | Goto | Awaitable[Any] | None]
 # What a decorated handler or hook returns, kept so the decorators give back the
 # function's own return type.
 _R = TypeVar("_R", bound=Result | Awaitable[Result])
 # What a step handler takes: bytes (binary messages), or str (text, with accept_text).
 _M = TypeVar("_M", bytes, str)
 _HookR = TypeVar("_HookR", bound=Close | Awaitable[Any] | None)
+_ResumeHookR = TypeVar("_ResumeHookR", bound=Close | Goto | Awaitable[Any] | None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +121,7 @@ class Flow(Generic[StateT]):
         state: Callable[[], StateT] | None = None,
         resume_window: float | None = None,
         max_resume_buffer: int = DEFAULT_MAX_RESUME_BUFFER,
+        state_codec: StateCodec | None = None,
     ) -> None:
         if resume_window is not None and not resume_window > 0:
             raise FlowDefinitionError(f"resume_window must be positive, got {resume_window!r}")
@@ -135,8 +140,18 @@ class Flow(Generic[StateT]):
         self.resume_window = resume_window
         #: Bytes of unacknowledged sends kept for replay, per connection and side.
         self.max_resume_buffer = max_resume_buffer
+        if state_codec is not None and not isinstance(state_codec, StateCodec):
+            raise FlowDefinitionError(
+                f"state_codec needs encode(state) -> bytes and decode(bytes) -> state, "
+                f"got {state_codec!r}"
+            )
+        #: How `conn.state` travels in a session snapshot (resume on another worker):
+        #: JSON of its attributes by default (`JsonStateCodec`).
+        self.state_codec: StateCodec = (
+            state_codec if state_codec is not None else JsonStateCodec(self.state_factory)
+        )
         self.detach_hooks: list[Hook] = []
-        self.resume_hooks: list[Hook] = []
+        self.resume_hooks: list[ResumeHook] = []
         self._steps: list[Step] = []
         self._steps_view: tuple[Step, ...] | None = None  # shared by every Stepper
         self._index: dict[str, int] = {}
@@ -239,10 +254,13 @@ class Flow(Generic[StateT]):
         return hook
 
     def on_resume(
-        self, hook: Callable[[Connection[StateT]], _HookR]
-    ) -> Callable[[Connection[StateT]], _HookR]:
+        self, hook: Callable[[Connection[StateT]], _ResumeHookR]
+    ) -> Callable[[Connection[StateT]], _ResumeHookR]:
         """Run `hook(conn)` when a detached connection resumed on a new transport
-        (after what the peer missed was replayed). on_open never runs on resume."""
+        (after what the peer missed was replayed). on_open never runs on resume.
+        The hook may return `Goto(step)` to go back to a step (a session restored on
+        another worker renegotiates there what could not move: a WebRTC peer
+        connection), or `Close(...)`."""
         _check_signature(hook, (None,), "on_resume hook")
         self.resume_hooks.append(hook)
         return hook

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from ._codes import CloseCode
 from ._errors import LocalProtocolError
+from ._ledger import OutgoingLedger, RoomRef
 
 if TYPE_CHECKING:
     from ._flow import Flow
@@ -65,11 +66,25 @@ class ReplayBuffer:
     Stepper's send path). `retained` holds sent messages `acked + 1 .. sent` that
     the peer has not acknowledged; past `limit` bytes the oldest are dropped and
     the session can no longer be resumed (`overflowed`).
+
+    `ledger` (an `OutgoingLedger`, for sessions that may resume on another worker)
+    records where each retained message came from, in step with `retained`.
     """
 
-    __slots__ = ("_retained", "acked", "limit", "overflowed", "received", "retained_bytes", "sent")
+    __slots__ = (
+        "_retained",
+        "acked",
+        "ledger",
+        "limit",
+        "overflowed",
+        "received",
+        "retained_bytes",
+        "sent",
+    )
 
-    def __init__(self, limit: int = DEFAULT_MAX_RESUME_BUFFER) -> None:
+    def __init__(
+        self, limit: int = DEFAULT_MAX_RESUME_BUFFER, *, ledger: OutgoingLedger | None = None
+    ) -> None:
         if limit < 1:
             raise LocalProtocolError(f"max_resume_buffer must be positive, got {limit}")
         self.limit = limit
@@ -79,19 +94,77 @@ class ReplayBuffer:
         self.retained_bytes = 0
         self.overflowed = False
         self._retained: deque[bytes] = deque()
+        #: The outgoing ledger (cross-worker resume), or None.
+        self.ledger = ledger
 
-    def retain(self, data: bytes) -> bool:
-        """Keep a sent message for replay; False once the bound is exceeded (the
+    def retain(self, data: bytes, origin: RoomRef | None = None) -> bool:
+        """Keep a sent message for replay (`origin`: the room publication it
+        delivers, None for a direct send); False once the bound is exceeded (the
         oldest unacknowledged messages are gone: a resume can no longer replay)."""
         self.sent += 1
         self._retained.append(data)
         self.retained_bytes += len(data)
+        ledger = self.ledger
+        if ledger is not None:
+            ledger.record(self.sent, origin)
         if self.retained_bytes > self.limit:
             self.overflowed = True
             retained = self._retained
             while retained and self.retained_bytes > self.limit:
                 self.retained_bytes -= len(retained.popleft())
+                if ledger is not None:
+                    ledger.origins.popleft()
         return not self.overflowed
+
+    @property
+    def first_retained(self) -> int:
+        """The number (1-based) of the oldest retained message (sent + 1 if none)."""
+        return self.sent - len(self._retained) + 1
+
+    @property
+    def retained(self) -> tuple[bytes, ...]:
+        """The retained messages, oldest first (numbers first_retained .. sent)."""
+        return tuple(self._retained)
+
+    @property
+    def needs_persist(self) -> bool:
+        """True when a message was sent that the persisted snapshot cannot attribute
+        (the write-ahead rule, see `socker_core._ledger`): its frame must wait until
+        a newer snapshot is persisted (`Stepper.persisted`). Always False without a
+        ledger."""
+        ledger = self.ledger
+        return ledger is not None and ledger.durable_sent < self.sent
+
+    @property
+    def ack_count(self) -> int:
+        """What an acknowledgement to the peer states: the received count, or with a
+        ledger the persisted snapshot's (so after a kill the peer still holds what
+        the new worker will ask it to replay)."""
+        ledger = self.ledger
+        return self.received if ledger is None else ledger.durable_received
+
+    @classmethod
+    def restored(
+        cls,
+        limit: int,
+        *,
+        received: int,
+        peer_received: int,
+        messages: list[tuple[bytes, RoomRef | None]],
+        ledger: OutgoingLedger,
+    ) -> ReplayBuffer:
+        """A buffer rebuilt on another worker: the peer received `peer_received`
+        messages; `messages` (payload, origin) are the ones it still has to get,
+        numbered from peer_received + 1. Nothing after peer_received is durable yet:
+        persist the restored session before writing them."""
+        buffer = cls(limit, ledger=ledger)
+        buffer.received = received
+        buffer.sent = buffer.acked = peer_received
+        ledger.durable_sent = peer_received
+        ledger.durable_received = received
+        for data, origin in messages:
+            buffer.retain(data, origin)
+        return buffer
 
     def ack(self, peer_received: int) -> bool:
         """The peer received `peer_received` messages: forget those. False if the
@@ -100,8 +173,11 @@ class ReplayBuffer:
             return False
         retained = self._retained
         first = self.sent - len(retained) + 1  # the sequence number of retained[0]
+        ledger = self.ledger
         while retained and first <= peer_received:
             self.retained_bytes -= len(retained.popleft())
+            if ledger is not None:
+                ledger.origins.popleft()
             first += 1
         self.acked = peer_received
         return True

@@ -36,6 +36,8 @@ class Happening(Enum):
     DETACHED = "detached"  # transport lost, session kept for its resume window
     ATTACHED = "attached"  # a new transport resumed the session
     SESSION_ENDED = "session ended"  # closed while detached: no handshake to wait for
+    RESTORED = "restored"  # rebuilt from a snapshot on another worker, waiting to attach
+    FORGOTTEN = "forgotten"  # this detached copy was resumed on another worker
 
 
 IDLE, OPEN, AWAITING, CLOSING, CLOSED, DETACHED, DETACHED_AWAITING, DETACHED_CLOSING = State
@@ -65,6 +67,10 @@ TRANSITIONS: dict[tuple[State, Happening], State] = {
     (CLOSING, Happening.DETACHED): DETACHED_CLOSING,
     (DETACHED_CLOSING, Happening.ATTACHED): CLOSING,
     (DETACHED_CLOSING, Happening.TRANSPORT_CLOSED): CLOSED,
+    (IDLE, Happening.RESTORED): DETACHED,
+    (DETACHED, Happening.FORGOTTEN): CLOSED,
+    (DETACHED_AWAITING, Happening.FORGOTTEN): CLOSED,
+    (DETACHED_CLOSING, Happening.FORGOTTEN): CLOSED,
 }
 
 
@@ -131,4 +137,7 @@ CALLS: dict[str, dict[State, Disposition]] = {
         CLOSED: IGNORE,
     },
     "attach": {DETACHED: RUN, DETACHED_AWAITING: RUN, DETACHED_CLOSING: RUN},
+    # Cross-worker resume (a Stepper whose ReplayBuffer has an OutgoingLedger).
+    "snapshot": {OPEN: RUN, AWAITING: RUN, DETACHED: RUN, DETACHED_AWAITING: RUN},
+    "forget": {DETACHED: RUN, DETACHED_AWAITING: RUN, DETACHED_CLOSING: RUN, CLOSED: IGNORE},
 }

@@ -29,7 +29,10 @@ from ._events import (
     StepChanged,
 )
 from ._flow import Close, Flow, Goto, StateT, Step
+from ._handover import ResumePlan
+from ._ledger import RoomRef
 from ._resume import ReplayBuffer
+from ._snapshot import SessionSnapshot
 from ._state import CALLS, IGNORE, TRANSITIONS, Happening, State
 
 if TYPE_CHECKING:
@@ -149,6 +152,9 @@ class Connection(Generic[StateT]):
     def leave(self, room: str) -> None:
         """Leave `room` (a no-op if not in it)."""
         self._registry("leave").leave(self, room)
+        replay = self._stepper.replay
+        if replay is not None and replay.ledger is not None:
+            replay.ledger.left(room)  # a later join starts afresh
 
     @property
     def rooms(self) -> frozenset[str]:
@@ -195,6 +201,12 @@ class Connection(Generic[StateT]):
             f"<Connection {self.id} flow={self.flow.name!r} step={self.step!r} "
             f"{self._stepper.phase.value}>"
         )
+
+
+def stepper_of(conn: Connection[StateT]) -> Stepper[StateT]:
+    """The Stepper behind `conn` (for the wire layer: delivering a room publication
+    with its origin, `Stepper.deliver`)."""
+    return conn._stepper
 
 
 class Stepper(Generic[StateT]):
@@ -531,7 +543,7 @@ class Stepper(Generic[StateT]):
                 self._emit(CloseRequested(self._close_code, self._close_reason))
                 return events
             for hook in self.flow.resume_hooks:
-                self._run_hook(hook, ON_RESUME)
+                self._run_resume_hook(hook, now)
                 if self._phase is not _OPEN and self._phase is not State.AWAITING:
                     break  # a hook closed the connection
         finally:
@@ -544,6 +556,126 @@ class Stepper(Generic[StateT]):
         session finishing an awaited handler)."""
         for event in events:
             self._emit(event)
+
+    def deliver(self, data: bytes, ref: RoomRef) -> bool:
+        """Send room publication `ref` (payload `data`) to this member, as `conn.send`
+        does (in a call or not; the guard held), tagged with its origin for the
+        outgoing ledger. False, and nothing sent, when the ledger shows this member
+        already has it (fetched history overlapping live delivery after a resume
+        on another worker). ConnectionClosedError once closing, like `conn.send`."""
+        guard = self.guard
+        if guard is None:
+            return self._deliver(data, ref)
+        with guard:
+            return self._deliver(data, ref)
+
+    def _deliver(self, data: bytes, ref: RoomRef) -> bool:
+        replay = self._replay
+        ledger = None if replay is None else replay.ledger
+        if ledger is not None and not ledger.admits(ref):
+            return False
+        self._send(data, ref)
+        return True
+
+    # -- cross-worker resume (see _ledger.py, _snapshot.py, _handover.py) ----------
+
+    def snapshot(
+        self,
+        now: float,
+        *,
+        route: str = "",
+        room_info: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> SessionSnapshot:
+        """This session as a `SessionSnapshot`, for another worker to restore:
+        open or detached, with a ledger (`ReplayBuffer(ledger=OutgoingLedger())`).
+        `route` is the path it was opened at; `room_info` the presence info of its
+        rooms. LocalProtocolError when conn.state cannot be encoded by the flow's
+        state_codec (the message says why), or when there is nothing to resume."""
+        from ._restore import take_snapshot
+
+        self._check("snapshot")
+        return take_snapshot(self, now, route, room_info)
+
+    def persisted(self, snapshot: SessionSnapshot) -> None:
+        """`snapshot` (taken from this Stepper) is in the store now: the messages it
+        attributes may be written (`ReplayBuffer.needs_persist`), and acknowledgements
+        may state its received count."""
+        from ._restore import mark_persisted
+
+        mark_persisted(self, snapshot)
+
+    @classmethod
+    def restore(
+        cls,
+        flow: Flow[StateT],
+        snapshot: SessionSnapshot,
+        now: float,
+        *,
+        plan: ResumePlan,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        registry: Registry | None = None,
+        server: Any = None,
+        remote_address: tuple[str, int] | None = None,
+        request: Any = None,
+        run_blocking: Callable[[Any, Connection, bytes], Any] | None = None,
+    ) -> Stepper[StateT]:
+        """A detached Stepper continuing `snapshot` on this worker: same id, step,
+        time left in the step, conn.state (through the flow's state_codec), rooms
+        (joined in `registry`), and a replay buffer holding `plan`'s messages
+        (`socker_core.plan_resume`). `attach(now)` once they are written; on_open
+        does not run, on_resume does. Nothing in it is persisted yet: store its own
+        snapshot before writing anything."""
+        from ._restore import restore_stepper
+
+        return restore_stepper(
+            cls,
+            flow,
+            snapshot,
+            now,
+            plan,
+            max_queue=max_queue,
+            registry=registry,
+            server=server,
+            remote_address=remote_address,
+            request=request,
+            run_blocking=run_blocking,
+        )
+
+    def forget(self, now: float) -> list[Event]:
+        """This detached copy was resumed on another worker, which runs the session
+        from now on: end it here *without* its on_close hooks (they run once, where
+        the session really ends). Closed(4409) follows."""
+        if self._check("forget") is IGNORE:
+            return []
+        events = self._begin()
+        try:
+            self._cancel_pending()
+            self._drop_queue()
+            self._close_code = int(CloseCode.SESSION_TAKEN_OVER)
+            self._close_reason = "resumed on another worker"
+            self._initiated_locally = False
+            self._deadline = self._resume_deadline = None
+            self._move(Happening.FORGOTTEN)
+            if self.registry is not None:
+                self.registry.discard(self.conn)
+            self._emit(Closed(self._close_code, self._close_reason, False))
+        finally:
+            self._events = None
+        return events
+
+    @property
+    def _awaiting_hook(self) -> bool:
+        """An on_open hook (not a step handler) is what is pending."""
+        return self._pending_hook is not None
+
+    def _place(self, step_name: str, remaining: float | None, now: float) -> None:
+        """Put a restored Stepper at `step_name`, `remaining` seconds before its timeout."""
+        index = self.flow.index_of(step_name)
+        if index is None:
+            raise LocalProtocolError(f"flow {self.flow.name!r} has no step {step_name!r}")
+        self._index = index
+        self._handler = self._handler_of(self._steps[index])
+        self._deadline = None if remaining is None else now + remaining
 
     def send(self, data: bytes | str, now: float) -> list[Event]:
         """Application send from outside any handler."""
@@ -777,6 +909,29 @@ class Stepper(Generic[StateT]):
             if self._phase not in _RUNNING:
                 return
 
+    def _run_resume_hook(self, hook: Callable[..., Any], now: float) -> None:
+        """An on_resume hook; it may return Goto(step) to go back to a step (e.g. one
+        that renegotiates what could not move with the session: a WebRTC peer
+        connection on another worker), or Close."""
+        try:
+            result = hook(self.conn)
+        except Exception as exc:
+            self._emit(HandlerFailed(ON_RESUME, exc))
+            return
+        if isinstance(result, Goto):
+            target = self.flow.index_of(result.step)
+            if target is None:
+                self._emit(
+                    HandlerFailed(ON_RESUME, HandlerError(f"Goto({result.step!r}): no such step"))
+                )
+            elif self._phase is _OPEN:
+                self._emit_step_change(target, now)
+        elif isinstance(result, Close):
+            self._close(result.code, result.reason)
+        elif inspect.isawaitable(result):
+            self._last_token += 1
+            self._emit(Await(self._last_token, result, ON_RESUME))
+
     def _run_hook(self, hook: Callable[..., Any], name: str) -> None:
         try:
             result = hook(self.conn)
@@ -804,11 +959,11 @@ class Stepper(Generic[StateT]):
             self._emit(CancelAwait(self._pending))
             self._pending = self._pending_hook = None
 
-    def _send(self, data: bytes | str) -> None:
+    def _send(self, data: bytes | str, origin: RoomRef | None = None) -> None:
         phase = self._phase
         if phase is not _OPEN and phase is not State.AWAITING:
             if phase in _DETACHED_STATES:
-                self._send_detached(data)
+                self._send_detached(data, origin)
                 return
             if phase is State.IDLE:
                 raise LocalProtocolError("cannot send before the connection is open")
@@ -825,10 +980,10 @@ class Stepper(Generic[StateT]):
         if replay is not None:
             if isinstance(data, str):
                 raise LocalProtocolError(_TEXT_ON_RESUMABLE)
-            replay.retain(data)  # an overflow only matters if the transport drops
+            replay.retain(data, origin)  # an overflow only matters if the transport drops
         self._emit(Send(data))
 
-    def _send_detached(self, data: bytes | str) -> None:
+    def _send_detached(self, data: bytes | str, origin: RoomRef | None = None) -> None:
         """No transport: keep the message for replay; past max_resume_buffer the
         session cannot be replayed any more, so it ends now (4413)."""
         if isinstance(data, str):
@@ -837,7 +992,7 @@ class Stepper(Generic[StateT]):
             raise TypeError(f"send() takes bytes, got {type(data).__name__}")
         replay = self._replay
         assert replay is not None
-        if not replay.retain(bytes(data)):
+        if not replay.retain(bytes(data), origin):
             self._end_detached(CloseCode.RESUME_BUFFER_OVERFLOW, "replay buffer overflowed", True)
 
     def _end_detached(self, code: int, reason: str, locally: bool) -> None:

@@ -49,7 +49,7 @@ import anyio.abc
 import anyio.lowlevel
 
 from socker_core import HOOK_STEPS as _HOOK_STEPS
-from socker_core import Await, CancelAwait, Connection
+from socker_core import Await, CancelAwait, Connection, RoomRef
 
 from ._blocking import run_blocking_in_thread
 from .wire import (
@@ -213,7 +213,9 @@ class _SessionBase:
         """Drop the connection now (a server giving up after close_timeout)."""
         raise NotImplementedError
 
-    def push_frame(self, frame: bytes, data: bytes, now: float) -> bool:
+    def push_frame(
+        self, frame: bytes, data: bytes, now: float, origin: RoomRef | None = None
+    ) -> bool:
         """Queue one prebuilt broadcast frame (`Wire.send_frame`) and start writing
         it now, without a task switch; False when the connection was skipped."""
         raise NotImplementedError
@@ -522,14 +524,16 @@ class _StreamSession(_SessionBase):
         self._dispatch()
         self._poke()
 
-    def push_frame(self, frame: bytes, data: bytes, now: float) -> bool:
+    def push_frame(
+        self, frame: bytes, data: bytes, now: float, origin: RoomRef | None = None
+    ) -> bool:
         # Written here, by the broadcasting task: a non-blocking send on a bare socket
         # (the flusher task starts only if the socket is full), or the TLS writer's
         # Event. No cancel of run()'s scope, no task switch per recipient.
         if self._closing:
             return False
         wire = self.wire
-        if not wire.send_frame(frame, data, now):
+        if not wire.send_frame(frame, data, now, origin):
             if wire.should_close_transport:
                 self._poke()  # dropped (max_send_buffer): run() closes it
             return False

@@ -43,6 +43,8 @@ from typing import Any, cast
 
 import anyio
 
+from socker_core import RoomRef
+
 from ._anyio_session import Spawn, _SessionBase, shared_read_buffer
 from .wire import SEND_BUFFER_OVERFLOW, Wire, format_host, socket_address
 
@@ -157,13 +159,15 @@ class _ProtocolSession(_SessionBase, asyncio.Protocol):
         self.wire.collect(now)
         self._after(now)
 
-    def push_frame(self, frame: bytes, data: bytes, now: float) -> bool:
+    def push_frame(
+        self, frame: bytes, data: bytes, now: float, origin: RoomRef | None = None
+    ) -> bool:
         # Written at once (`transport.write` sends right away when its buffer is
         # empty): the first recipient has it before the last one is queued.
         if self._ended:
             return False
         wire = self.wire
-        if not wire.send_frame(frame, data, now):
+        if not wire.send_frame(frame, data, now, origin):
             if wire.should_close_transport:
                 self._after(now)  # dropped (max_send_buffer): close it
             return False

@@ -73,8 +73,10 @@ from socker_core import (
     Flow,
     MemorySessionStore,
     Registry,
+    RoomRef,
     reconnect_delay,
 )
+from socker_core._stepper import stepper_of
 
 from ._anyio_session import (
     STREAM_ERRORS,
@@ -90,6 +92,7 @@ from ._listen import bound_address, check_choice, check_listening, is_tcp, unix_
 from .engine.cluster import ClusterRooms, LocalNumbering, ResyncHook, resolve_engine
 from .engine.events import Publication, StreamPosition
 from .engine.interface import Engine
+from .engine.sessions import EngineSessions, keeps_sessions
 from .wire import (
     SHUTDOWN_CODE,
     SHUTDOWN_REASON,
@@ -208,6 +211,12 @@ class Server:
         self._session_of: dict[Connection, _SessionBase] = {}
         #: Rooms and the recipients of a broadcast (socker_core's pure registry).
         self.registry = Registry()
+        #: Resumable sessions in the engine (any worker resumes them), or None.
+        self._keeper: EngineSessions | None = None
+        #: room -> the last publication this worker delivered (its place in the stream).
+        self._room_positions: dict[str, StreamPosition] = {}
+        if self.engine is not None and keeps_sessions(self.engine, routes):
+            self._keeper = EngineSessions(self, self.engine, log=self.log)
         if self.engine is not None:
             self._cluster = ClusterRooms(
                 self.engine,
@@ -216,6 +225,7 @@ class Server:
                 on_resync=on_resync,
                 on_event=on_event,
                 log=self.log,
+                on_joined=self._joined,
             )
         self._accepting: anyio.CancelScope | None = None
         self._closing = False
@@ -298,27 +308,72 @@ class Server:
     def _deliver(self, publication: Publication, skip_ids: frozenset[str], payload: bytes) -> int:
         """The one delivery of an engine's publication to this worker's members of its
         room (but `skip_ids`): the frame built once and pushed like a broadcast's."""
-        recipients, frame = prepare_delivery(self.registry, publication.room, skip_ids, payload)
-        return self._push(recipients, payload, frame) if recipients else 0
+        room = publication.room
+        self._room_positions[room] = StreamPosition(publication.offset, publication.epoch)
+        recipients, frame = prepare_delivery(self.registry, room, skip_ids, payload)
+        if not recipients:
+            return 0
+        # Tagged with its origin: a resumable member's ledger records it (cross-worker
+        # resume replays it from history instead of keeping it).
+        origin = RoomRef(room, publication.epoch, publication.offset)
+        return self._push(recipients, payload, frame, origin)
 
-    def _push(self, recipients: list[Connection], payload: bytes, frame: bytes) -> int:
+    def _joined(self, conn: Connection, room: str, position: StreamPosition) -> None:
+        """A member's join reached the engine: this worker delivers `room` from
+        `position` on if it had not delivered any of it yet; a resumable member not
+        sent anything there yet starts at this worker's place in the stream."""
+        cursor = self._room_positions.setdefault(room, position)
+        replay = stepper_of(conn).replay
+        if replay is not None and replay.ledger is not None and room in conn.rooms:
+            replay.ledger.joined_at(room, cursor.epoch, cursor.offset)
+
+    async def rooms_settled(self) -> None:
+        """Every room change queued so far reached the engine (no-op without one)."""
+        if self._cluster is not None:
+            await self._cluster.settled()
+
+    def adopted(self, wire: Wire) -> None:
+        """A restored session now runs on `wire` (its driver's Opened follows; until
+        then deliveries reach it through its Stepper, on this same loop)."""
+
+    def wire_of(self, conn: Connection) -> Wire | None:
+        """The wire that moves `conn`'s bytes now (None: detached, or not open)."""
+        session = self._session_of.get(conn)
+        return None if session is None else session.wire
+
+    @property
+    def keeps_sessions(self) -> bool:
+        """True when resumable sessions live in the engine (any worker resumes them)."""
+        return self._keeper is not None
+
+    def room_position(self, room: str) -> StreamPosition | None:
+        """The last publication of `room` this worker delivered (None: none yet)."""
+        return self._room_positions.get(room)
+
+    def _push(
+        self,
+        recipients: list[Connection],
+        payload: bytes,
+        frame: bytes,
+        origin: RoomRef | None = None,
+    ) -> int:
         sessions = self._session_of
         now = self._now()
         count = 0
         for conn in recipients:
             session = sessions.get(conn)
             if session is not None:
-                if session.push_frame(frame, payload, now):
+                if session.push_frame(frame, payload, now, origin):
                     count += 1
                 elif conn.is_detached:
                     # Its old transport is still winding down, its Stepper detached
                     # already: the Stepper keeps the message for the replay.
-                    count += send_through_flow(conn, payload)
+                    count += send_through_flow(conn, payload, origin)
             else:
                 # Still opening (a broadcast from its own on_open hook: its Stepper is
                 # in a call, and takes the message in order), or detached (the Stepper
                 # keeps the message for the replay when it resumes).
-                count += send_through_flow(conn, payload)
+                count += send_through_flow(conn, payload, origin)
         return count
 
     async def publish(
@@ -443,6 +498,8 @@ class Server:
                 cluster if cluster is not None else contextlib.nullcontext(),
                 anyio.create_task_group() as tg,
             ):
+                if self._keeper is not None:
+                    await tg.start(self._keeper.run)
                 await tg.start(main, listener)
                 try:
                     yield self
@@ -541,6 +598,7 @@ class Server:
             registry=self.registry,
             owner=self,
             sessions=self.session_store,
+            keeper=self._keeper,
         )
         return self._session_factory(
             loop,
@@ -681,6 +739,7 @@ class Server:
             registry=self.registry,
             owner=self,
             sessions=self.session_store,
+            keeper=self._keeper,
         )
         session = _StreamSession(
             None,
@@ -732,6 +791,7 @@ class Server:
             registry=self.registry,
             owner=self,
             sessions=self.session_store,
+            keeper=self._keeper,
         )
         assert self._spawn is not None
         session = _StreamSession(

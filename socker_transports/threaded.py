@@ -86,6 +86,9 @@ from time import monotonic, sleep
 from types import TracebackType
 from typing import Any
 
+import anyio
+import anyio.to_thread
+
 from socker_core import (
     HOOK_STEPS,
     Await,
@@ -97,9 +100,11 @@ from socker_core import (
     LocalProtocolError,
     MemorySessionStore,
     Registry,
+    RoomRef,
     is_sendable_close_code,
     reconnect_delay,
 )
+from socker_core._stepper import stepper_of
 
 from ._limits import effective_max_connections
 from ._listen import (
@@ -114,6 +119,7 @@ from .engine.cluster import ROOM_STATE_LOST_REASON, LocalNumbering, ResyncHook, 
 from .engine.cluster_blocking import BlockingClusterRooms
 from .engine.events import Publication, Resync, StreamPosition
 from .engine.interface import Engine
+from .engine.sessions import EngineSessions, keeps_sessions
 from .wire import (
     SHUTDOWN_CODE,
     SHUTDOWN_REASON,
@@ -509,7 +515,9 @@ class _Link(threading.Thread):
         """Send `data` from the connection's thread; never blocks."""
         self.waker.post((_SEND, data, None))
 
-    def push_frame(self, frame: bytes, data: bytes, now: float) -> bool:
+    def push_frame(
+        self, frame: bytes, data: bytes, now: float, origin: RoomRef | None = None
+    ) -> bool:
         """Queue a broadcast's prebuilt frame from any thread; never blocks.
 
         If the connection's lock is free, its thread is not mid-write and nothing
@@ -530,7 +538,7 @@ class _Link(threading.Thread):
                 if self._direct and not self._writing and self.waker.empty:
                     wire = self.wire
                     if wire.buffered_amount + len(frame) <= wire.options.max_send_buffer:
-                        if not wire.send_frame(frame, data, now):  # cannot overflow here
+                        if not wire.send_frame(frame, data, now, origin):  # cannot overflow
                             return False
                         out = wire.data_to_send()
                         if out:
@@ -540,7 +548,7 @@ class _Link(threading.Thread):
                 lock.release()
         if self.ended:
             return False
-        self.waker.post((_FRAME, frame, data))
+        self.waker.post((_FRAME, frame, data if origin is None else (data, origin)))
         return True
 
     def _write_now(self, out: bytes | bytearray) -> None:
@@ -976,7 +984,10 @@ class _Link(threading.Thread):
                         "socker: %s: dropped a send_threadsafe after close", self.name
                     )
             elif kind == _FRAME:
-                wire.send_frame(first, second, now)  # skipped if no longer open
+                if type(second) is tuple:  # (data, origin): a cluster room delivery
+                    wire.send_frame(first, second[0], now, second[1])
+                else:
+                    wire.send_frame(first, second, now)  # skipped if no longer open
             elif kind == _CLOSE:
                 # The first one wins; later ones are no-ops. A close during a
                 # reconnect attempt ends the session where it is held.
@@ -1098,6 +1109,10 @@ class Server:
         self.engine: Engine | None = resolve_engine(engine)
         self._cluster: BlockingClusterRooms | None = None
         self._numbering: LocalNumbering | None = None  # publish() without an engine
+        #: Resumable sessions in the engine (any worker resumes them), or None.
+        self._keeper: EngineSessions | None = None
+        #: room -> the last publication this worker delivered (its place in the stream).
+        self._room_positions: dict[str, StreamPosition] = {}
         # Validate the routes (and flows) now, not on the first connection.
         Wire.server(routes, 0.0, options, handshake_hook=handshake_hook)
         #: The unix-domain socket path served (unix_socket=), else None.
@@ -1157,13 +1172,22 @@ class Server:
                 on_resync=on_resync,
                 on_event=on_event,
                 log=self.log,
+                on_joined=self._joined,
             )
             # The engine's thread must never wait for a connection's lock (its thread
             # may be waiting for the engine): the default resync posts the close.
             cluster.default_resync = self._close_for_resync
             try:
                 cluster.start()
+                if keeps_sessions(self.engine, routes):
+                    # Resumable sessions live in the engine; the keeper's tasks run
+                    # on the engine's own loop.
+                    portal = cluster.blocking.portal
+                    keeper = EngineSessions(self, self.engine, log=self.log, portal=portal)
+                    portal.start_task(keeper.run)
+                    self._keeper = keeper
             except BaseException:
+                cluster.close()
                 listener.close()
                 self._waker.close()
                 raise
@@ -1281,20 +1305,78 @@ class Server:
     def _deliver(self, publication: Publication, skip_ids: frozenset[str], payload: bytes) -> int:
         """The one delivery of an engine's publication to this worker's members of its
         room (but `skip_ids`), on the engine's thread: pushed like a broadcast."""
-        recipients, frame = prepare_delivery(self.registry, publication.room, skip_ids, payload)
-        return self._push(recipients, payload, frame) if recipients else 0
+        room = publication.room
+        self._room_positions[room] = StreamPosition(publication.offset, publication.epoch)
+        recipients, frame = prepare_delivery(self.registry, room, skip_ids, payload)
+        if not recipients:
+            return 0
+        origin = RoomRef(room, publication.epoch, publication.offset)  # for the ledger
+        return self._push(recipients, payload, frame, origin)
 
-    def _push(self, recipients: list[Connection], payload: bytes, frame: bytes) -> int:
+    # -- sessions kept in the engine (what engine/sessions.py asks of a server) ------
+
+    def _now(self) -> float:
+        return monotonic()
+
+    def room_position(self, room: str) -> StreamPosition | None:
+        """The last publication of `room` this worker delivered (None: none yet)."""
+        return self._room_positions.get(room)
+
+    def _joined(self, conn: Connection, room: str, position: StreamPosition) -> None:
+        """A member's join reached the engine (see the anyio Server's `_joined`)."""
+        cursor = self._room_positions.setdefault(room, position)
+        replay = stepper_of(conn).replay
+        if replay is not None and replay.ledger is not None and room in conn.rooms:
+            # No lock: joined_at is one atomic setdefault (this runs on the engine's
+            # queue thread, which a connection thread holding its lock may wait for).
+            replay.ledger.joined_at(room, cursor.epoch, cursor.offset)
+
+    async def rooms_settled(self) -> None:
+        """Every room change queued so far reached the engine (no-op without one)."""
+        cluster = self._cluster
+        if cluster is not None:
+            await anyio.to_thread.run_sync(cluster.settled)
+
+    def adopted(self, wire: Wire) -> None:
+        """A restored session now runs on `wire`: deliveries (on the engine's thread)
+        reach it from now on, before its link's thread has seen Opened."""
+        stepper = wire.stepper
+        if stepper is None:
+            return
+        with self._lock:
+            link = next((link for link in self._links if link.wire is wire), None)
+        if link is not None:
+            stepper.guard = link.lock
+            with _links_lock:
+                _links_by_conn[stepper.conn] = link
+
+    def wire_of(self, conn: Connection) -> Wire | None:
+        """The wire that moves `conn`'s bytes now (None: detached, or not open)."""
+        link = _links_by_conn.get(conn)
+        return None if link is None else link.session_wire
+
+    @property
+    def keeps_sessions(self) -> bool:
+        """True when resumable sessions live in the engine (any worker resumes them)."""
+        return self._keeper is not None
+
+    def _push(
+        self,
+        recipients: list[Connection],
+        payload: bytes,
+        frame: bytes,
+        origin: RoomRef | None = None,
+    ) -> int:
         links = _links_by_conn  # dict.get is atomic: no lock per recipient
         now = monotonic()
         count = 0
         for conn in recipients:
             link = links.get(conn)
             if link is not None:
-                if link.push_frame(frame, payload, now):
+                if link.push_frame(frame, payload, now, origin):
                     count += 1
                 elif conn.is_detached:  # its old link is still ending: kept for replay
-                    count += send_through_flow(conn, payload)
+                    count += send_through_flow(conn, payload, origin)
                 continue
             # Detached (between transports): the Stepper keeps the message for the
             # replay, under its guard. Otherwise not registered yet: its on_open
@@ -1305,11 +1387,11 @@ class Server:
             current = threading.current_thread()
             stepper = current.wire.stepper if isinstance(current, _Link) else None
             if conn.is_detached or (stepper is not None and stepper.conn is conn):
-                count += send_through_flow(conn, payload)
+                count += send_through_flow(conn, payload, origin)
             elif conn.is_open:
                 opening = self._opening_link(conn)
                 if opening is not None:
-                    count += opening.push_frame(frame, payload, now)
+                    count += opening.push_frame(frame, payload, now, origin)
         return count
 
     def _close_for_resync(self, event: Resync, members: list[Connection]) -> None:
@@ -1524,6 +1606,9 @@ class Server:
             link.kill()
         for link in late:
             link.join(grace)
+        if self._keeper is not None:
+            with contextlib.suppress(Exception):
+                self._cluster.blocking.portal.call(self._keeper.stop)  # type: ignore[union-attr]
         if self._cluster is not None:
             self._cluster.close()  # after the last connection: its leaves drained first
         self._runner.close(grace)
@@ -1555,6 +1640,7 @@ class Server:
             registry=self.registry,
             owner=self,
             sessions=self.session_store,
+            keeper=self._keeper,
         )
         link = _Link(
             sock,

@@ -139,7 +139,7 @@ except ModuleNotFoundError as exc:  # one line that names the extra
         name=exc.name,
     ) from exc
 
-from socker_core import Close, Connection, Flow, Result, SockerError
+from socker_core import Close, Connection, Flow, JsonStateCodec, Result, SockerError
 
 if sys.version_info >= (3, 11):
     from typing import Unpack
@@ -167,6 +167,7 @@ __all__ = [
     "is_signal",
     "local_only",
     "parse_signal",
+    "peer_lost",
     "server_answers",
     "server_offers",
     "session",
@@ -497,6 +498,7 @@ class _Role:
         pc = RTCPeerConnection(configuration=config)
         sess = Session(pc)
         conn.state.webrtc = sess  # stored before any await: on_close always finds it
+        conn.state.webrtc_started = True  # travels in a snapshot (see peer_lost)
 
         @pc.on("connectionstatechange")
         def _state_changed() -> None:
@@ -541,6 +543,18 @@ class _Role:
         """The ``on_close`` hook: close this connection's peer connection, if any."""
         sess = getattr(conn.state, "webrtc", None)
         if isinstance(sess, Session):
+            await sess.close()
+
+    async def moving(self, conn: Connection) -> None:
+        """The ``on_detach`` hook: on a server that keeps sessions in an engine the
+        detached session moves to the store (any worker resumes it), and a live peer
+        connection cannot follow: close it now; the resumed flow renegotiates
+        (`peer_lost`)."""
+        if not getattr(conn.server, "keeps_sessions", False):
+            return  # in-process resume: the peer connection lives on
+        sess = getattr(conn.state, "webrtc", None)
+        if isinstance(sess, Session):
+            del conn.state.webrtc
             await sess.close()
 
     def _add(self, flow: Flow, handler: Any, suffix: str) -> None:
@@ -639,6 +653,8 @@ class Offerer(_Role):
             flow.on_open(self.start)
         self._add(flow, self.connect_step, "connect")
         flow.on_close(self.cleanup)
+        flow.on_detach(self.moving)
+        _keep_out_of_snapshots(flow)
 
 
 class Answerer(_Role):
@@ -686,6 +702,28 @@ class Answerer(_Role):
         """Add the connect step (and the on_close hook) to `flow`."""
         self._add(flow, self.connect_step, "connect")
         flow.on_close(self.cleanup)
+        flow.on_detach(self.moving)
+        _keep_out_of_snapshots(flow)
+
+
+def _keep_out_of_snapshots(flow: Flow) -> None:
+    """A live peer connection cannot move between processes: a session snapshot
+    (resume on another worker) leaves ``conn.state.webrtc`` out of the default JSON
+    codec. A flow with its own state_codec must leave it out itself."""
+    codec = flow.state_codec
+    if isinstance(codec, JsonStateCodec) and "webrtc" not in codec.skip:
+        flow.state_codec = JsonStateCodec(codec.factory, codec.skip | {"webrtc"})
+
+
+def peer_lost(conn: Connection) -> bool:
+    """True when this connection has no peer connection although its signaling had
+    started: the session was resumed on another worker (a live `RTCPeerConnection`
+    cannot move between processes). An ``on_resume`` hook then returns
+    ``Goto("webrtc-connect")`` (or the offer step) to renegotiate; see the README's
+    "Resume across workers"."""
+    return getattr(conn.state, "webrtc", None) is None and getattr(
+        conn.state, "webrtc_started", False
+    )
 
 
 # -- installers: the four sides of the two directions -------------------------------

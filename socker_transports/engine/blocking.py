@@ -69,6 +69,11 @@ class BlockingEngine:
             if portal_cm is not None:
                 portal_cm.__exit__(None, None, None)
 
+    @property
+    def portal(self) -> BlockingPortal:
+        """The portal of the engine's event loop (while entered)."""
+        return self._call()
+
     def _call(self) -> BlockingPortal:
         if self._portal is None:
             raise RuntimeError("use `with BlockingEngine(...)` first")
@@ -107,6 +112,9 @@ class BlockingEngine:
 
     def put_session(self, key: str, data: bytes, ttl: float) -> None:
         self._call().call(self.engine.put_session, key, data, ttl)
+
+    def replace_session(self, key: str, data: bytes, ttl: float) -> bool:
+        return bool(self._call().call(self.engine.replace_session, key, data, ttl))
 
     def take_session(self, key: str) -> bytes | None:
         return self._call().call(self.engine.take_session, key)

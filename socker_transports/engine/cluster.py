@@ -62,6 +62,10 @@ logger = logging.getLogger("socker.engine")
 #: in join order. Runs on the engine's loop (threaded: its thread); must not block.
 ResyncHook = Callable[[Resync, list[Connection]], None]
 
+#: Told when a member's join reached the engine, with the room's position then
+#: (cross-worker resume places a member that has not been sent anything there yet).
+JoinedHook = Callable[[Connection, str, StreamPosition], None]
+
 #: The server's delivery function: queue `payload` on every local member of
 #: `publication.room` except the ids in `skip_ids`; returns how many it reached.
 Deliver = Callable[[Publication, frozenset[str], bytes], int]
@@ -420,6 +424,7 @@ class ClusterRooms(_Bridge):
         log: logging.Logger | None = None,
         max_pending: int = MAX_PENDING,
         drain_timeout: float = DRAIN_TIMEOUT,
+        on_joined: JoinedHook | None = None,
     ) -> None:
         super().__init__(
             registry,
@@ -431,6 +436,7 @@ class ClusterRooms(_Bridge):
         )
         self.engine = engine
         self.drain_timeout = drain_timeout
+        self.on_joined = on_joined
         self._waiting: anyio.Event | None = None  # set when the queue gets work
         self._stack: AsyncExitStack | None = None
 
@@ -511,6 +517,11 @@ class ClusterRooms(_Bridge):
         await self._barrier()
         return await self.engine.presence(room)
 
+    async def settled(self) -> None:
+        """Return once every join, leave and publication queued before has reached
+        the engine (EngineClosed once the engine is closed)."""
+        await self._barrier()
+
     async def _barrier(self) -> None:
         if self._closed:
             raise EngineClosed("the server's engine is closed")
@@ -554,7 +565,9 @@ class ClusterRooms(_Bridge):
             delay = _JOIN_RETRY[0]
             while True:
                 try:
-                    await engine.join(op.room, op.conn.id, op.info)
+                    position = await engine.join(op.room, op.conn.id, op.info)
+                    if self.on_joined is not None:
+                        self.on_joined(op.conn, op.room, position)
                     return
                 except EngineUnavailable as exc:
                     if not self._member(op):

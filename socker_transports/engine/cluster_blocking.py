@@ -24,6 +24,7 @@ from .cluster import (
     DRAIN_TIMEOUT,
     MAX_PENDING,
     Deliver,
+    JoinedHook,
     ResyncHook,
     _Barrier,
     _Bridge,
@@ -55,6 +56,7 @@ class BlockingClusterRooms(_Bridge):
         log: logging.Logger | None = None,
         max_pending: int = MAX_PENDING,
         drain_timeout: float = DRAIN_TIMEOUT,
+        on_joined: JoinedHook | None = None,
     ) -> None:
         super().__init__(
             registry,
@@ -65,6 +67,7 @@ class BlockingClusterRooms(_Bridge):
             max_pending=max_pending,
         )
         self.engine = engine
+        self.on_joined = on_joined
         self.blocking = BlockingEngine(engine)
         self.drain_timeout = drain_timeout
         self._changed = threading.Condition()
@@ -150,6 +153,15 @@ class BlockingClusterRooms(_Bridge):
         assert waiter.result is not None
         return waiter.result
 
+    def settled(self) -> None:
+        """Block until every change queued before has reached the engine (not from
+        the engine's own threads)."""
+        waiter = _ThreadWaiter()
+        self._enqueue(_Barrier(waiter))
+        waiter.event.wait()
+        if waiter.error is not None:
+            raise waiter.error
+
     def presence(self, room: str) -> dict[str, dict[str, str]]:
         self._refuse_if_down()
         if not self._on_own_threads():
@@ -209,7 +221,9 @@ class BlockingClusterRooms(_Bridge):
             delay = _JOIN_RETRY[0]
             while True:
                 try:
-                    engine.join(op.room, op.conn.id, op.info)
+                    position = engine.join(op.room, op.conn.id, op.info)
+                    if self.on_joined is not None:
+                        self.on_joined(op.conn, op.room, position)
                     return
                 except EngineUnavailable as exc:
                     if not self._member(op) or self._stopping:

@@ -106,6 +106,11 @@ class Engine(Protocol):
         """Keep `data` (a resumable session's snapshot) under `key` for `ttl` seconds,
         replacing what was there; any worker can take it."""
 
+    async def replace_session(self, key: str, data: bytes, ttl: float) -> bool:
+        """`put_session`, but only while `key` holds a session (none took it since):
+        False, and nothing stored, otherwise. A worker updating a session it runs
+        learns this way that another worker resumed it."""
+
     async def take_session(self, key: str) -> bytes | None:
         """Remove and return the data under `key` in one atomic step: of any number of
         workers taking the same key at once exactly one gets it (single-use resume

@@ -124,6 +124,13 @@ class LocalEngine:
             del self._sessions[stale]
         self._sessions[key] = (now + ttl, bytes(data))
 
+    async def replace_session(self, key: str, data: bytes, ttl: float) -> bool:
+        entry = self._sessions.get(key)
+        if entry is None or entry[0] <= time.monotonic():
+            return False
+        await self.put_session(key, data, ttl)
+        return True
+
     async def take_session(self, key: str) -> bytes | None:
         entry = self._sessions.pop(key, None)
         if entry is None or entry[0] <= time.monotonic():

@@ -392,6 +392,18 @@ class RedisEngine:
             redis.set(self._session_key(key), bytes(data), px=max(1, math.ceil(ttl * 1000)))
         )
 
+    async def replace_session(self, key: str, data: bytes, ttl: float) -> bool:
+        redis = self._redis()
+        stored = await self._command(
+            redis.set(
+                self._session_key(key),
+                bytes(data),
+                condition=coredis.PureToken.XX,
+                px=max(1, math.ceil(ttl * 1000)),
+            )
+        )
+        return bool(stored)
+
     async def take_session(self, key: str) -> bytes | None:
         redis = self._redis()
         data = await self._command(redis.getdel(self._session_key(key)))

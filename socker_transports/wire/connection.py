@@ -11,7 +11,14 @@ from typing import Any
 
 from wsproto import ConnectionType
 
-from socker_core import ConnectionClosedError, Flow, LocalProtocolError, Registry, ResumeSession
+from socker_core import (
+    ConnectionClosedError,
+    Flow,
+    LocalProtocolError,
+    Registry,
+    ResumeSession,
+    RoomRef,
+)
 from socker_core._codes import CloseCode
 from socker_core._resume import SessionStore
 
@@ -21,6 +28,7 @@ from .frames import OP_PING, control_frame
 from .handshake import _upgrade_request
 from .handshake_phase import _HandshakePhase
 from .hooks import HandshakeHook, HttpHandler, _check_headers
+from .kept_phase import SessionKeeper
 from .observe import EventHook
 from .options import _DEFAULT_OPTIONS, KEEPALIVE_TIMEOUT_REASON, Options
 from .resume import RESUME_SUBPROTOCOL, WireResume, resume_offer
@@ -74,6 +82,7 @@ class Wire(_HandshakePhase):
         on_event: EventHook | None = None,
         logger: logging.Logger | None = None,
         sessions: SessionStore | None = None,
+        keeper: SessionKeeper | None = None,
     ) -> Wire:
         """A server connection: one Flow for every path, or a path -> Flow map (404
         for other paths). The handshake hook may accept (choosing a flow, a
@@ -83,7 +92,9 @@ class Wire(_HandshakePhase):
         `on_event` receives the connection's `wire.observe` events; `logger` is
         where it logs (default: the "socker" logger).
         `sessions`: the server's session store; with it, routes whose flow has
-        `resume_window` accept resuming clients (one store per server)."""
+        `resume_window` accept resuming clients (one store per server).
+        `keeper`: with an engine, where sessions are kept for every worker
+        (cross-worker resume, see kept_phase.py); the local store is then unused."""
         if isinstance(routes, Flow):
             routes.validate()
         else:
@@ -107,6 +118,7 @@ class Wire(_HandshakePhase):
             on_event=on_event,
             logger=logger,
             sessions=sessions,
+            keeper=keeper,
         )
 
     @classmethod
@@ -454,7 +466,9 @@ class Wire(_HandshakePhase):
             )
         self._stepper_events(self.stepper.send(data, now), now)
 
-    def send_frame(self, frame: bytes, data: bytes, now: float) -> bool:
+    def send_frame(
+        self, frame: bytes, data: bytes, now: float, origin: RoomRef | None = None
+    ) -> bool:
         """Queue `frame`, the prebuilt server frame of message `data`
         (`frame_message(data)`): one broadcast builds it once and queues the same
         bytes on every recipient. Returns whether it was queued; never raises.
@@ -465,7 +479,8 @@ class Wire(_HandshakePhase):
         in its outbox, the message goes through the flow instead, so it keeps its
         place after them; so does every message to a resumable session (detached
         or not), which keeps it for replay, and to a connection that negotiated
-        compression (each one's frame differs)."""
+        compression (each one's frame differs). `origin`: the room publication
+        `data` delivers (cluster rooms), for the session's outgoing ledger."""
         stepper = self.stepper
         if stepper is None or self._client:
             return False
@@ -475,7 +490,10 @@ class Wire(_HandshakePhase):
             # A resumable session keeps every message for replay (the prebuilt frame
             # would bypass that ledger); a detached one keeps it until it resumes.
             try:
-                stepper.conn.send(data)
+                if origin is None:
+                    stepper.conn.send(data)
+                else:
+                    stepper.deliver(data, origin)
             except ConnectionClosedError:
                 return False
             return True

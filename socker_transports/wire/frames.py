@@ -12,8 +12,9 @@ import os
 import struct
 from collections.abc import Collection
 
-from socker_core import Connection, ConnectionClosedError, Registry
+from socker_core import Connection, ConnectionClosedError, Registry, RoomRef
 from socker_core._codes import CloseCode
+from socker_core._stepper import stepper_of
 
 from .masking import mask
 
@@ -98,12 +99,15 @@ def prepare_delivery(
     return recipients, frame_message(payload)
 
 
-def send_through_flow(conn: Connection, payload: bytes) -> bool:
+def send_through_flow(conn: Connection, payload: bytes, origin: RoomRef | None = None) -> bool:
     """A broadcast's copy for a connection whose wire cannot take the prebuilt frame
     now (still opening, or detached): through its Stepper, in order (and kept for
     replay when detached). False when it is no longer open."""
     try:
-        conn.send(payload)
+        if origin is None:
+            conn.send(payload)
+        else:
+            stepper_of(conn).deliver(payload, origin)
     except ConnectionClosedError:
         return False
     return True

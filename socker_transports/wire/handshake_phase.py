@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import RejectConnection, Request
 
-from socker_core import Flow, ReplayBuffer, ResumeSession, Stepper
+from socker_core import Flow, OutgoingLedger, ReplayBuffer, ResumeSession, Stepper
 from socker_core._codes import CloseCode
 from socker_core._resume import Claimed
 
@@ -295,7 +295,13 @@ class _HandshakePhase(_OpenPhase):
             server=self.owner,
             remote_address=self.remote_address,
             request=request,
-            replay=None if resume is None else ReplayBuffer(flow.max_resume_buffer),
+            replay=None
+            if resume is None
+            else ReplayBuffer(
+                flow.max_resume_buffer,
+                # Kept in a shared store: the ledger says where each message came from.
+                ledger=None if self._keeper is None or self._client else OutgoingLedger(),
+            ),
         )
         if resume is not None:
             if self._client:
@@ -306,7 +312,8 @@ class _HandshakePhase(_OpenPhase):
                 token = new_token()
                 window = flow.resume_window
                 resume.session = ResumeSession(token, self.path, stepper, window, holder=self)
-                self._sessions.add(resume.session, now)
+                if self._keeper is None:
+                    self._sessions.add(resume.session, now)
                 self._write_control(control("session", token=token, window=window), now)
         if state:
             conn_state = stepper.conn.state
@@ -322,13 +329,19 @@ class _HandshakePhase(_OpenPhase):
             self.observer.opened(stepper, self.path, self.subprotocol, self.peer)
         if self.log.isEnabledFor(logging.INFO):
             self.log.info("%s: open %s (flow %s)", self._label(), self.path, flow.name)
+        if self._keeper is not None and resume is not None and resume.session is not None:
+            self._keeper.opened(self, resume.session, now)  # before open: on_open's sends wait
         self._stepper_events(stepper.open(now), now)
 
     # -- resume ------------------------------------------------------------------
 
     def _resume_server(self, flow: Flow, token: str, peer_received: int, now: float) -> None:
         """A client presents a session token: take the session over, or refuse with
-        its code (after the 101: a browser sees close codes, never HTTP statuses)."""
+        its code (after the 101: a browser sees close codes, never HTTP statuses).
+        With a keeper (sessions in a shared store) the keeper looks the token up."""
+        if self._keeper is not None:
+            self._lookup(flow, token, peer_received, now)
+            return
         self._opened_transport(now)
         resume = self._resume
         assert resume is not None and self._sessions is not None

@@ -9,11 +9,11 @@ from socker_core._codes import CloseCode
 
 from .events import Phase
 from .frames import OP_PONG, close_frame, control_frame
+from .kept_phase import _KeptPhase
 from .reader import Failed, PeerClose, Ping, Pong, ReaderEvent, Refused
-from .resume_phase import _ResumePhase
 
 
-class _OpenPhase(_ResumePhase):
+class _OpenPhase(_KeptPhase):
     """Once open: messages, fragments and `max_size`, ping/pong, the close handshake."""
 
     __slots__ = ()

@@ -31,6 +31,7 @@ import base64
 import json
 import os
 import re
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,3 +136,11 @@ class WireResume:
     unconfirmed: bool = False
     #: Server, during the handshake: what the client offered.
     offer: Offer | None = None
+    #: Kept sessions (cross-worker resume): Send events of the session seen so far
+    #: (the number of the last one), the messages held by the write-ahead rule
+    #: (number, data), the count stated by our last ack, and whether the keeper is
+    #: looking the presented token up.
+    numbered: int = 0
+    gated: deque[tuple[int, bytes | str]] | None = None
+    acked_at: int = 0
+    lookup: bool = False

@@ -103,6 +103,7 @@ class _ResumePhase(_WireState):
             self._stepper_events(stepper.detach(now, window), now)
         if not stepper.is_closed:
             self._events.append(Detached(window))
+            self._kept_detached(now)
 
     def _write_control(self, text: str, now: float) -> None:
         """One control message: a text frame, never compressed (RFC 7692 allows it)."""
@@ -118,7 +119,9 @@ class _ResumePhase(_WireState):
         if stepper is None or stepper.replay is None or self._phase is not Phase.OPEN:
             return
         resume.unacked = resume.unacked_bytes = 0
-        self._write_control(control("ack", received=stepper.replay.received), now)
+        # With a ledger: the stored snapshot's count (what a new worker would ask for).
+        resume.acked_at = stepper.replay.ack_count
+        self._write_control(control("ack", received=resume.acked_at), now)
 
     def _count(self, message: bytes | str, now: float) -> bool:
         """A binary message is about to reach the Stepper: count it (acking every
@@ -132,6 +135,8 @@ class _ResumePhase(_WireState):
         if resume.unconfirmed:
             self._confirm(now)
         stepper.replay.received += 1
+        if self._keeper is not None:
+            self._keeper.touched(self)  # a turn to store (coalesced by the keeper)
         resume.unacked += 1
         resume.unacked_bytes += len(message)
         if resume.unacked >= ACK_EVERY or resume.unacked_bytes >= ACK_BYTES:
@@ -142,7 +147,11 @@ class _ResumePhase(_WireState):
         resume = self._resume
         assert resume is not None
         resume.unconfirmed = False
-        if resume.session is not None and self._sessions is not None:
+        if resume.session is None:
+            return
+        if self._keeper is not None:
+            self._keeper.confirmed(self, resume.session)
+        elif self._sessions is not None:
             self._sessions.confirm(resume.session, now)
 
     def _text_control(self, text: str, now: float) -> None:

@@ -55,6 +55,7 @@ class _WireState:
         "_held",
         "_held_size",
         "_input_pending",
+        "_keeper",
         "_key",
         "_lingers",
         "_nonce",
@@ -109,6 +110,7 @@ class _WireState:
         on_event: EventHook | None = None,
         logger: logging.Logger | None = None,
         sessions: SessionStore | None = None,
+        keeper: Any = None,
     ) -> None:
         self.role = role
         self.options = options
@@ -180,6 +182,9 @@ class _WireState:
         self._client_flow = flow
         #: Server: where resumable sessions live (None: this server does not resume).
         self._sessions = sessions
+        #: Server: the keeper of sessions in a shared store (cross-worker resume), or
+        #: None (see kept_phase.py).
+        self._keeper = keeper
         #: Resume state, on connections that negotiated socker.resume.v1 (see
         #: resume.py); None otherwise, so a plain connection pays one test.
         self._resume: WireResume | None = None
@@ -194,6 +199,12 @@ class _WireState:
             self.observer.stepper_events(events)
         for event in events:
             if isinstance(event, Send):
+                if (
+                    self._keeper is not None
+                    and self._resume is not None
+                    and self._gate(event.data, now)
+                ):
+                    continue  # held by the write-ahead rule (kept sessions)
                 if self._phase is Phase.OPEN:
                     self._send_message(event.data, now)
             elif isinstance(event, CloseRequested):
@@ -202,6 +213,8 @@ class _WireState:
                 resume = self._resume
                 if resume is not None and resume.session is not None and self._sessions:
                     self._sessions.end(resume.session, event.code, now)
+                if resume is not None and self._keeper is not None:
+                    self._kept_ended(resume, event.code)
                 self.close_code, self.close_reason = event.code, event.reason
                 if self.log.isEnabledFor(logging.INFO):
                     self.log.info(
@@ -364,10 +377,19 @@ class _WireState:
         if self.observer is not None and observed:
             self.observer.refused(status, reason, self.path, self.peer)
 
-    # -- resume (implemented by _ResumePhase) -----------------------------------------
+    # -- resume (implemented by _ResumePhase and _KeptPhase) ----------------------------
 
     def _can_detach(self) -> bool:
         return False
+
+    def _gate(self, data: bytes | str, now: float) -> bool:
+        return False
+
+    def _kept_ended(self, resume: WireResume, code: int) -> None:
+        pass
+
+    def _kept_detached(self, now: float) -> None:
+        pass
 
     def _detach(self, now: float, reason: str) -> None:
         raise NotImplementedError

@@ -608,7 +608,7 @@ def handshake_flow(*, broken: bool = False, bad_code: bool = False) -> Flow:
         if kind == 1:
             return True
         if bad_code and message == b"quit":
-            return Close(1013, "try again later")  # planted: not a code socker documents
+            return Close(1014, "bad gateway")  # planted: not a code socker documents
         return Close(4400, "bad version") if kind == 0 else False
 
     @flow.step(timeout=5.0)
@@ -657,7 +657,7 @@ def test_fuzz_flow_finds_a_planted_handler_bug_with_a_minimal_example() -> None:
 
 
 def test_fuzz_flow_finds_an_undocumented_close_code() -> None:
-    with pytest.raises(FuzzFailure, match="closed with 1013"):
+    with pytest.raises(FuzzFailure, match="closed with 1014"):
         fuzz_flow(handshake_flow(bad_code=True), messages=MESSAGES, max_examples=200, seed=3)
 
 
