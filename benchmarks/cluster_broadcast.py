@@ -1,0 +1,323 @@
+"""`python -m benchmarks.cluster_broadcast [--clients 2000] [--rounds 100] [--quick]`:
+one 64 B broadcast to every client of a room spread over 2 worker processes that
+share one Redis, socker beside python-socketio (its `AsyncRedisManager`) in the same
+run.
+
+For each system, in turn (`--passes` passes interleave them, each a fresh setup):
+
+1. a fresh `redis-server` on 127.0.0.1 and a free port, no persistence, started and
+   stopped here (benchmarks/redis_server.py, the engine tests' helper);
+2. 2 workers on one port (SO_REUSEPORT: the kernel spreads the connections):
+   socker, `workers.run` with a RedisEngine per worker; python-socketio,
+   `socketio.AsyncServer(async_mode="aiohttp", client_manager=AsyncRedisManager(url))`
+   in two aiohttp processes, websocket transport only (benchmarks/cluster_servers.py);
+3. `--client-processes` load clients (benchmarks/cluster_client.py: picows, compiled,
+   on uvloop) holding `--clients` connections, each of them in the room, each told
+   which worker holds it (the table shows the split).
+
+The servers and Redis are pinned to `--server-cpus` and the clients to
+`--client-cpus` with taskset (default CPU 0 and CPU 1: on this 2-core machine the two
+workers share one core, the same for both systems; the clients never compete with
+them).
+
+How a round is triggered and timed, the same for both systems: the first client
+process reads `time.monotonic()` (t0) and sends a trigger message (socker: binary
+`go:RRRRRRRR`; socket.io: the event `42["go","RRRRRRRR"]`) on one of its
+connections; the worker that receives it broadcasts 64 B to the room cluster-wide
+(socker: `server.broadcast(data, room=...)` through the engine, which publishes on
+Redis and every worker delivers what its subscription brings; socket.io:
+`await sio.emit("b", data, room=...)`, which sends to its own worker's members at once
+and publishes on Redis for the others). Every client process reads
+`time.monotonic()` as each copy arrives (CLOCK_MONOTONIC: one clock for every process
+of the machine). Per round:
+
+- last: t0 to the last connection's receipt (trigger sent -> everyone has it);
+- first: t0 to the first receipt.
+
+The table shows p50 and p99 over the rounds after `--warmup` rounds per pass, the
+ratio socker / socketio of each (target: socker's last at most 0.5x socketio's), the
+servers' CPU per round (every worker and Redis, from /proc) and the clients' CPU per
+round against the round's time (near 100% would mean the client bounds the figure).
+Each round starts `--gap` seconds after the previous one ended. Every process has a
+time budget and stops by itself; `--quick` is 200 clients and 10 rounds. Results go to
+`benchmarks/results/cluster_broadcast.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from pathlib import Path
+from statistics import median, quantiles
+from typing import Any
+
+from benchmarks.client import cpu_seconds
+from benchmarks.redis_server import RedisServer, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results" / "cluster_broadcast.json"
+PY = sys.executable
+SYSTEMS = ["socker", "python-socketio"]
+BASE = "python-socketio"
+TARGET = 0.5
+WORKERS = 2
+#: Seconds to wait for a server or the clients to get going, and for one round.
+START_TIMEOUT = 120.0
+ROUND_TIMEOUT = 30.0
+
+
+class Lines:
+    """The JSON lines a child prints, read by a thread into a queue (bounded waits)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.other: list[str] = []
+        reader = threading.Thread(target=self._read, daemon=True)
+        reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                self.queue.put(json.loads(line))
+            except ValueError:
+                self.other.append(line.rstrip())
+        self.queue.put(None)
+
+    def next(self, timeout: float) -> dict[str, Any]:
+        try:
+            item = self.queue.get(timeout=timeout)
+        except queue.Empty:
+            raise RuntimeError(f"no answer from {self.proc.args!r} within {timeout}s") from None
+        if item is None:
+            self.queue.put(None)
+            raise RuntimeError(f"{self.proc.args!r} ended ({self.other[-5:]})")
+        return item
+
+
+def pinned(cpus: str) -> list[str]:
+    if cpus and shutil.which("taskset") and (os.cpu_count() or 1) > 1:
+        return ["taskset", "-c", cpus]
+    return []
+
+
+@contextmanager
+def child(args: list[str], *, stdin: bool = False) -> Iterator[tuple[subprocess.Popen[str], Lines]]:
+    """A child process printing JSON lines; SIGTERM (then SIGKILL) at the end."""
+    proc = subprocess.Popen(
+        args,
+        stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        yield proc, Lines(proc)
+    finally:
+        if stdin and proc.stdin is not None:
+            try:
+                proc.stdin.write("stop\n")
+                proc.stdin.close()
+            except OSError:
+                pass
+            with suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def start_servers(
+    system: str, redis_url: str, ns: argparse.Namespace, stack: ExitStack
+) -> tuple[int, list[int]]:
+    """Start `system`'s 2 workers; (port, worker pids)."""
+    pin = pinned(ns.server_cpus)
+    module = [PY, "-m", "benchmarks.cluster_servers"]
+    if system == "socker":
+        _, lines = stack.enter_context(
+            child([*pin, *module, "socker", "--redis", redis_url, "--workers", str(WORKERS),
+                   "--backend", ns.socker_backend])
+        )  # fmt: skip
+        ready = lines.next(START_TIMEOUT)
+        return int(ready["url"].rsplit(":", 1)[1]), list(ready["pids"])
+    port = free_port()
+    pids = []
+    for _ in range(WORKERS):
+        _, lines = stack.enter_context(
+            child([*pin, *module, "sio", "--redis", redis_url, "--port", str(port),
+                   "--loop", ns.sio_loop])
+        )  # fmt: skip
+        pids.append(int(lines.next(START_TIMEOUT)["ready"]))
+    return port, pids
+
+
+def quantile(values: list[float], q: int) -> float:
+    if len(values) == 1:
+        return values[0]
+    return quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+def measure(system: str, ns: argparse.Namespace) -> dict[str, Any]:
+    """One fresh setup of `system`: warm-up rounds, then `ns.per_pass` measured ones."""
+    protocol = "socker" if system == "socker" else "sio"
+    with ExitStack() as stack:
+        redis = stack.enter_context(RedisServer.temporary(prefix=pinned(ns.server_cpus)))
+        assert redis.proc is not None
+        port, worker_pids = start_servers(system, redis.url, ns, stack)
+        share = [ns.clients // ns.client_processes] * ns.client_processes
+        share[0] += ns.clients - sum(share)
+        clients = []
+        for number, count in enumerate(share):
+            args = [*pinned(ns.client_cpus), PY, "-m", "benchmarks.cluster_client", protocol,
+                    str(port), str(count)]  # fmt: skip
+            args += ["--trigger"] * (number == 0)
+            clients.append(stack.enter_context(child(args, stdin=True)))
+        split: dict[str, int] = {}
+        for _, lines in clients:
+            ready = lines.next(START_TIMEOUT)
+            for pid, count in ready["workers"].items():
+                split[pid] = split.get(pid, 0) + count
+        if len(split) != WORKERS:
+            raise RuntimeError(f"{system}: the clients reached {len(split)} workers, not {WORKERS}")
+        trigger = clients[0][0].stdin
+        assert trigger is not None
+        server_pids = [*worker_pids, redis.proc.pid]
+        samples: dict[str, list[float]] = {"last": [], "first": [], "client_cpu": []}
+        cpu_before = 0.0
+        client_cpu = [0.0] * len(clients)
+        for round_no in range(ns.warmup + ns.per_pass):
+            if round_no == ns.warmup:
+                cpu_before = sum(cpu_seconds(pid) for pid in server_pids)
+            trigger.write(f"go {round_no}\n")
+            trigger.flush()
+            sent = clients[0][1].next(ROUND_TIMEOUT)
+            if sent.get("sent") != round_no:
+                raise RuntimeError(f"{system}: expected the trigger of round {round_no}: {sent}")
+            got = [lines.next(ROUND_TIMEOUT) for _, lines in clients]
+            if any(line.get("round") != round_no for line in got):
+                raise RuntimeError(f"{system}: round {round_no} answered with {got}")
+            spent = sum(line["cpu"] - before for line, before in zip(got, client_cpu, strict=True))
+            client_cpu = [line["cpu"] for line in got]
+            if round_no >= ns.warmup:
+                samples["last"].append(max(line["last"] for line in got) - sent["t0"])
+                samples["first"].append(min(line["first"] for line in got) - sent["t0"])
+                samples["client_cpu"].append(spent)
+            time.sleep(ns.gap)
+        server_cpu = sum(cpu_seconds(pid) for pid in server_pids) - cpu_before
+        return {**samples, "server_cpu": [server_cpu / ns.per_pass], "split": [split]}
+
+
+def summarize(rows: dict[str, list[Any]]) -> dict[str, Any]:
+    last, first = rows["last"], rows["first"]
+    return {
+        "last_p50_ms": median(last) * 1e3,
+        "last_p99_ms": quantile(last, 99) * 1e3,
+        "first_p50_ms": median(first) * 1e3,
+        "first_p99_ms": quantile(first, 99) * 1e3,
+        "server_cpu_ms_per_round": median(rows["server_cpu"]) * 1e3,
+        "client_cpu_ms_per_round": median(rows["client_cpu"]) * 1e3,
+        "client_busy": median(c / t for c, t in zip(rows["client_cpu"], last, strict=True)),
+        "rounds": len(last),
+        "worker_split": [sorted(split.values()) for split in rows["split"]],
+    }
+
+
+def render(report: dict[str, Any]) -> str:
+    results = report["results"]
+    base = results.get(BASE)
+    lines = [
+        f"64 B broadcast to {report['clients']} clients in one room over {WORKERS} workers "
+        f"sharing one Redis ({report['rounds']} rounds per system; client: picows on uvloop)",
+        "",
+        "| server | last p50 (ms) | last p99 (ms) | first p50 (ms) | vs socketio p50 | "
+        "vs socketio p99 | server CPU / round (ms) | client busy | target |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for name, row in results.items():
+        p50 = p99 = target = ""
+        if base and name != BASE:
+            r50 = row["last_p50_ms"] / base["last_p50_ms"]
+            r99 = row["last_p99_ms"] / base["last_p99_ms"]
+            p50, p99 = f"{r50:.2f}x", f"{r99:.2f}x"
+            target = f"<= {TARGET}x: " + ("met" if r50 <= TARGET else "NOT met")
+        lines.append(
+            f"| {name} | {row['last_p50_ms']:.2f} | {row['last_p99_ms']:.2f} "
+            f"| {row['first_p50_ms']:.2f} | {p50} | {p99} | {row['server_cpu_ms_per_round']:.2f} "
+            f"| {row['client_busy']:.0%} | {target} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.cluster_broadcast")
+    parser.add_argument("--clients", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=100, help="measured, over all passes")
+    parser.add_argument("--warmup", type=int, default=5, help="rounds per pass")
+    parser.add_argument("--passes", type=int, default=2)
+    parser.add_argument("--gap", type=float, default=0.05, help="seconds between rounds")
+    parser.add_argument("--client-processes", type=int, default=1)
+    parser.add_argument("--server-cpus", default="0", help="taskset list; '' = unpinned")
+    parser.add_argument("--client-cpus", default="1", help="taskset list; '' = unpinned")
+    parser.add_argument("--socker-backend", default="asyncio")
+    parser.add_argument("--sio-loop", default="uvloop", choices=["asyncio", "uvloop"])
+    parser.add_argument("--only", default=",".join(SYSTEMS))
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    ns = parser.parse_args(args)
+    if ns.quick:
+        ns.clients, ns.rounds, ns.warmup, ns.passes = 200, 10, 2, 1
+    names = [name for name in ns.only.split(",") if name]
+    unknown = set(names) - set(SYSTEMS)
+    if unknown:
+        parser.error(f"unknown systems: {sorted(unknown)}")
+    if not 1 <= ns.client_processes <= ns.clients:
+        parser.error("--client-processes must be between 1 and --clients")
+    ns.per_pass = max(1, ns.rounds // ns.passes)
+    report: dict[str, Any] = {
+        "clients": ns.clients,
+        "rounds": ns.per_pass * ns.passes,
+        "workers": WORKERS,
+        "config": {k: v for k, v in vars(ns).items() if k not in ("output", "quick", "per_pass")},
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            # Other work on the machine disturbs the figures: say how busy it was.
+            "loadavg_start": os.getloadavg(),
+        },
+        "command": "python -m benchmarks.cluster_broadcast " + " ".join(args),
+        "results": {},
+    }
+    rows: dict[str, dict[str, list[Any]]] = {name: {} for name in names}
+    for number in range(ns.passes):
+        for name in names:
+            print(f"pass {number + 1}: {name} ...", file=sys.stderr, flush=True)
+            for key, values in measure(name, ns).items():
+                rows[name].setdefault(key, []).extend(values)
+    report["results"] = {name: summarize(rows[name]) for name in names}
+    report["machine"]["loadavg_end"] = os.getloadavg()
+    print(render(report))
+    ns.output.parent.mkdir(parents=True, exist_ok=True)
+    ns.output.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
