@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.client import client_frame, cpu_seconds, open_ws
+from benchmarks.machine import machine_seconds, run_queue_seconds
 from benchmarks.peers._flow import echo_flow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,26 +139,6 @@ def _children(pid: int) -> list[int]:
             if int(fields[1]) == pid:
                 found.append(int(entry))
     return found
-
-
-def run_queue_seconds(pid: int) -> float:
-    """Time this process spent runnable but waiting for a CPU (/proc/PID/schedstat)."""
-    try:
-        with open(f"/proc/{pid}/schedstat") as f:
-            return int(f.read().split()[1]) / 1e9
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
-def machine_seconds() -> tuple[float, float, float]:
-    """(busy, interrupts, steal) CPU seconds of the whole machine so far (/proc/stat).
-    Interrupt time (mostly loopback's softirq: our own traffic) is counted apart:
-    the kernel does not charge it to the processes."""
-    with open("/proc/stat") as f:
-        fields = [int(value) for value in f.readline().split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
-    tick = os.sysconf("SC_CLK_TCK")
-    return (user + nice + system + irq + softirq) / tick, (irq + softirq) / tick, steal / tick
 
 
 def snapshot(servers: list[int], clients: list[int]) -> dict[str, float]:
