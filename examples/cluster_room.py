@@ -1,17 +1,21 @@
 """One room across worker processes and machines, on Redis (extra `redis`).
 
+    socker serve examples.cluster_room:flow --engine redis://127.0.0.1:6379/0 --workers 2
+
+serves `flow` from 2 worker processes on one port; run it again on another port or
+machine with the same Redis and the room spans both. Each worker opens its own
+engine; `conn.join`, `server.broadcast(room=)`, `server.publish` and
+`server.presence` are cluster-wide. A gap the engine cannot backfill (Redis lost its
+data) closes the room's members with 4414 by default; run this file as a script to
+see an `on_resync` hook instead, which tells them "resync" and keeps them:
+
     python examples/cluster_room.py redis://127.0.0.1:6379/0 --workers 2 --port 8765
 
-serves `flow` from N worker processes on one port (`socker_transports.workers`); run
-it again on another port or machine with the same Redis and the room spans both.
-Each worker opens its own RedisEngine in the workers' `lifespan` and puts every
-connection in the room "match" through `EngineRooms` (rooms_bridge.py).
-
 Client protocol: on open the server sends {"pid", "member"} as JSON; "say:TEXT"
-broadcasts TEXT to the room (or answers "unavailable:TEXT" while Redis is down),
-"shout:TEXT" to the room but the sender; "who" answers "who:" + the JSON list of
-members. A gap the engine cannot backfill sends "resync" to every member.
-tests/engine/test_cluster.py runs it as two "machines" of two workers.
+publishes TEXT to the room (confirmed; "unavailable:TEXT" while Redis is down),
+"shout:TEXT" broadcasts it to the room but the sender; "who" answers "who:" + the
+JSON list of members. tests/engine/test_cluster.py runs it as two "machines" of two
+workers each.
 """
 
 from __future__ import annotations
@@ -22,75 +26,53 @@ import json
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
 
 from socker_core import Connection, ConnectionClosedError, Flow
 from socker_transports import workers
 from socker_transports.engine import EngineUnavailable, Resync
-from socker_transports.engine.redis_engine import RedisEngine
-from socker_transports.engine.rooms_bridge import EngineRooms
 
-PRESENCE_TTL = 15.0
 ROOM = "match"
 
 flow = Flow("cluster")
-_rooms: list[EngineRooms] = []  # this worker's, set by the lifespan
-
-
-def rooms() -> EngineRooms:
-    return _rooms[0]
 
 
 @flow.on_open
-async def joined(conn: Connection) -> None:
-    await rooms().join(conn, ROOM, {"pid": str(os.getpid())})
-    conn.send(json.dumps({"pid": os.getpid(), "member": rooms().member_id(conn)}).encode())
+def joined(conn: Connection) -> None:
+    conn.join(ROOM, {"pid": str(os.getpid())})  # cluster-wide; the engine follows in order
+    conn.send(json.dumps({"pid": os.getpid(), "member": conn.id}).encode())
 
 
 @flow.step
 async def talk(conn: Connection, message: bytes) -> bool:
-    if message.startswith(b"say:"):
-        try:
-            await rooms().broadcast(message[4:], room=ROOM)
-        except EngineUnavailable:  # Redis is down: the connection stays up, told so
-            conn.send(b"unavailable:" + message[4:])
-    elif message.startswith(b"shout:"):  # to everyone but the sender
-        await rooms().broadcast(message[6:], room=ROOM, skip=conn)
-    elif message == b"who":
-        members = sorted(await rooms().presence(ROOM))
-        conn.send(b"who:" + json.dumps(members).encode())
+    server = conn.server
+    try:
+        if message.startswith(b"say:"):
+            await server.publish(message[4:], room=ROOM)  # returns once Redis has it
+        elif message.startswith(b"shout:"):  # to everyone but the sender
+            server.broadcast(message[6:], room=ROOM, skip=conn)
+        elif message == b"who":
+            members = sorted(await server.presence(ROOM))
+            conn.send(b"who:" + json.dumps(members).encode())
+    except EngineUnavailable:  # Redis is down: the connection stays up, told so
+        conn.send(b"unavailable:" + message.partition(b":")[2])
     return False
 
 
-@flow.on_close
-async def left(conn: Connection) -> None:
-    await rooms().leave_all(conn)
-
-
-def tell_resync(event: Resync, members: Mapping[str, Connection]) -> None:
-    """A gap history cannot fill: every member of the room is told, in order."""
-    for conn in members.values():
+def tell_resync(event: Resync, members: list[Connection]) -> None:
+    """A gap history cannot fill: every local member of the room is told, in order,
+    and stays (the application rebuilds its state)."""
+    for conn in members:
         with contextlib.suppress(ConnectionClosedError):
             conn.send(b"resync")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python examples/cluster_room.py")
-    parser.add_argument("redis_url", metavar="REDIS_URL")
+    parser.add_argument("engine", metavar="ENGINE_URL", help="redis://HOST:PORT/DB")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765, help="0 picks one")
-    parser.add_argument("--presence-ttl", type=float, default=PRESENCE_TTL)
     ns = parser.parse_args(argv)
-
-    @asynccontextmanager
-    async def lifespan() -> AsyncIterator[None]:
-        async with RedisEngine(
-            ns.redis_url, presence_ttl=ns.presence_ttl, timeout=1.0, reconnect_delay=(0.02, 0.2)
-        ) as engine:
-            _rooms[:] = [EngineRooms(engine, on_resync=tell_resync)]
-            yield
 
     def announce(supervisor: workers.Supervisor) -> None:
         print(f"socker: serving room {ROOM!r} on {supervisor.url}", flush=True)
@@ -101,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         workers=ns.workers,
         host=ns.host,
         port=ns.port,
-        lifespan=lifespan,
+        engine=ns.engine,
+        on_resync=tell_resync,
         announce=announce,
         close_timeout=2,
     )

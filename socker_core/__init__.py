@@ -36,7 +36,15 @@ from ._resume import (
     SessionStore,
     reconnect_delay,
 )
-from ._rooms import Registry
+from ._rooms import (
+    MAX_INFO_BYTES,
+    MemberJoined,
+    MemberLeft,
+    MembershipEvent,
+    MembershipListener,
+    Registry,
+    check_info,
+)
 from ._state import State
 from ._stepper import (
     DEFAULT_MAX_QUEUE,
@@ -55,6 +63,7 @@ __all__ = [
     "DEFAULT_MAX_QUEUE",
     "DEFAULT_MAX_RESUME_BUFFER",
     "HOOK_STEPS",
+    "MAX_INFO_BYTES",
     "ON_CLOSE",
     "ON_DETACH",
     "ON_OPEN",
@@ -78,6 +87,10 @@ __all__ = [
     "HandlerFailed",
     "Hook",
     "LocalProtocolError",
+    "MemberJoined",
+    "MemberLeft",
+    "MembershipEvent",
+    "MembershipListener",
     "MemorySessionStore",
     "Message",
     "QueueFullError",
@@ -95,6 +108,7 @@ __all__ = [
     "StepChanged",
     "Stepper",
     "__version__",
+    "check_info",
     "is_sendable_close_code",
     "reconnect_delay",
 ]

@@ -27,6 +27,8 @@ class CloseCode(IntEnum):
     SESSION_GONE = 4410
     FLOW_CHANGED = 4412
     RESUME_BUFFER_OVERFLOW = 4413
+    # Scale-out (see README "Scale-out"): a room's cluster-wide sequence had a gap.
+    ROOM_STATE_LOST = 4414
 
 
 #: The public close-code table: code -> what it means in socker.
@@ -64,6 +66,7 @@ CLOSE_CODES: dict[int, str] = {
     CloseCode.RESUME_BUFFER_OVERFLOW: (
         "resume failed: messages to replay outgrew max_resume_buffer (the session ended)"
     ),
+    CloseCode.ROOM_STATE_LOST: "room state lost: reconnect and resync",
     4400: "WebRTC signaling: a malformed, unsupported or out-of-order signaling message",
     4504: "WebRTC: the data channel did not open within open_timeout (or ICE failed)",
 }

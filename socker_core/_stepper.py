@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from functools import partial
 from itertools import count
@@ -140,10 +140,11 @@ class Connection(Generic[StateT]):
         None for a client or when embedded without one."""
         return self._stepper.request
 
-    def join(self, room: str) -> None:
-        """Join `room` (a no-op if already in it). ConnectionClosedError once closing;
-        LocalProtocolError for a connection with no server (a client)."""
-        self._registry("join").join(self, room)
+    def join(self, room: str, info: Mapping[str, str] | None = None) -> None:
+        """Join `room` (a no-op if already in it), with presence `info` (a small
+        str -> str mapping; a new `info` updates it). ConnectionClosedError once
+        closing; LocalProtocolError for a connection with no server (a client)."""
+        self._registry("join").join(self, room, info)
 
     def leave(self, room: str) -> None:
         """Leave `room` (a no-op if not in it)."""

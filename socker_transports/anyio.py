@@ -87,6 +87,9 @@ from ._anyio_session import (
 from ._asyncio_protocol import asyncio_spawner, peer_name, session_factory, ssl_timeouts
 from ._limits import effective_max_connections
 from ._listen import bound_address, check_choice, check_listening, is_tcp, unix_listener
+from .engine.cluster import ClusterRooms, LocalNumbering, ResyncHook, resolve_engine
+from .engine.events import Publication, StreamPosition
+from .engine.interface import Engine
 from .wire import (
     SHUTDOWN_CODE,
     SHUTDOWN_REASON,
@@ -102,6 +105,7 @@ from .wire import (
     check_shutdown,
     format_host,
     prepare_broadcast,
+    prepare_delivery,
     send_through_flow,
     shutdown_reason,
     socket_address,
@@ -162,6 +166,8 @@ class Server:
         unix_socket: str | None = None,
         on_event: EventHook | None = None,
         logger: logging.Logger | None = None,
+        engine: str | Engine | None = None,
+        on_resync: ResyncHook | None = None,
     ) -> None:
         check_choice(sock, unix_socket, reuse_port)
         self.on_event = on_event
@@ -169,6 +175,10 @@ class Server:
         self.log = logger if logger is not None else _SOCKER_LOGGER
         if sock is not None:
             check_listening(sock)
+        #: The cluster engine rooms go through (`engine=`), or None: in-process rooms.
+        self.engine: Engine | None = resolve_engine(engine)
+        self._cluster: ClusterRooms | None = None
+        self._numbering: LocalNumbering | None = None  # publish() without an engine
         # Validate the routes now rather than on the first connection.
         Wire.server(routes, 0.0, options)
         self.sock = sock
@@ -198,6 +208,15 @@ class Server:
         self._session_of: dict[Connection, _SessionBase] = {}
         #: Rooms and the recipients of a broadcast (socker_core's pure registry).
         self.registry = Registry()
+        if self.engine is not None:
+            self._cluster = ClusterRooms(
+                self.engine,
+                self.registry,
+                self._deliver,
+                on_resync=on_resync,
+                on_event=on_event,
+                log=self.log,
+            )
         self._accepting: anyio.CancelScope | None = None
         self._closing = False
         self._close_code: int = SHUTDOWN_CODE
@@ -261,8 +280,28 @@ class Server:
         queued for. From any task on the loop, in a handler or not. A connection
         that is closing, or that `max_send_buffer` drops, is skipped: nothing
         raises into the caller. The frame is built once; each recipient's copy is
-        written at once, in the order of the calls."""
+        written at once, in the order of the calls.
+
+        With an `engine`, `room=` goes cluster-wide: the publication is queued for
+        the engine (in order with this server's joins and leaves) and reaches every
+        member on every worker in the room's one order; the count returned is of
+        the local members it will reach. EngineUnavailable at once while the engine
+        knows its store is unreachable; a queued publication that fails later is
+        reported (`PublishFailed` on `on_event`, an error log line). Without
+        `room=` a broadcast stays on this worker."""
+        cluster = self._cluster
+        if cluster is not None and room is not None:
+            return cluster.broadcast(data, room, skip)
         recipients, payload, frame = prepare_broadcast(self.registry, data, room, skip)
+        return self._push(recipients, payload, frame)
+
+    def _deliver(self, publication: Publication, skip_ids: frozenset[str], payload: bytes) -> int:
+        """The one delivery of an engine's publication to this worker's members of its
+        room (but `skip_ids`): the frame built once and pushed like a broadcast's."""
+        recipients, frame = prepare_delivery(self.registry, publication.room, skip_ids, payload)
+        return self._push(recipients, payload, frame) if recipients else 0
+
+    def _push(self, recipients: list[Connection], payload: bytes, frame: bytes) -> int:
         sessions = self._session_of
         now = self._now()
         count = 0
@@ -276,6 +315,33 @@ class Server:
                 # keeps the message for the replay when it resumes).
                 count += send_through_flow(conn, payload)
         return count
+
+    async def publish(
+        self,
+        data: bytes,
+        *,
+        room: str,
+        skip: Connection | Collection[Connection] | None = None,
+    ) -> StreamPosition:
+        """Broadcast `data` to `room` and return its position once the store has it
+        (with an engine: cluster-wide, EngineUnavailable when the store cannot take
+        it; without: a local broadcast, numbered in this server's own sequence)."""
+        cluster = self._cluster
+        if cluster is not None:
+            return await cluster.publish(data, room, skip)
+        self.broadcast(data, room=room, skip=skip)
+        if self._numbering is None:
+            self._numbering = LocalNumbering()
+        return self._numbering.next(room)
+
+    async def presence(self, room: str) -> dict[str, dict[str, str]]:
+        """Who is in `room`: member id (`conn.id`) -> its info (`conn.join(room,
+        info)`). With an engine: every worker's members (after this server's own
+        queued joins and leaves reached it); without: this server's."""
+        cluster = self._cluster
+        if cluster is not None:
+            return await cluster.presence(room)
+        return {conn.id: info for conn, info in self.registry.members(room).items()}
 
     def close(
         self, code: int = SHUTDOWN_CODE, drain: bool = False, *, drain_timeout: float | None = None
@@ -364,8 +430,14 @@ class Server:
             self.port = listener.listeners[0].extra(SocketAttribute.local_port)
         main = self._main_asyncio if _on_asyncio() else self._main_streams
         body_error: BaseException | None = None
+        cluster = self._cluster
         try:
-            async with anyio.create_task_group() as tg:
+            # The engine (if any) is entered before the first connection and exited
+            # after the last one ended, its queue drained (their leaves) first.
+            async with (
+                cluster if cluster is not None else contextlib.nullcontext(),
+                anyio.create_task_group() as tg,
+            ):
                 await tg.start(main, listener)
                 try:
                     yield self
@@ -698,6 +770,8 @@ def serve(
     unix_socket: str | None = None,
     on_event: EventHook | None = None,
     logger: logging.Logger | None = None,
+    engine: str | Engine | None = None,
+    on_resync: ResyncHook | None = None,
     **options: Unpack[OptionsDict],
 ) -> Server:
     """A websocket server for `routes` (one Flow, or a mapping path -> Flow: 404
@@ -712,7 +786,15 @@ def serve(
 
     `on_event` receives every connection's `wire.observe` events (see
     `socker_transports.metrics` for a Prometheus exporter); `logger` replaces
-    the "socker" logger for this server and its connections."""
+    the "socker" logger for this server and its connections.
+
+    `engine` makes rooms cluster-wide (README "Scale-out"): a URL (`"memory://"`,
+    `"redis://HOST:PORT/DB"`, `"unix:///path"`; see `engine.open_engine`) or an
+    `Engine` instance; either way the server enters it when it starts (before the
+    first connection: a Redis that cannot be reached then fails the start) and
+    exits it when it stops, so pass an instance not entered elsewhere. `server.engine`
+    is it. `on_resync(event, members)` is told when a room's sequence had a gap
+    history could not fill (default: close those members with 4414)."""
     return Server(
         routes,
         host,
@@ -726,6 +808,8 @@ def serve(
         unix_socket=unix_socket,
         on_event=on_event,
         logger=logger,
+        engine=engine,
+        on_resync=on_resync,
     )
 
 

@@ -333,11 +333,15 @@ def _checked_options(ns: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_serve(ns: argparse.Namespace) -> int:
     """`socker serve`: serve until SIGINT/SIGTERM; return the exit status."""
+    from .engine.errors import EngineError
+
     routes = load_routes(ns.target)
     options = _checked_options(ns)
     ssl = _server_ssl(ns)
     backend, backend_options = _backend(ns)
     module = _driver_module(ns.driver)
+    if ns.engine is not None:
+        _check_engine(ns.engine)
     if ns.workers != 1:
         return _serve_workers(routes, ns, ssl, options)
     try:
@@ -357,6 +361,20 @@ def cmd_serve(ns: argparse.Namespace) -> int:
     except OSError as exc:
         _error(f"cannot serve on {ns.host}:{ns.port}: {exc}")
         return EXIT_NETWORK
+    except EngineError as exc:
+        _error(f"cannot start the engine {ns.engine}: {exc}")
+        return EXIT_NETWORK
+
+
+def _check_engine(url: str) -> None:
+    """A bad `--engine` fails before anything starts (the engine is opened, not
+    connected: each worker connects its own)."""
+    from .engine import open_engine
+
+    try:
+        open_engine(url)
+    except (ValueError, TypeError, ImportError) as exc:
+        raise CliError(f"--engine: {exc}") from None
 
 
 def _serve_workers(
@@ -384,6 +402,7 @@ def _serve_workers(
             backend=ns.backend or "asyncio",
             ssl=ssl,
             announce=announce,
+            engine=ns.engine,
             **options,
         )
     except RuntimeError as exc:
@@ -404,7 +423,7 @@ async def _serve_anyio(
     from .anyio import serve
 
     async with (
-        serve(routes, ns.host, ns.port, ssl=ssl, **options) as server,
+        serve(routes, ns.host, ns.port, ssl=ssl, engine=ns.engine, **options) as server,
         anyio.create_task_group() as tg,
     ):
         await tg.start(_watch_signals, server, ns.drain_timeout)
@@ -448,7 +467,7 @@ def _serve_threaded(
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        server = module.serve(routes, ns.host, ns.port, ssl=ssl, **options)
+        server = module.serve(routes, ns.host, ns.port, ssl=ssl, engine=ns.engine, **options)
         with server:
 
             def run() -> None:
@@ -625,6 +644,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="worker processes on one port (SO_REUSEPORT), supervised; default 1",
+    )
+    serve.add_argument(
+        "--engine",
+        default=None,
+        metavar="URL",
+        help=(
+            "rooms, presence and broadcast across processes and machines: memory://, "
+            "redis://HOST:PORT/DB or unix:///PATH (engine options as query parameters, "
+            "e.g. ?presence_ttl=5); each worker opens its own"
+        ),
     )
     serve.add_argument(
         "--drain-timeout",

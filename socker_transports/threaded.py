@@ -109,6 +109,9 @@ from ._listen import (
     tcp_listener,
     unix_listener,
 )
+from .engine.cluster import BlockingClusterRooms, LocalNumbering, ResyncHook, resolve_engine
+from .engine.events import Publication, StreamPosition
+from .engine.interface import Engine
 from .wire import (
     SHUTDOWN_CODE,
     SHUTDOWN_REASON,
@@ -129,6 +132,7 @@ from .wire import (
     check_shutdown,
     format_host,
     prepare_broadcast,
+    prepare_delivery,
     send_through_flow,
     shutdown_reason,
     socket_address,
@@ -1079,6 +1083,8 @@ class Server:
         unix_socket: str | None = None,
         on_event: EventHook | None = None,
         logger: logging.Logger | None = None,
+        engine: str | Engine | None = None,
+        on_resync: ResyncHook | None = None,
     ) -> None:
         check_choice(sock, unix_socket, reuse_port)
         self.on_event = on_event
@@ -1086,6 +1092,10 @@ class Server:
         self.log = logger if logger is not None else _SOCKER_LOGGER
         if sock is not None:
             check_listening(sock)
+        #: The cluster engine rooms go through (`engine=`), or None: in-process rooms.
+        self.engine: Engine | None = resolve_engine(engine)
+        self._cluster: BlockingClusterRooms | None = None
+        self._numbering: LocalNumbering | None = None  # publish() without an engine
         # Validate the routes (and flows) now, not on the first connection.
         Wire.server(routes, 0.0, options, handshake_hook=handshake_hook)
         #: The unix-domain socket path served (unix_socket=), else None.
@@ -1135,6 +1145,24 @@ class Server:
             raise
         self._listener = listener
         self.host, self.port = bound_address(listener)
+        if self.engine is not None:
+            # Entered before the first connection (a store that cannot be reached
+            # fails here), closed in _shut_down after the last one ended.
+            cluster = BlockingClusterRooms(
+                self.engine,
+                self.registry,
+                self._deliver,
+                on_resync=on_resync,
+                on_event=on_event,
+                log=self.log,
+            )
+            try:
+                cluster.start()
+            except BaseException:
+                listener.close()
+                self._waker.close()
+                raise
+            self._cluster = cluster
         self._runner = _AsyncRunner(f"socker-server-{self.port}")
         # Made here, not on the accept thread: the server's descriptors all exist
         # once `serve()` returns.
@@ -1206,8 +1234,52 @@ class Server:
         A connection that is closing, or that `max_send_buffer` drops, is skipped:
         nothing raises into the caller. The frame is built once; a recipient whose
         thread is idle gets it written by the caller at once (one `send`), a busy
-        one from its own thread (one wake-up for all it was sent meanwhile)."""
+        one from its own thread (one wake-up for all it was sent meanwhile).
+
+        With an `engine`, `room=` goes cluster-wide (every member on every worker,
+        in the room's one order): it blocks until the store has the publication and
+        raises EngineUnavailable when it cannot; the count is of the local members
+        it will reach. Without `room=` a broadcast stays on this worker."""
+        cluster = self._cluster
+        if cluster is not None and room is not None:
+            return cluster.broadcast(data, room, skip)
         recipients, payload, frame = prepare_broadcast(self.registry, data, room, skip)
+        return self._push(recipients, payload, frame)
+
+    def publish(
+        self,
+        data: bytes,
+        *,
+        room: str,
+        skip: Connection | Collection[Connection] | None = None,
+    ) -> StreamPosition:
+        """Broadcast `data` to `room`; returns its position once the store has it
+        (with an engine: cluster-wide, blocking, EngineUnavailable when the store
+        cannot take it; without: a local broadcast in this server's own numbering)."""
+        cluster = self._cluster
+        if cluster is not None:
+            return cluster.publish(data, room, skip)
+        self.broadcast(data, room=room, skip=skip)
+        with self._lock:
+            if self._numbering is None:
+                self._numbering = LocalNumbering()
+            return self._numbering.next(room)
+
+    def presence(self, room: str) -> dict[str, dict[str, str]]:
+        """Who is in `room`: member id (`conn.id`) -> its info. With an engine, every
+        worker's members (blocking); without, this server's."""
+        cluster = self._cluster
+        if cluster is not None:
+            return cluster.presence(room)
+        return {conn.id: info for conn, info in self.registry.members(room).items()}
+
+    def _deliver(self, publication: Publication, skip_ids: frozenset[str], payload: bytes) -> int:
+        """The one delivery of an engine's publication to this worker's members of its
+        room (but `skip_ids`), on the engine's thread: pushed like a broadcast."""
+        recipients, frame = prepare_delivery(self.registry, publication.room, skip_ids, payload)
+        return self._push(recipients, payload, frame) if recipients else 0
+
+    def _push(self, recipients: list[Connection], payload: bytes, frame: bytes) -> int:
         links = _links_by_conn  # dict.get is atomic: no lock per recipient
         now = monotonic()
         count = 0
@@ -1417,6 +1489,8 @@ class Server:
             link.kill()
         for link in late:
             link.join(grace)
+        if self._cluster is not None:
+            self._cluster.close()  # after the last connection: its leaves drained first
         self._runner.close(grace)
         self._waker.close()
         self._stopped.set()
@@ -1485,6 +1559,8 @@ def serve(
     unix_socket: str | None = None,
     on_event: EventHook | None = None,
     logger: logging.Logger | None = None,
+    engine: str | Engine | None = None,
+    on_resync: ResyncHook | None = None,
     **options: Unpack[OptionsDict],
 ) -> Server:
     """Listen on `host:port` (0: an ephemeral port) and serve `routes` (one Flow for
@@ -1498,6 +1574,12 @@ def serve(
 
     `on_event` receives every connection's `wire.observe` events (called on the
     connection's thread); `logger` replaces the "socker" logger for this server.
+
+    `engine` makes rooms cluster-wide (README "Scale-out"): a URL (`"memory://"`,
+    `"redis://HOST:PORT/DB"`, `"unix:///path"`) or an `Engine` instance, run behind a
+    `BlockingEngine` on a thread of its own; the server enters it here and exits it
+    at shutdown. `on_resync(event, members)`: a room's sequence had a gap history
+    could not fill (default: close those members with 4414).
 
     `options` are the `wire.Options` fields (`max_size`, `close_timeout`, ...).
     Returns once listening; connections are accepted in a background thread.
@@ -1516,6 +1598,8 @@ def serve(
         unix_socket=unix_socket,
         on_event=on_event,
         logger=logger,
+        engine=engine,
+        on_resync=on_resync,
     )
 
 

@@ -403,6 +403,8 @@ def run(
     lifespan: Callable[[], contextlib.AbstractAsyncContextManager[Any]] | None = None,
     handshake_hook: Any = None,
     http_handler: Any = None,
+    engine: str | None = None,
+    on_resync: Any = None,
     **options: Any,
 ) -> int:
     """Serve `routes` on `host:port` from `workers` processes until SIGINT/SIGTERM;
@@ -412,7 +414,10 @@ def run(
     `announce(supervisor)` runs once every worker is listening (`supervisor.url`,
     `supervisor.pids`). `lifespan()` (anyio driver), an async context manager
     factory, runs in each worker around its server: open per-worker resources there
-    (an engine: connections to Redis cannot be shared across fork). `workers=1`
+    (connections to Redis cannot be shared across fork). `engine` is a URL (see
+    `engine.open_engine`): each worker opens its own engine after the fork, so
+    rooms, broadcast and presence span every worker and every machine on the same
+    store; `on_resync` goes to each worker's server. `workers=1`
     is one supervised worker (`socker serve` without `--workers` serves in-process
     instead). POSIX only (workers are forked)."""
     if not hasattr(os, "fork"):
@@ -424,6 +429,12 @@ def run(
     if driver == "threaded" and lifespan is not None:
         raise ValueError("lifespan= is for the anyio driver (it runs on the worker's loop)")
     Options(**options)  # bad values fail here, before any process starts
+    if engine is not None:
+        if not isinstance(engine, str):
+            raise TypeError("engine= is a URL here: each worker opens its own engine")
+        from .engine import open_engine
+
+        open_engine(engine)  # a bad URL fails here too (nothing connects yet)
     spec = _WorkerSpec(
         routes=routes,
         host=host,
@@ -436,7 +447,12 @@ def run(
         lifespan=lifespan,
         server_kwargs={
             k: v
-            for k, v in (("handshake_hook", handshake_hook), ("http_handler", http_handler))
+            for k, v in (
+                ("handshake_hook", handshake_hook),
+                ("http_handler", http_handler),
+                ("engine", engine),
+                ("on_resync", on_resync),
+            )
             if v is not None
         },
     )

@@ -73,6 +73,11 @@ class BlockingEngine:
             raise RuntimeError("use `with BlockingEngine(...)` first")
         return self._portal
 
+    @property
+    def available(self) -> bool:
+        """The wrapped engine's `available` (True for an engine without one)."""
+        return bool(getattr(self.engine, "available", True))
+
     def set_receiver(self, receiver: Receiver | None) -> None:
         self.engine.set_receiver(receiver)
 

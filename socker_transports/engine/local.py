@@ -53,6 +53,11 @@ class LocalEngine:
     ) -> None:
         return None
 
+    @property
+    def available(self) -> bool:
+        """Always True: the store is this process."""
+        return True
+
     def set_receiver(self, receiver: Receiver | None) -> None:
         self._receiver = receiver
 

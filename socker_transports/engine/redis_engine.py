@@ -132,6 +132,9 @@ class RedisEngine:
         self._client: coredis.Redis[bytes] | None = None
         self._stack: AsyncExitStack | None = None
         self._room_locks: dict[str, list[Any]] = {}  # room -> [Lock, users]
+        # True from a command (or the pub/sub reader) finding Redis unreachable until
+        # one succeeds again: what `available` reports.
+        self._down = False
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -205,17 +208,28 @@ class RedisEngine:
             raise EngineClosed("the engine is not running: use `async with RedisEngine(...)`")
         return self._client
 
+    @property
+    def available(self) -> bool:
+        """False while the engine knows Redis is unreachable (its last command, or its
+        subscription, failed to reach it and nothing has succeeded since): callers
+        can refuse work at once (`server.broadcast` raises EngineUnavailable) instead
+        of queueing it. True again as soon as a command or the reconnect succeeds."""
+        return self._client is not None and not self._down
+
     async def _command(self, request: Any) -> Any:
         try:
-            return await request
+            result = await request
         except Exception as exc:
             if _unreachable(exc):
+                self._down = True
                 raise EngineUnavailable(f"redis unreachable: {exc}") from exc
             if isinstance(exc, coredis.exceptions.RedisError):
                 # An error reply (out of memory, read-only replica...): the client's
                 # own exception types stay behind the engine's.
                 raise EngineError(f"redis refused: {exc}") from exc
             raise
+        self._down = False
+        return result
 
     # -- the Engine interface --------------------------------------------------------
 
@@ -275,17 +289,18 @@ class RedisEngine:
         self._redis()
         encoded = encode_info(info)
         async with self._lock(room):
-            await self._refresh_presence(room, [(member, encoded)])
-            self._members.setdefault(room, {})[member] = encoded
+            # Subscribed first, visible in presence second: whoever sees the member in
+            # presence and then publishes reaches it.
             cursor = self._cursors.get(room)
-            if cursor is None:
-                try:
+            try:
+                if cursor is None:
                     cursor = await self._subscribe(room)
-                except BaseException:
-                    self._members[room].pop(member, None)
-                    if not self._members[room]:
-                        del self._members[room]
-                    raise
+                await self._refresh_presence(room, [(member, encoded)])
+            except BaseException:
+                if not self._members.get(room):
+                    await self._unsubscribe(room)  # no trace on this worker
+                raise
+            self._members.setdefault(room, {})[member] = encoded
             return cursor.position
 
     async def leave(self, room: str, member: str) -> None:
@@ -442,6 +457,7 @@ class RedisEngine:
                     if self._channels:
                         await pubsub.subscribe(*self._channels)
                     self._pubsub = pubsub
+                    self._down = False
                     if not started:
                         started = True
                         task_status.started()
@@ -460,6 +476,7 @@ class RedisEngine:
                             await self._on_message(channel, data)
             except Exception as exc:
                 if _unreachable(exc) or isinstance(exc, EngineUnavailable):
+                    self._down = True
                     logger.warning("redis pub/sub lost (%s); reconnecting in %.2fs", exc, delay)
                 else:  # an error reply, say: start over (and reconcile) rather than die
                     logger.exception("redis pub/sub failed; reconnecting in %.2fs", delay)

@@ -53,7 +53,7 @@ from .events import (
     Phase,
     WireEvent,
 )
-from .frames import frame_message, prepare_broadcast, send_through_flow
+from .frames import frame_message, prepare_broadcast, prepare_delivery, send_through_flow
 from .hooks import Accept, HandshakeHook, HandshakeRequest, HttpHandler, HttpResponse, Reject
 from .observe import EventHook, ObservedEvent
 from .options import (
@@ -101,6 +101,7 @@ __all__ = [
     "format_host",
     "frame_message",
     "prepare_broadcast",
+    "prepare_delivery",
     "send_through_flow",
     "shutdown_reason",
     "socket_address",

@@ -84,6 +84,20 @@ def prepare_broadcast(
     return recipients, payload, frame_message(payload)
 
 
+def prepare_delivery(
+    registry: Registry, room: str, skip_ids: Collection[str], payload: bytes
+) -> tuple[list[Connection], bytes]:
+    """What every driver's delivery of a cluster publication starts with: the local
+    members of `room` but those whose id is in `skip_ids`, and the payload's frame,
+    built once (no recipients: an empty list, and nothing built)."""
+    recipients = registry.recipients(room)
+    if skip_ids and recipients:
+        recipients = [conn for conn in recipients if conn.id not in skip_ids]
+    if not recipients:
+        return recipients, b""
+    return recipients, frame_message(payload)
+
+
 def send_through_flow(conn: Connection, payload: bytes) -> bool:
     """A broadcast's copy for a connection whose wire cannot take the prebuilt frame
     now (still opening, or detached): through its Stepper, in order (and kept for

@@ -116,6 +116,19 @@ class ConnectionClosed:
     duration: float
 
 
+@dataclass(frozen=True, slots=True)
+class PublishFailed:
+    """A room broadcast queued for a cluster engine (`server.broadcast(..., room=)`
+    with `engine=`) was not confirmed by the store: it may not have reached anyone
+    (`error` is the engine's: EngineUnavailable while Redis is unreachable). Also
+    logged at error level: never dropped silently."""
+
+    side: str
+    room: str
+    size: int
+    error: BaseException
+
+
 ObservedEvent = (
     ConnectionOpened
     | HandshakeRefused
@@ -125,6 +138,7 @@ ObservedEvent = (
     | HandlerFinished
     | HandlerRaised
     | ConnectionClosed
+    | PublishFailed
 )
 
 #: The `on_event` hook servers and clients take.

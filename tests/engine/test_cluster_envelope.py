@@ -1,10 +1,10 @@
-"""The rooms bridge's envelope: the members a broadcast skips travel with it."""
+"""The cluster publication envelope: the members a broadcast skips travel with it."""
 
 from __future__ import annotations
 
 import pytest
 
-from socker_transports.engine.rooms_bridge import decode_publication, encode_publication
+from socker_transports.engine.cluster import decode_publication, encode_publication
 
 
 def test_the_rooms_envelope_carries_the_skipped_members() -> None:
