@@ -62,7 +62,8 @@ from pathlib import Path
 from statistics import median, quantiles
 from typing import Any
 
-from benchmarks.machine import cpu_seconds, machine_seconds, run_queue_seconds
+from benchmarks.cluster_servers import socker_command
+from benchmarks.machine import children, cpu_seconds, machine_seconds, run_queue_seconds
 from benchmarks.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,6 +76,13 @@ WORKERS = 2
 #: Seconds to wait for a server or the clients to get going, and for one round.
 START_TIMEOUT = 120.0
 ROUND_TIMEOUT = 30.0
+#: Before the warm-up: rounds tried (each waited for this long) until one is complete.
+SETTLE_ROUNDS = 20
+SETTLE_TIMEOUT = 3.0
+
+
+class NoAnswer(RuntimeError):
+    """A child printed nothing within the time it had."""
 
 
 class Lines:
@@ -90,20 +98,21 @@ class Lines:
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
+            self.other = [*self.other[-4:], line.rstrip()]
             try:
                 self.queue.put(json.loads(line))
             except ValueError:
-                self.other.append(line.rstrip())
+                self.queue.put({"text": line.rstrip()})  # `socker serve`'s announcement
         self.queue.put(None)
 
     def next(self, timeout: float) -> dict[str, Any]:
         try:
             item = self.queue.get(timeout=timeout)
         except queue.Empty:
-            raise RuntimeError(f"no answer from {self.proc.args!r} within {timeout}s") from None
+            raise NoAnswer(f"no answer from {self.proc.args!r} within {timeout}s") from None
         if item is None:
             self.queue.put(None)
-            raise RuntimeError(f"{self.proc.args!r} ended ({self.other[-5:]})")
+            raise RuntimeError(f"{self.proc.args!r} ended ({self.other})")
         return item
 
 
@@ -149,14 +158,16 @@ def start_servers(
 ) -> tuple[int, list[int]]:
     """Start `system`'s 2 workers; (port, worker pids)."""
     pin = pinned(ns.server_cpus)
-    module = [PY, "-m", "benchmarks.cluster_servers"]
     if system == "socker":
-        _, lines = stack.enter_context(
-            child([*pin, *module, "socker", "--redis", redis_url, "--workers", str(WORKERS),
-                   "--backend", ns.socker_backend])
-        )  # fmt: skip
-        ready = lines.next(START_TIMEOUT)
-        return int(ready["url"].rsplit(":", 1)[1]), list(ready["pids"])
+        proc, lines = stack.enter_context(
+            child([*pin, *socker_command(redis_url, WORKERS, ns.socker_backend)])
+        )
+        announced = lines.next(START_TIMEOUT).get("text", "")
+        url = next((word for word in announced.split() if word.startswith("ws://")), None)
+        if url is None:
+            raise RuntimeError(f"socker serve said {announced!r}")
+        return int(url.rsplit(":", 1)[1]), children(proc.pid)
+    module = [PY, "-m", "benchmarks.cluster_servers"]
     port = free_port()
     pids = []
     for _ in range(WORKERS):
@@ -178,6 +189,7 @@ def account(workers: list[int], redis: int, clients: list[int]) -> dict[str, flo
         "redis": cpu_seconds(redis),
         "clients": sum(cpu_seconds(pid) for pid in clients),
         "wait": sum(run_queue_seconds(pid) for pid in workers),
+        "clients_wait": sum(run_queue_seconds(pid) for pid in clients),
         "busy": busy,
         "interrupts": interrupts,
     }
@@ -187,6 +199,51 @@ def quantile(values: list[float], q: int) -> float:
     if len(values) == 1:
         return values[0]
     return quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+class RoundLost(RuntimeError):
+    """A round did not reach every client in time."""
+
+
+def play_round(
+    clients: list[tuple[subprocess.Popen[str], Lines]], round_no: int, timeout: float
+) -> tuple[float, list[dict[str, Any]]]:
+    """Trigger round `round_no` (through the first client) and wait until every client
+    has it: (t0, each client's line). Lines of earlier rounds that completed late are
+    passed over."""
+    trigger = clients[0][0].stdin
+    assert trigger is not None
+    trigger.write(f"go {round_no}\n")
+    trigger.flush()
+    end = time.monotonic() + timeout
+
+    def expect(lines: Lines, key: str) -> dict[str, Any]:
+        while True:
+            try:
+                line = lines.next(max(0.0, end - time.monotonic()))
+            except NoAnswer:
+                message = f"round {round_no} did not reach every client in {timeout}s"
+                raise RoundLost(message) from None
+            if line.get(key) == round_no:
+                return line
+            if line.get("round", round_no) >= round_no:
+                raise RuntimeError(f"round {round_no}: unexpected {line}")
+
+    t0 = float(expect(clients[0][1], "sent")["t0"])
+    return t0, [expect(lines, "round") for _, lines in clients]
+
+
+def settle(
+    clients: list[tuple[subprocess.Popen[str], Lines]], system: str
+) -> tuple[int, list[dict[str, Any]]]:
+    """Play rounds until one reaches every client; (the next round number, its lines)."""
+    for round_no in range(SETTLE_ROUNDS):
+        try:
+            _, got = play_round(clients, round_no, SETTLE_TIMEOUT)
+        except RoundLost:
+            continue
+        return round_no + 1, got
+    raise RuntimeError(f"{system}: no round reached every client in {SETTLE_ROUNDS} tries")
 
 
 def measure(system: str, ns: argparse.Namespace) -> dict[str, Any]:
@@ -214,25 +271,21 @@ def measure(system: str, ns: argparse.Namespace) -> dict[str, Any]:
         trigger = clients[0][0].stdin
         assert trigger is not None
         client_pids = [proc.pid for proc, _ in clients]
+        # The room is ready once one round reached every client (a worker whose engine
+        # join is still queued would miss a publication made before it).
+        round_no, got = settle(clients, system)
+        client_cpu = [line["cpu"] for line in got]
         samples: dict[str, list[float]] = {"last": [], "first": [], "client_cpu": []}
         before = account(worker_pids, redis.proc.pid, client_pids)
-        client_cpu = [0.0] * len(clients)
-        for round_no in range(ns.warmup + ns.per_pass):
-            if round_no == ns.warmup:
+        for number in range(ns.warmup + ns.per_pass):
+            if number == ns.warmup:
                 before = account(worker_pids, redis.proc.pid, client_pids)
-            trigger.write(f"go {round_no}\n")
-            trigger.flush()
-            sent = clients[0][1].next(ROUND_TIMEOUT)
-            if sent.get("sent") != round_no:
-                raise RuntimeError(f"{system}: expected the trigger of round {round_no}: {sent}")
-            got = [lines.next(ROUND_TIMEOUT) for _, lines in clients]
-            if any(line.get("round") != round_no for line in got):
-                raise RuntimeError(f"{system}: round {round_no} answered with {got}")
+            t0, got = play_round(clients, round_no + number, ROUND_TIMEOUT)
             spent = sum(line["cpu"] - before for line, before in zip(got, client_cpu, strict=True))
             client_cpu = [line["cpu"] for line in got]
-            if round_no >= ns.warmup:
-                samples["last"].append(max(line["last"] for line in got) - sent["t0"])
-                samples["first"].append(min(line["first"] for line in got) - sent["t0"])
+            if number >= ns.warmup:
+                samples["last"].append(max(line["last"] for line in got) - t0)
+                samples["first"].append(min(line["first"] for line in got) - t0)
                 samples["client_cpu"].append(spent)
             time.sleep(ns.gap)
         after = account(worker_pids, redis.proc.pid, client_pids)
@@ -254,6 +307,7 @@ def summarize(rows: dict[str, list[Any]]) -> dict[str, Any]:
         "redis_cpu_ms_per_round": median(rows["redis"]) * 1e3,
         "interrupt_ms_per_round": median(rows["interrupts"]) * 1e3,
         "workers_wait_ms_per_round": median(rows["wait"]) * 1e3,
+        "clients_wait_ms_per_round": median(rows["clients_wait"]) * 1e3,
         "other_cores": median(rows["other_cores"]),
         "client_cpu_ms_per_round": median(rows["client_cpu"]) * 1e3,
         "client_busy": median(c / t for c, t in zip(rows["client_cpu"], last, strict=True)),
@@ -293,8 +347,9 @@ def render(report: dict[str, Any]) -> str:
     lines.append("")
     for name, row in results.items():
         lines.append(
-            f"{name}: workers split {row['worker_split']}, workers waited for a CPU "
-            f"{row['workers_wait_ms_per_round']:.1f} ms / round, other processes took "
+            f"{name}: workers split {row['worker_split']}; waited for a CPU, per round: "
+            f"workers {row['workers_wait_ms_per_round']:.1f} ms, clients "
+            f"{row['clients_wait_ms_per_round']:.1f} ms; other processes took "
             f"{row['other_cores']:.2f} cores"
         )
     return "\n".join(lines)

@@ -5,18 +5,21 @@ port sharing one Redis. Both speak the same little application:
   worker that holds it (socker: a binary message `hi:PID`; socket.io: an event `hi`);
 - a trigger message carrying a round number (8 hex digits) makes the worker that
   received it broadcast, to the whole room on every worker, 64 B: the round's 8 hex
-  digits and 56 `x` (socker: `go:RRRRRRRR` -> `server.broadcast(...)` through the
-  engine; socket.io: event `go` -> `await sio.emit("b", ..., room="all")`).
+  digits and 56 `x` (socker: `go:RRRRRRRR` -> `conn.server.broadcast(data,
+  room="all")`, which hands it to the server's ordered publisher on the engine;
+  socket.io: event `go` -> `await sio.emit("b", data, room="all")`).
 
 Run by the benchmark as
 
-    python -m benchmarks.cluster_servers socker --redis URL [--workers 2] [--backend B]
+    socker serve benchmarks.cluster_servers:FLOW --port 0 --workers 2 --engine URL \
+        --backend asyncio --ping-interval none --close-timeout 2
     python -m benchmarks.cluster_servers sio --redis URL --port P [--loop uvloop]
 
 (the socket.io command is one worker; the benchmark starts two on one port with
-SO_REUSEPORT, the way `socker serve --workers 2` spreads connections). Each prints one
-JSON line once it listens ({"url": ...} or {"ready": pid}) and stops on SIGTERM; every
-process ends by itself after `LIFETIME` seconds whatever happens to its parent.
+SO_REUSEPORT, the way `socker serve --workers 2` spreads connections). `socker serve`
+announces its URL on its first line, a socket.io worker prints {"ready": pid}; both
+stop on SIGTERM, and a socket.io worker ends by itself after `LIFETIME` seconds
+whatever happens to its parent (socker's workers drain when their supervisor goes).
 """
 
 from __future__ import annotations
@@ -28,8 +31,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 from socker_core import Connection, Flow
@@ -53,52 +55,31 @@ def emit(**fields: Any) -> None:
     sys.stdout.flush()
 
 
-# -- socker: one flow, rooms through the Redis engine ---------------------------------
+# -- socker: one flow; `socker serve ... --workers 2 --engine URL` serves it ---------
 
 FLOW = Flow("cluster-broadcast")
-_rooms: list[Any] = []  # this worker's EngineRooms, set by the lifespan
 
 
 @FLOW.on_open
-async def _joined(conn: Connection) -> None:
-    await _rooms[0].join(conn, ROOM)
+def _joined(conn: Connection) -> None:
+    conn.join(ROOM)  # cluster-wide: the engine join follows in order
     conn.send(f"hi:{os.getpid()}".encode())
 
 
 @FLOW.step
-async def _relay(conn: Connection, message: bytes) -> bool:
-    if message.startswith(b"go:"):
-        await _rooms[0].broadcast(message[3:11] + FILL_BYTES, room=ROOM)
+def _relay(conn: Connection, message: bytes) -> bool:
+    if message.startswith(b"go:"):  # to the room on every worker, through Redis
+        conn.server.broadcast(message[3:11] + FILL_BYTES, room=ROOM)
     return False
 
 
-def serve_socker(redis_url: str, workers_count: int, backend: str) -> int:
-    from socker_transports import workers
-    from socker_transports.engine.redis_engine import RedisEngine
-    from socker_transports.engine.rooms_bridge import EngineRooms
-
-    @asynccontextmanager
-    async def lifespan() -> AsyncIterator[None]:
-        watchdog()
-        async with RedisEngine(redis_url) as engine:
-            _rooms[:] = [EngineRooms(engine)]
-            yield
-
-    def announce(supervisor: workers.Supervisor) -> None:
-        emit(url=supervisor.url, pids=supervisor.pids)
-
-    watchdog()
-    return workers.run(
-        FLOW,
-        workers=workers_count,
-        host="127.0.0.1",
-        port=0,
-        backend=backend,
-        lifespan=lifespan,
-        announce=announce,
-        close_timeout=2,
-        ping_interval=None,
-    )
+def socker_command(redis_url: str, workers: int, backend: str) -> list[str]:
+    """The `socker serve` command line of the socker side (as a user would run it)."""
+    return [
+        sys.executable, "-m", "socker_transports", "serve", "benchmarks.cluster_servers:FLOW",
+        "--port", "0", "--workers", str(workers), "--engine", redis_url,
+        "--backend", backend, "--ping-interval", "none", "--close-timeout", "2",
+    ]  # fmt: skip
 
 
 # -- python-socketio: AsyncServer on aiohttp with AsyncRedisManager -------------------
@@ -168,15 +149,11 @@ def run_loop(main: Callable[[], Any], loop: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cluster_servers")
-    parser.add_argument("system", choices=["socker", "sio"])
+    parser.add_argument("system", choices=["sio"])
     parser.add_argument("--redis", required=True, metavar="URL")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--backend", default="asyncio", help="socker: anyio backend")
+    parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--loop", default="uvloop", choices=["asyncio", "uvloop"])
     ns = parser.parse_args(argv)
-    if ns.system == "socker":
-        return serve_socker(ns.redis, ns.workers, ns.backend)
     return serve_sio(ns.redis, ns.port, ns.loop)
 
 

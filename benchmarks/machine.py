@@ -12,7 +12,7 @@ import os
 
 from benchmarks.client import cpu_seconds
 
-__all__ = ["cpu_seconds", "machine_seconds", "run_queue_seconds"]
+__all__ = ["children", "cpu_seconds", "machine_seconds", "run_queue_seconds"]
 
 
 def run_queue_seconds(pid: int) -> float:
@@ -34,3 +34,18 @@ def machine_seconds() -> tuple[float, float, float]:
     user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
     tick = os.sysconf("SC_CLK_TCK")
     return (user + nice + system + irq + softirq) / tick, (irq + softirq) / tick, steal / tick
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (a supervisor's workers)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found

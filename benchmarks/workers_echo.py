@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.client import client_frame, cpu_seconds, open_ws
-from benchmarks.machine import machine_seconds, run_queue_seconds
+from benchmarks.machine import children, machine_seconds, run_queue_seconds
 from benchmarks.peers._flow import echo_flow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,20 +127,6 @@ def run_client(port: int, connections: int, depth: int) -> None:
 # -- what the machine did in the window ------------------------------------------
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry))
-    return found
-
-
 def snapshot(servers: list[int], clients: list[int]) -> dict[str, float]:
     busy, interrupts, steal = machine_seconds()
     return {
@@ -187,7 +173,7 @@ def one_round(workers: int, ns: argparse.Namespace) -> dict[str, float]:
         line = server.stdout.readline()
         url = next(word for word in line.split() if word.startswith("ws://"))
         port = int(url.rsplit(":", 1)[1])
-        pids = _children(server.pid) if workers > 1 else [server.pid]
+        pids = children(server.pid) if workers > 1 else [server.pid]
         if ns.pin_workers:  # worker i on CPU i: no migrations, the clients float
             for number, pid in enumerate(pids):
                 os.sched_setaffinity(pid, {number % CORES})
