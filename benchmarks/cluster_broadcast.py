@@ -8,9 +8,13 @@ For each system, in turn (`--passes` passes interleave them, each a fresh setup)
 1. a fresh `redis-server` on 127.0.0.1 and a free port, no persistence, started and
    stopped here (benchmarks/redis_server.py, the engine tests' helper);
 2. 2 workers on one port (SO_REUSEPORT: the kernel spreads the connections):
-   socker, `workers.run` with a RedisEngine per worker; python-socketio,
-   `socketio.AsyncServer(async_mode="aiohttp", client_manager=AsyncRedisManager(url))`
-   in two aiohttp processes, websocket transport only (benchmarks/cluster_servers.py);
+   socker, `socker serve benchmarks.cluster_servers:FLOW --workers 2 --engine URL`
+   (each worker opens its own Redis engine); python-socketio,
+   `socketio.AsyncServer(client_manager=AsyncRedisManager(url))` in two processes,
+   websocket transport only, served by uvicorn (ASGI, its websockets implementation;
+   `--sio-http aiohttp` for aiohttp, which took about 15% more CPU per round here)
+   on uvloop (`--sio-loop`), socker on asyncio (`--socker-backend`), each system's
+   best (benchmarks/cluster_servers.py);
 3. `--client-processes` load clients (benchmarks/cluster_client.py: picows, compiled,
    on uvloop) holding `--clients` connections, each of them in the room, each told
    which worker holds it (the table shows the split).
@@ -24,23 +28,36 @@ How a round is triggered and timed, the same for both systems: the first client
 process reads `time.monotonic()` (t0) and sends a trigger message (socker: binary
 `go:RRRRRRRR`; socket.io: the event `42["go","RRRRRRRR"]`) on one of its
 connections; the worker that receives it broadcasts 64 B to the room cluster-wide
-(socker: `server.broadcast(data, room=...)` through the engine, which publishes on
-Redis and every worker delivers what its subscription brings; socket.io:
-`await sio.emit("b", data, room=...)`, which sends to its own worker's members at once
-and publishes on Redis for the others). Every client process reads
-`time.monotonic()` as each copy arrives (CLOCK_MONOTONIC: one clock for every process
-of the machine). Per round:
+(socker: `conn.server.broadcast(data, room=...)`, which hands the publication to the
+worker's ordered publisher: Redis numbers it and every worker, this one included,
+delivers what its room subscription brings; socket.io: `await sio.emit("b", data,
+room=...)`, which sends to its own worker's members at once and publishes on Redis
+for the others). The payload is the round in 8 hex digits and 56 `x`: socker sends it
+as a 64 B binary message, socket.io as its text event `42["b","..."]` (73 B; a
+binary payload would cost socket.io a second frame per message). Every client
+process reads `time.monotonic()` as each copy arrives (CLOCK_MONOTONIC: one clock for
+every process of the machine). Per round:
 
 - last: t0 to the last connection's receipt (trigger sent -> everyone has it);
 - first: t0 to the first receipt.
 
-The table shows p50 and p99 over the rounds after `--warmup` rounds per pass, the
-ratio socker / socketio of each (target: socker's last at most 0.5x socketio's), the
-servers' CPU per round (every worker and Redis, from /proc) and the clients' CPU per
-round against the round's time (near 100% would mean the client bounds the figure).
+Before the warm-up, rounds are played (up to `SETTLE_ROUNDS`) until one reaches
+every client: a member whose join has not reached Redis yet would miss a publication
+made before it, by design (it joined after it in the room's order).
+
+The table shows p50 and p99 of `last` over the rounds after `--warmup` rounds per
+pass, the ratio socker / socketio of each (target: socker's p50 at most 0.5x
+socketio's), the CPU per round of the workers and of Redis (/proc/PID/stat, over the
+measured rounds) and its ratio, and how busy the clients were (their CPU per round
+against the round's time: near 100% would mean the client bounds the figure). Below
+it: how the kernel split the connections over the workers, how long workers and
+clients waited for a CPU per round (/proc/PID/schedstat), and how many cores other
+processes of the machine took meanwhile (/proc/stat; a shared machine). The
+wall-clock rounds move with that load from run to run; the CPU per round much less.
+
 Each round starts `--gap` seconds after the previous one ended. Every process has a
 time budget and stops by itself; `--quick` is 200 clients and 10 rounds. Results go to
-`benchmarks/results/cluster_broadcast.json`.
+`benchmarks/results/cluster_broadcast.json` (or `--output`).
 """
 
 from __future__ import annotations
@@ -173,7 +190,7 @@ def start_servers(
     for _ in range(WORKERS):
         _, lines = stack.enter_context(
             child([*pin, *module, "sio", "--redis", redis_url, "--port", str(port),
-                   "--loop", ns.sio_loop])
+                   "--loop", ns.sio_loop, "--http", ns.sio_http])
         )  # fmt: skip
         pids.append(int(lines.next(START_TIMEOUT)["ready"]))
     return port, pids
@@ -368,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client-cpus", default="1", help="taskset list; '' = unpinned")
     parser.add_argument("--socker-backend", default="asyncio")
     parser.add_argument("--sio-loop", default="uvloop", choices=["asyncio", "uvloop"])
+    parser.add_argument("--sio-http", default="uvicorn", choices=["aiohttp", "uvicorn"])
     parser.add_argument("--only", default=",".join(SYSTEMS))
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--output", type=Path, default=RESULTS)

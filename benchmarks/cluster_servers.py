@@ -14,6 +14,7 @@ Run by the benchmark as
     socker serve benchmarks.cluster_servers:FLOW --port 0 --workers 2 --engine URL \
         --backend asyncio --ping-interval none --close-timeout 2
     python -m benchmarks.cluster_servers sio --redis URL --port P [--loop uvloop]
+        [--http uvicorn|aiohttp]
 
 (the socket.io command is one worker; the benchmark starts two on one port with
 SO_REUSEPORT, the way `socker serve --workers 2` spreads connections). `socker serve`
@@ -85,16 +86,16 @@ def socker_command(redis_url: str, workers: int, backend: str) -> list[str]:
 # -- python-socketio: AsyncServer on aiohttp with AsyncRedisManager -------------------
 
 
-def serve_sio(redis_url: str, port: int, loop: str) -> int:
+def serve_sio(redis_url: str, port: int, loop: str, http: str) -> int:
+    """One socket.io worker on `port` (SO_REUSEPORT), on aiohttp or uvicorn (ASGI)."""
     import socketio
-    from aiohttp import web
 
     watchdog()
     manager = socketio.AsyncRedisManager(redis_url)
     # Websocket only (no long-polling: no sticky sessions needed across workers);
     # engine.io pings far apart, as socker's are off (the clients answer them anyway).
     sio = socketio.AsyncServer(
-        async_mode="aiohttp",
+        async_mode="aiohttp" if http == "aiohttp" else "asgi",
         client_manager=manager,
         transports=["websocket"],
         ping_interval=300,
@@ -118,24 +119,53 @@ def serve_sio(redis_url: str, port: int, loop: str) -> int:
     sio.on("hello", hello)
     sio.on("go", go)
 
+    if http == "aiohttp":
+        run_loop(lambda: _on_aiohttp(sio, port, pid), loop)
+    else:
+        run_loop(lambda: _on_uvicorn(socketio.ASGIApp(sio), port, pid, loop), loop)
+    return 0
+
+
+async def _on_aiohttp(sio: Any, port: int, pid: int) -> None:
+    from aiohttp import web
+
     app = web.Application()
     sio.attach(app)
+    stop = asyncio.Event()
+    running = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        running.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port, reuse_port=True)
+    await site.start()
+    emit(ready=pid)
+    await stop.wait()
+    await runner.cleanup()
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        running = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            running.add_signal_handler(sig, stop.set)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", port, reuse_port=True)
-        await site.start()
+
+async def _on_uvicorn(app: Any, port: int, pid: int, loop: str) -> None:
+    import socket
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", port))
+    config = uvicorn.Config(
+        app, loop=loop, log_level="warning", access_log=False, lifespan="off", ws="auto"
+    )
+    server = uvicorn.Server(config)  # stops on SIGTERM/SIGINT by itself
+
+    async def announce() -> None:
+        while not server.started:
+            await asyncio.sleep(0.01)
         emit(ready=pid)
-        await stop.wait()
-        await runner.cleanup()
 
-    run_loop(main, loop)
-    return 0
+    task = asyncio.create_task(announce())
+    await server.serve(sockets=[sock])
+    task.cancel()
 
 
 def run_loop(main: Callable[[], Any], loop: str) -> None:
@@ -153,8 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis", required=True, metavar="URL")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--loop", default="uvloop", choices=["asyncio", "uvloop"])
+    parser.add_argument("--http", default="uvicorn", choices=["aiohttp", "uvicorn"])
     ns = parser.parse_args(argv)
-    return serve_sio(ns.redis, ns.port, ns.loop)
+    return serve_sio(ns.redis, ns.port, ns.loop, ns.http)
 
 
 if __name__ == "__main__":
