@@ -241,6 +241,8 @@ def play_round(
             except NoAnswer:
                 message = f"round {round_no} did not reach every client in {timeout}s"
                 raise RoundLost(message) from None
+            if line.get("duplicates"):
+                raise RuntimeError(f"{line['duplicates']} copies reached a connection twice")
             if line.get(key) == round_no:
                 return line
             if line.get("round", round_no) >= round_no:

@@ -7,9 +7,11 @@ each has been told which worker holds it; prints {"ready": N, "workers": {pid: c
 Then, per stdin line `go R` (only the `--trigger` process gets them), it sends the
 trigger for round R on its first connection and prints {"sent": R, "t0": ...} with
 the `time.monotonic()` read right before the send; every process prints {"round": R,
-"first": ..., "last": ..., "cpu": ...} once all N of its connections have the round's
-broadcast (first and last receipt, CLOCK_MONOTONIC: one clock for every process on
-the machine; `cpu`: this process's CPU seconds so far). Any other line ends it.
+"first": ..., "last": ..., "cpu": ..., "duplicates": ...} once all N of its
+connections have the round's broadcast (first and last receipt, CLOCK_MONOTONIC: one
+clock for every process on the machine; `cpu`: this process's CPU seconds so far;
+`duplicates`: copies a connection got twice, so far: must stay 0). Any other line
+ends it.
 
 Protocols, as each server speaks them (benchmarks/cluster_servers.py):
 
@@ -67,8 +69,14 @@ def run_client(system: str, port: int, n: int, trigger: bool) -> int:
     workers: dict[int, int] = {}  # worker pid -> connections it holds
     all_ready = asyncio.Event()
 
-    def receipt(key: bytes) -> None:
+    duplicates = [0]
+
+    def receipt(listener: Any, key: bytes) -> None:
         now = clock()
+        if listener.last_round == key:  # this connection had it already
+            duplicates[0] += 1
+            return
+        listener.last_round = key
         seen = rounds.get(key)
         if seen is None:
             seen = rounds[key] = [now, now, 0.0]
@@ -76,7 +84,13 @@ def run_client(system: str, port: int, n: int, trigger: bool) -> int:
         seen[2] += 1
         if seen[2] == n:
             del rounds[key]
-            emit(round=int(key, 16), first=seen[0], last=seen[1], cpu=time.process_time())
+            emit(
+                round=int(key, 16),
+                first=seen[0],
+                last=seen[1],
+                cpu=time.process_time(),
+                duplicates=duplicates[0],
+            )
 
     def hello(pid: int) -> None:
         workers[pid] = workers.get(pid, 0) + 1
@@ -84,6 +98,8 @@ def run_client(system: str, port: int, n: int, trigger: bool) -> int:
             all_ready.set()
 
     class SockerListener(WSListener):
+        last_round = b""
+
         def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
             if frame.msg_type != WSMsgType.BINARY:
                 return
@@ -91,15 +107,17 @@ def run_client(system: str, port: int, n: int, trigger: bool) -> int:
             if data[:3] == b"hi:":
                 hello(int(data[3:]))
             else:
-                receipt(data[:8])
+                receipt(self, data[:8])
 
     class SioListener(WSListener):
+        last_round = b""
+
         def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
             if frame.msg_type != WSMsgType.TEXT:
                 return
             data = frame.get_payload_as_bytes()
             if data[:8] == b'42["b","':
-                receipt(data[8:16])
+                receipt(self, data[8:16])
             elif data == b"2":  # engine.io ping
                 transport.send(WSMsgType.TEXT, b"3")
             elif data[:1] == b"0":  # engine.io open: connect to the default namespace
