@@ -137,6 +137,7 @@ def snapshot(servers: list[int], clients: list[int]) -> dict[str, float]:
         "busy": busy,
         "interrupts": interrupts,
         "steal": steal,
+        **{f"worker{number}": cpu_seconds(pid) for number, pid in enumerate(servers)},
     }
 
 
@@ -161,7 +162,7 @@ def _answers(clients: list[subprocess.Popen[str]], key: str) -> list[int]:
     return values
 
 
-def one_round(workers: int, ns: argparse.Namespace) -> dict[str, float]:
+def one_round(workers: int, ns: argparse.Namespace) -> dict[str, Any]:
     server = subprocess.Popen(
         [PY, "-m", "socker_transports", "serve", "benchmarks.workers_echo:ECHO",
          "--port", "0", "--workers", str(workers), "--close-timeout", "2"],
@@ -232,6 +233,7 @@ def one_round(workers: int, ns: argparse.Namespace) -> dict[str, float]:
         "worker_cpu_wait": spent["wait"] / window / workers,
         "ceiling_msg_per_s": ceiling,
         "window_s": window,
+        "worker_cores": [round(spent[f"worker{n}"] / window, 3) for n in range(len(pids))],
     }
 
 
@@ -290,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if ns.quick:
         ns.rounds, ns.duration, ns.warmup = 1, 1.0, 0.5
-    runs: dict[int, list[dict[str, float]]] = {1: [], 2: []}
+    runs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
     for _ in range(ns.rounds):
         for workers in (1, 2):
             runs[workers].append(one_round(workers, ns))
