@@ -11,40 +11,23 @@ belongs to, on the server's side as on the client's.
 
 from __future__ import annotations
 
-import heapq
-import math
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._events import (
-    Await,
-    CancelAwait,
-    Closed,
-    CloseRequested,
-    Event,
-    FlowCompleted,
-    HandlerFailed,
-    Send,
-    StepChanged,
-)
+from ._events import Event
 from ._flow import Close, Flow
 from ._rooms import Registry
-from ._state import State
-from ._stepper import DEFAULT_MAX_QUEUE, ON_CLOSE, Stepper
-from .testing import (
-    CLIENT,
+from ._stepper import DEFAULT_MAX_QUEUE, Stepper
+from ._testing_render import CLIENT, SERVER, Side, describe, other_side, pair_of, room_table
+from ._testing_sim import (
     DEFAULT_MAX_AWAIT_STEPS,
     DEFAULT_MAX_EVENTS,
-    SERVER,
-    SUMMARY_KINDS,
-    Entry,
-    Side,
-    _describe,
-    _discard,
-    _pair_of,
-    _trampoline,
+    PRIORITY_NET,
+    Simulation,
+    check_delays,
+    check_max_events,
+    drive,
 )
 
 #: A scripted action for `run_room(actions=[(time, target, action)])`. Target
@@ -54,8 +37,8 @@ from .testing import (
 #: the server's connection for client NAME.
 RoomAction = bytes | Close | Callable[..., Iterable[Event] | None]
 
-_PRIORITY_AWAIT = 0
-_PRIORITY_NET = 1
+#: An endpoint of a room run: (client name, side of that client's connection).
+_Key = tuple[str, Side]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +56,7 @@ class RoomEntry:
 
     def describe(self, markdown: bool = False) -> str:
         """This line as the two-sided transcript words it (`Entry.describe`)."""
-        return _describe(Entry(self.side, self.kind, self.payload, self.time, self.step), markdown)
+        return describe(self.kind, self.payload, self.step, markdown)
 
     def __str__(self) -> str:
         where = f"{self.side} [{self.client}]" if self.side == SERVER else self.client
@@ -132,7 +115,7 @@ class RoomTranscript(list[RoomEntry]):
     def close_of(self, client: str, side: Side = CLIENT) -> tuple[int, str] | None:
         """(code, reason) `side` of `client`'s connection closed with, or None."""
         for entry in self.entries(client, side, "closed"):
-            code, reason = _pair_of(entry.payload)
+            code, reason = pair_of(entry.payload)
             return int(code), str(reason)
         return None
 
@@ -148,20 +131,7 @@ class RoomTranscript(list[RoomEntry]):
     def table(self, kinds: Iterable[str] | None = None) -> str:
         """A Markdown table: a Server column (each cell names the client's connection
         it is about) and one column per client."""
-        shown = SUMMARY_KINDS if kinds is None else frozenset(kinds)
-        columns = ["Server", *self.names]
-        lines = ["| " + " | ".join(columns) + " |", "|" + "------|" * len(columns)]
-        for entry in self:
-            if entry.kind not in shown:
-                continue
-            cells = [""] * len(columns)
-            text = entry.describe(markdown=True)
-            if entry.side == SERVER:
-                cells[0] = f"[{entry.client}] {text}"
-            else:
-                cells[1 + self.names.index(entry.client)] = text
-            lines.append("|" + "|".join(f" {cell} " if cell else " " for cell in cells) + "|")
-        return "\n".join(lines)
+        return room_table(self, self.names, kinds)
 
     def __str__(self) -> str:
         return self.log()
@@ -170,9 +140,11 @@ class RoomTranscript(list[RoomEntry]):
         return f"<RoomTranscript {self.outcome} clients={len(self.names)} entries={len(self)}>"
 
 
-class _Room:
-    """The simulation behind run_room (sync handlers; awaitables that finish without
-    really waiting are run by the trampoline, as in run_pair)."""
+class _Room(Simulation[_Key, RoomTranscript]):
+    """The simulation behind run_room: an endpoint per side of each client's
+    connection, every connection opened at its client's turn ("connect"), and the
+    broadcasts the shared Registry drops in other connections' outboxes collected
+    as they happen (each Stepper's `wakeup`)."""
 
     def __init__(
         self,
@@ -186,138 +158,67 @@ class _Room:
         max_events: int,
         max_time: float | None,
         max_queue: int,
-        max_await_steps: int,
         actions: Sequence[tuple[float, str, RoomAction]],
     ) -> None:
-        for label, value in (
-            ("latency", latency),
-            ("await_delay", await_delay),
-            ("stagger", stagger),
-        ):
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{label} must be a finite number >= 0, got {value!r}")
+        check_delays(latency=latency, await_delay=await_delay, stagger=stagger)
         if not clients:
             raise ValueError("run_room needs at least one client")
-        if max_events < 1:
-            raise ValueError(f"max_events must be at least 1, got {max_events}")
+        check_max_events(max_events)
         names = list(clients)
         for name in names:
             if not isinstance(name, str) or not name or name == SERVER or ":" in name:
                 raise ValueError(f"client names are non-empty strings without ':', got {name!r}")
         self.registry = Registry()
-        self.transcript = RoomTranscript(names, self.registry)
-        self.steppers: dict[tuple[str, Side], Stepper] = {}
+        transcript = RoomTranscript(names, self.registry)
+        steppers: dict[_Key, Stepper] = {}
         for name in names:
             server = Stepper(server_flow, max_queue=max_queue, id=name, registry=self.registry)
             client = Stepper(clients[name], max_queue=max_queue, id=f"{name}-client")
-            self.steppers[(name, SERVER)] = server
-            self.steppers[(name, CLIENT)] = client
-            self.transcript.servers[name] = server
-            self.transcript.clients[name] = client
+            steppers[(name, SERVER)] = server
+            steppers[(name, CLIENT)] = client
+            transcript.servers[name] = server
+            transcript.clients[name] = client
             for side, stepper in ((SERVER, server), (CLIENT, client)):
                 stepper.wakeup = lambda key=(name, side): self._dirty.append(key)
-        self.now = clock_start
-        self.end = math.inf if max_time is None else clock_start + max_time
-        self.latency = latency
-        self.await_delay = await_delay
-        self.max_events = max_events
-        self.max_await_steps = max_await_steps
-        self.count = 0
-        self._seq = 0
-        self._heap: list[tuple[float, int, int, tuple[Any, ...]]] = []
-        self._inbox: dict[tuple[str, Side], deque[tuple[Any, ...]]] = {
-            key: deque() for key in self.steppers
-        }
-        self._dirty: list[tuple[str, Side]] = []
-        self._scheduled: dict[tuple[str, Side, int], Any] = {}
-        self._cancelled: set[tuple[str, Side, int]] = set()
+        super().__init__(
+            steppers,
+            transcript,
+            clock_start=clock_start,
+            latency=latency,
+            await_delay=await_delay,
+            max_events=max_events,
+            max_time=max_time,
+        )
         for index, name in enumerate(names):
-            self._push(clock_start + index * stagger, _PRIORITY_NET, ("connect", name))
+            self._push(clock_start + index * stagger, PRIORITY_NET, ("connect", name))
         for when, target, action in actions:
             prefix, _, name = target.partition(":") if ":" in target else ("", "", target)
             if target != SERVER and (name not in clients or prefix not in ("", SERVER)):
                 raise ValueError(
                     f"action target must be 'server', a client or 'server:NAME', got {target!r}"
                 )
-            self._push(float(when), _PRIORITY_NET, ("action", target, action))
+            self._push(float(when), PRIORITY_NET, ("action", target, action))
 
-    def _push(self, when: float, priority: int, item: tuple[Any, ...]) -> None:
-        self._seq += 1
-        heapq.heappush(self._heap, (when, priority, self._seq, item))
+    def _peer(self, key: _Key) -> _Key:
+        name, side = key
+        return (name, other_side(side))
 
-    def _record(
-        self, key: tuple[str, Side], kind: str, payload: object, step: str | None = None
-    ) -> None:
+    def _record(self, key: _Key, kind: str, payload: object, step: str | None = None) -> None:
         name, side = key
         if step is None:
             step = self.steppers[key].step
         self.transcript.append(RoomEntry(name, side, kind, payload, self.now, step))
 
-    def _process(self, key: tuple[str, Side], events: Iterable[Event]) -> None:
-        name, side = key
-        other = (name, CLIENT if side == SERVER else SERVER)
-        now = self.now
-        for event in events:
-            self.count += 1
-            if isinstance(event, Send):
-                data = event.data
-                self._record(key, "send", data if isinstance(data, str) else bytes(data))
-                self._push(now + self.latency, _PRIORITY_NET, ("msg", other, event.data))
-            elif isinstance(event, StepChanged):
-                self._record(key, "step", event.to_step, event.to_step)
-            elif isinstance(event, Await):
-                self._record(key, "await", event.step)
-                delay = 0.0 if event.step == ON_CLOSE else self.await_delay
-                self._scheduled[(name, side, event.token)] = event.awaitable
-                self._push(
-                    now + delay,
-                    _PRIORITY_AWAIT,
-                    ("await", key, event.token, event.awaitable, event.step),
-                )
-            elif isinstance(event, CancelAwait):
-                self._record(key, "cancel", event.token)
-                self._cancelled.add((name, side, event.token))
-            elif isinstance(event, HandlerFailed):
-                self._record(key, "failed", event.exception, event.step)
-            elif isinstance(event, FlowCompleted):
-                self._record(key, "complete", event.last_step)
-            elif isinstance(event, CloseRequested):
-                self._record(key, "close", (event.code, event.reason))
-                eof = (event.code, event.reason)
-                self._push(now + self.latency, _PRIORITY_NET, ("eof", other, *eof))
-                self._push(now + 2 * self.latency, _PRIORITY_NET, ("eof", key, *eof))
-            elif isinstance(event, Closed):
-                self._record(key, "closed", (event.code, event.reason))
-        self._collect()
+    def _stop(self, outcome: str, why: str) -> None:
+        self.transcript.outcome = outcome
+        self.transcript.append(RoomEntry("*", SERVER, "limit", why, self.now, ""))
 
-    def _collect(self) -> None:
-        """What landed in outboxes meanwhile (broadcasts to other connections)."""
-        while self._dirty:
-            key = self._dirty.pop(0)
-            self._process(key, self.steppers[key].pending_events())
-
-    def _pump(self, key: tuple[str, Side]) -> None:
-        stepper = self.steppers[key]
-        inbox = self._inbox[key]
-        while inbox:
-            item = inbox[0]
-            if item[0] == "msg":
-                if stepper.is_closed or stepper.phase is State.CLOSING:
-                    inbox.popleft()
-                    self._record(key, "drop", bytes(item[2]))
-                    if not stepper.is_closed:
-                        self._process(key, stepper.receive(item[2], self.now))
-                    continue
-                if not stepper.accepting:
-                    return
-                inbox.popleft()
-                self._record(key, "recv", bytes(item[2]))
-                self._process(key, stepper.receive(item[2], self.now))
-            else:
-                inbox.popleft()
-                if stepper.phase is State.IDLE:
-                    continue  # never opened
-                self._process(key, stepper.transport_closed(item[2], item[3], self.now))
+    def _handle(self, item: tuple[Any, ...]) -> None:
+        if item[0] == "connect":
+            for side in (SERVER, CLIENT):
+                self._open((item[1], side))
+        else:
+            super()._handle(item)
 
     def _act(self, target: str, action: RoomAction) -> None:
         if target == SERVER:
@@ -328,112 +229,7 @@ class _Room:
             self._collect()
             return
         side: Side = SERVER if target.startswith(SERVER + ":") else CLIENT
-        key = (target.partition(":")[2] if side == SERVER else target, side)
-        stepper = self.steppers[key]
-        self._record(key, "action", action)
-        if isinstance(action, (bytes, bytearray, memoryview)):
-            events: Iterable[Event] = stepper.send(bytes(action), self.now)
-        elif isinstance(action, Close):
-            events = stepper.close(action.code, action.reason, self.now)
-        elif callable(action):
-            events = action(stepper, self.now) or []
-        else:
-            raise TypeError(f"unsupported action {action!r}: use bytes, Close or a callable")
-        self._process(key, events)
-        self._process(key, stepper.pending_events())
-
-    def _settle(self, key: tuple[str, Side], token: int, awaitable: Any, step: str) -> None:
-        name, side = key
-        scheduled = (name, side, token)
-        self._scheduled.pop(scheduled, None)
-        if scheduled in self._cancelled:
-            _discard(awaitable)
-            return
-        ok, value = _trampoline(awaitable, self.max_await_steps, "run_room")
-        stepper = self.steppers[key]
-        self._process(key, stepper.pending_events())
-        self._record(key, "resume", value, step)
-        if step == ON_CLOSE:
-            if not ok:
-                self._record(key, "failed", value, step)
-            return
-        if ok:
-            events = stepper.resume(token, value, self.now)
-        else:
-            assert isinstance(value, BaseException)
-            events = stepper.resume_error(token, value, self.now)
-        self._process(key, events)
-        self._process(key, stepper.pending_events())
-
-    def _next_deadline(self) -> tuple[float, tuple[str, Side]] | None:
-        best: tuple[float, tuple[str, Side]] | None = None
-        for key, stepper in self.steppers.items():
-            deadline = stepper.next_deadline
-            if (
-                deadline is not None
-                and math.isfinite(deadline)
-                and (best is None or deadline < best[0])
-            ):
-                best = (deadline, key)
-        return best
-
-    def run(self) -> RoomTranscript:
-        rounds = 0
-        try:
-            while True:
-                rounds += 1
-                if self.count >= self.max_events or rounds > 4 * self.max_events + 100:
-                    self._stop("limit", f"max_events={self.max_events} reached")
-                    break
-                item_time = self._heap[0][0] if self._heap else math.inf
-                deadline = self._next_deadline()
-                if deadline is not None and deadline[0] <= item_time:
-                    when, key = deadline
-                    if when > self.end:
-                        self._stop("time limit", f"max_time reached at {self.end:g}")
-                        break
-                    self.now = max(self.now, when)
-                    self._process(key, self.steppers[key].tick(self.now))
-                elif not self._heap:
-                    break
-                elif item_time > self.end:
-                    self._stop("time limit", f"max_time reached at {self.end:g}")
-                    break
-                else:
-                    when, _, _, item = heapq.heappop(self._heap)
-                    self.now = max(self.now, when)
-                    kind = item[0]
-                    if kind == "connect":
-                        for side in (SERVER, CLIENT):
-                            key = (item[1], side)
-                            self._record(key, "open", None)
-                            self._process(key, self.steppers[key].open(self.now))
-                    elif kind in ("msg", "eof"):
-                        self._inbox[item[1]].append(item)
-                    elif kind == "action":
-                        self._act(item[1], item[2])
-                    else:
-                        self._settle(item[1], item[2], item[3], item[4])
-                for key in self.steppers:
-                    self._pump(key)
-        finally:
-            for awaitable in self._scheduled.values():
-                _discard(awaitable)
-            self._scheduled.clear()
-        transcript = self.transcript
-        if transcript.outcome == "running":
-            if all(s.is_closed for s in self.steppers.values()):
-                transcript.outcome = "closed"
-            else:
-                transcript.outcome = "stalled"
-                for key, stepper in self.steppers.items():
-                    if not stepper.is_closed and stepper.phase is not State.IDLE:
-                        self._record(key, "stall", stepper.step)
-        return transcript
-
-    def _stop(self, outcome: str, why: str) -> None:
-        self.transcript.outcome = outcome
-        self.transcript.append(RoomEntry("*", SERVER, "limit", why, self.now, ""))
+        self._apply((target.partition(":")[2] if side == SERVER else target, side), action)
 
 
 def run_room(
@@ -469,7 +265,7 @@ def run_room(
         if isinstance(clients, Mapping)
         else {f"client{index + 1}": flow for index, flow in enumerate(clients)}
     )
-    return _Room(
+    room = _Room(
         server_flow,
         named,
         clock_start=clock_start,
@@ -479,6 +275,6 @@ def run_room(
         max_events=max_events,
         max_time=max_time,
         max_queue=max_queue,
-        max_await_steps=max_await_steps,
         actions=actions,
-    ).run()
+    )
+    return drive(room.run(), max_await_steps, "run_room")

@@ -308,7 +308,12 @@ class Server:
         for conn in recipients:
             session = sessions.get(conn)
             if session is not None:
-                count += session.push_frame(frame, payload, now)
+                if session.push_frame(frame, payload, now):
+                    count += 1
+                elif conn.is_detached:
+                    # Its old transport is still winding down, its Stepper detached
+                    # already: the Stepper keeps the message for the replay.
+                    count += send_through_flow(conn, payload)
             else:
                 # Still opening (a broadcast from its own on_open hook: its Stepper is
                 # in a call, and takes the message in order), or detached (the Stepper

@@ -62,7 +62,10 @@ EXIT_STATUSES: dict[int, str] = {
         "a missing TLS file, or a feature whose extra is not installed"
     ),
     EXIT_HANDSHAKE: "connect: the server refused the opening handshake (HTTP status printed)",
-    EXIT_NETWORK: "connect: the server cannot be reached (refused, DNS, TLS); serve: cannot listen",
+    EXIT_NETWORK: (
+        "connect: the server cannot be reached (refused, DNS, TLS); "
+        "serve: cannot listen, or its --engine cannot be reached"
+    ),
     EXIT_INTERNAL: "an unexpected error inside socker (a bug: run with -vv for the traceback)",
     EXIT_INTERRUPTED: "interrupted by Ctrl-C (SIGINT) outside serve",
     EXIT_BROKEN_PIPE: "the reader of standard output went away (socker graph ... | head)",

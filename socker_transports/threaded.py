@@ -90,6 +90,7 @@ from socker_core import (
     HOOK_STEPS,
     Await,
     CancelAwait,
+    CloseCode,
     Connection,
     ConnectionClosedError,
     Flow,
@@ -109,8 +110,9 @@ from ._listen import (
     tcp_listener,
     unix_listener,
 )
-from .engine.cluster import BlockingClusterRooms, LocalNumbering, ResyncHook, resolve_engine
-from .engine.events import Publication, StreamPosition
+from .engine.cluster import ROOM_STATE_LOST_REASON, LocalNumbering, ResyncHook, resolve_engine
+from .engine.cluster_blocking import BlockingClusterRooms
+from .engine.events import Publication, Resync, StreamPosition
 from .engine.interface import Engine
 from .wire import (
     SHUTDOWN_CODE,
@@ -1156,6 +1158,9 @@ class Server:
                 on_event=on_event,
                 log=self.log,
             )
+            # The engine's thread must never wait for a connection's lock (its thread
+            # may be waiting for the engine): the default resync posts the close.
+            cluster.default_resync = self._close_for_resync
             try:
                 cluster.start()
             except BaseException:
@@ -1286,17 +1291,47 @@ class Server:
         for conn in recipients:
             link = links.get(conn)
             if link is not None:
-                count += link.push_frame(frame, payload, now)
+                if link.push_frame(frame, payload, now):
+                    count += 1
+                elif conn.is_detached:  # its old link is still ending: kept for replay
+                    count += send_through_flow(conn, payload)
                 continue
             # Detached (between transports): the Stepper keeps the message for the
             # replay, under its guard. Otherwise not registered yet: its on_open
             # hooks are running, and only its own thread (a broadcast from those
-            # hooks) may reach its Stepper now.
+            # hooks) may reach its Stepper now; from another thread (an engine's
+            # delivery, say) the frame is posted to its link, which writes it once
+            # the hooks are done: never skipped silently.
             current = threading.current_thread()
             stepper = current.wire.stepper if isinstance(current, _Link) else None
             if conn.is_detached or (stepper is not None and stepper.conn is conn):
                 count += send_through_flow(conn, payload)
+            elif conn.is_open:
+                opening = self._opening_link(conn)
+                if opening is not None:
+                    count += opening.push_frame(frame, payload, now)
         return count
+
+    def _close_for_resync(self, event: Resync, members: list[Connection]) -> None:
+        """The default `on_resync` here (close with 4414), from the engine's thread
+        without waiting for any connection's lock: posted to each member's link."""
+        for conn in members:
+            with _links_lock:
+                link = _links_by_conn.get(conn)
+            if link is None and not conn.is_detached:
+                link = self._opening_link(conn)
+            if link is not None:
+                link.request_close(CloseCode.ROOM_STATE_LOST, ROOM_STATE_LOST_REASON)
+            else:  # detached: no thread of its own, its Stepper ends the session
+                conn.close(CloseCode.ROOM_STATE_LOST, ROOM_STATE_LOST_REASON)
+
+    def _opening_link(self, conn: Connection) -> _Link | None:
+        """The link of a connection whose on_open hooks run (rare: a scan)."""
+        for link in self._snapshot():
+            stepper = link.wire.stepper
+            if stepper is not None and stepper.conn is conn:
+                return link
+        return None
 
     def close(
         self, code: int = SHUTDOWN_CODE, drain: bool = False, *, drain_timeout: float | None = None
@@ -1579,7 +1614,8 @@ def serve(
     `"redis://HOST:PORT/DB"`, `"unix:///path"`) or an `Engine` instance, run behind a
     `BlockingEngine` on a thread of its own; the server enters it here and exits it
     at shutdown. `on_resync(event, members)`: a room's sequence had a gap history
-    could not fill (default: close those members with 4414).
+    could not fill (default: close those members with 4414); it runs on the
+    engine's thread: send with `send_threadsafe`, never wait for a connection.
 
     `options` are the `wire.Options` fields (`max_size`, `close_timeout`, ...).
     Returns once listening; connections are accepted in a background thread.

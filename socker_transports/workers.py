@@ -51,6 +51,15 @@ from socker_core import Flow
 
 from .wire import Options, format_host
 
+__all__ = [
+    "BACKENDS",
+    "MAX_RESTART_DELAY",
+    "Supervisor",
+    "bind_socket",
+    "reuse_port_available",
+    "run",
+]
+
 logger = logging.getLogger("socker.workers")
 
 #: The longest wait before restarting a worker that keeps dying at start.
@@ -253,11 +262,13 @@ class Supervisor:
 
     @property
     def url(self) -> str:
+        """The URL clients use: the workers' shared address."""
         scheme = "wss" if self.spec.ssl is not None else "ws"
         return f"{scheme}://{format_host(self.spec.host)}:{self.spec.port}"
 
     @property
     def pids(self) -> list[int]:
+        """The process ids of the workers running now."""
         return [s.process.pid for s in self._slots if s.process is not None and s.process.pid]
 
     def bind(self) -> None:
@@ -299,6 +310,7 @@ class Supervisor:
             receive.close()
 
     def start(self, timeout: float = 30.0) -> None:
+        """Start every worker, waiting up to `timeout` seconds for each to listen."""
         for slot in self._slots:
             self._start(slot, timeout)
 
@@ -347,6 +359,7 @@ class Supervisor:
         )
 
     def stop(self) -> None:
+        """Ask `watch` to return (then `drain` the workers); safe from a signal handler."""
         self._stopping = True
 
     def drain(self) -> None:
@@ -372,6 +385,8 @@ class Supervisor:
                 sock.close()
 
     def run(self, announce: Callable[[Supervisor], None] | None = None) -> int:
+        """Bind, start the workers, call `announce(self)`, supervise until SIGINT or
+        SIGTERM, then drain them all; returns 0."""
         previous = {
             sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
         }

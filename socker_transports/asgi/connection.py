@@ -120,10 +120,12 @@ class AsgiConnection:
 
     @property
     def id(self) -> str:
+        """The connection's id (the same as `conn.id`)."""
         return self.stepper.id
 
     @property
     def conn(self) -> Connection:
+        """The `Connection` the flow's handlers receive."""
         return self.stepper.conn
 
     def send(self, data: bytes) -> None:
@@ -137,6 +139,8 @@ class AsgiConnection:
     # -- running -----------------------------------------------------------------
 
     async def run(self) -> None:
+        """Serve the connection until it ends: reader, writer and timers run in one
+        task group; returns when the transport is gone and the on_close hooks ran."""
         stepper = self.stepper
         try:
             async with anyio.create_task_group() as tg:

@@ -21,9 +21,10 @@ from typing import Any
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from .events import FetchResult, StreamPosition
-from .interface import Engine, MemberInfo, Receiver
+from .interface import Engine, MemberInfo, Receiver, documented_by_engine
 
 
+@documented_by_engine
 class BlockingEngine:
     """Blocking calls into an `Engine` running on a background event loop."""
 

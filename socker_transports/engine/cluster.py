@@ -11,7 +11,9 @@ worker process and machine shares. A server made with `engine=` owns one of thes
   `EngineUnavailable` at once while the engine knows its store is unreachable; a
   queued publication the store then refuses is reported (`PublishFailed` on
   `on_event`, and an error log line), never dropped silently. `publish` waits for the
-  store's confirmation and returns the publication's `StreamPosition`.
+  store's confirmation and returns the publication's `StreamPosition`. Consecutive
+  queued publications go to an engine with `publish_many` as one batch (Redis: one
+  pipeline, one round trip, the same order).
 - Receiving: the engine's receiver decodes each publication (the skipped member ids
   travel inside it, so every worker skips the same members) and hands it to the
   server's ONE delivery function, `deliver(publication, skip_ids, payload)`: the
@@ -22,8 +24,8 @@ worker process and machine shares. A server made with `engine=` owns one of thes
   reconnect and resync", so each client rebuilds its state. Never silent.
 
 `ClusterRooms` runs on the server's event loop (anyio driver); `BlockingClusterRooms`
-does the same for the threaded driver, its engine behind a `BlockingEngine` and its
-queue applied by one thread of its own.
+(cluster_blocking.py) does the same for the threaded driver, its engine behind a
+`BlockingEngine` and its queue applied by one thread of its own.
 """
 
 from __future__ import annotations
@@ -50,7 +52,6 @@ from socker_core import (
 )
 
 from ..wire.observe import EventHook, PublishFailed
-from .blocking import BlockingEngine
 from .errors import EngineClosed, EngineError, EngineUnavailable
 from .events import Publication, Resync, RoomEvent, StreamPosition
 from .interface import Engine
@@ -76,6 +77,10 @@ _JOIN_RETRY = (0.05, 1.0)
 
 #: How long a stopping server lets queued changes reach the engine.
 DRAIN_TIMEOUT = 5.0
+
+#: Consecutive queued publications sent to an engine with `publish_many` (Redis: one
+#: pipeline, one round trip, still in order) at most at once.
+MAX_BATCH = 64
 
 _NO_SKIP = b"\x00"
 _SKIP = 0x01
@@ -255,6 +260,8 @@ class _Bridge:
         self.max_pending = max_pending
         self._ops: deque[_Op] = deque()
         self._closed = False
+        #: What a Resync does without an `on_resync` (a driver may close its own way).
+        self.default_resync: ResyncHook = close_members
 
     # -- the registry's side --------------------------------------------------------
 
@@ -299,6 +306,17 @@ class _Bridge:
         payload = bytes(data)
         return _Publish(room, encode_publication(payload, skip_ids(skip)), len(payload), waiter)
 
+    @property
+    def available(self) -> bool:
+        """False while the engine knows its store is unreachable."""
+        raise NotImplementedError
+
+    def _refuse_if_down(self) -> None:
+        # While the engine knows the store is down, refuse at once rather than queue
+        # behind work that cannot be done (a join being retried, say).
+        if not self.available:
+            raise EngineUnavailable("the engine's store is unreachable")
+
     def local_count(self, room: str, skip: Connection | Collection[Connection] | None) -> int:
         """How many local members a broadcast to `room` will reach (as things stand)."""
         return len(self.registry.recipients(room, skip))
@@ -323,7 +341,7 @@ class _Bridge:
         self.log.warning(
             "room %r: %d local member(s) must resync (%s)", event.room, len(members), event.reason
         )
-        hook = self.on_resync if self.on_resync is not None else close_members
+        hook = self.on_resync if self.on_resync is not None else self.default_resync
         try:
             hook(event, members)
         except Exception:
@@ -343,6 +361,29 @@ class _Bridge:
                 hook(PublishFailed("server", op.room, op.size, error))
             except Exception:
                 self.log.exception("on_event hook raised for PublishFailed")
+
+    def _batch(self) -> list[_Publish]:
+        """The consecutive publications at the head of the queue (at most MAX_BATCH)."""
+        batch: list[_Publish] = []
+        for op in self._ops:
+            if not isinstance(op, _Publish) or len(batch) == MAX_BATCH:
+                break
+            batch.append(op)
+        return batch
+
+    def _settle_batch(self, batch: list[_Publish], results: Any) -> None:
+        """Each publication's outcome: its position, or its error (or the whole
+        batch's, when `results` is an exception)."""
+        if isinstance(results, BaseException):
+            for op in batch:
+                self._failed(op, results)
+            return
+        for op, result in zip(batch, results, strict=True):
+            if isinstance(result, StreamPosition):
+                if op.waiter is not None:
+                    op.waiter.settle(result, None)
+            else:
+                self._failed(op, result)
 
     def _member(self, op: _Join) -> bool:
         """Whether a join that failed is still wanted (the connection is in the room)."""
@@ -434,6 +475,8 @@ class ClusterRooms(_Bridge):
                 self._abandon()
 
     def _enqueue(self, op: _Op) -> None:
+        if self._closed:
+            return  # stopped: publications and barriers raised EngineClosed already
         self._ops.append(op)
         waiting = self._waiting
         if waiting is not None:
@@ -444,8 +487,7 @@ class ClusterRooms(_Bridge):
         self, data: bytes, room: str, skip: Connection | Collection[Connection] | None
     ) -> int:
         """Queue a publication to `room` cluster-wide; the local members it will reach."""
-        if not self.available:
-            raise EngineUnavailable("the engine's store is unreachable")
+        self._refuse_if_down()
         self._enqueue(self._publication(data, room, skip, None))
         return self.local_count(room, skip)
 
@@ -454,6 +496,7 @@ class ClusterRooms(_Bridge):
     ) -> StreamPosition:
         """Publish to `room` cluster-wide, in order with the queue; returns once the
         store has it (EngineUnavailable when it cannot)."""
+        self._refuse_if_down()
         waiter = _AsyncWaiter()
         self._enqueue(self._publication(data, room, skip, waiter))
         await waiter.event.wait()
@@ -464,6 +507,7 @@ class ClusterRooms(_Bridge):
 
     async def presence(self, room: str) -> dict[str, dict[str, str]]:
         """Every member of `room` cluster-wide, after this worker's queued changes."""
+        self._refuse_if_down()
         await self._barrier()
         return await self.engine.presence(room)
 
@@ -478,10 +522,21 @@ class ClusterRooms(_Bridge):
 
     async def _apply_queue(self) -> None:
         ops = self._ops
+        publish_many = getattr(self.engine, "publish_many", None)
         while True:
             while not ops:
                 self._waiting = waiting = anyio.Event()
                 await waiting.wait()
+            batch = self._batch() if publish_many is not None else []
+            if publish_many is not None and len(batch) > 1:
+                try:
+                    results: Any = await publish_many([(op.room, op.blob) for op in batch])
+                except Exception as exc:
+                    results = exc
+                self._settle_batch(batch, results)
+                for _ in batch:
+                    ops.popleft()
+                continue
             await self._apply(ops[0])
             ops.popleft()
 
@@ -504,7 +559,8 @@ class ClusterRooms(_Bridge):
                 except EngineUnavailable as exc:
                     if not self._member(op):
                         return  # it left meanwhile: nothing to join
-                    self.log.warning("room %r: join retried in %.2fs: %s", op.room, delay, exc)
+                    level = logging.WARNING if delay == _JOIN_RETRY[0] else logging.DEBUG
+                    self.log.log(level, "room %r: join retried in %.2fs: %s", op.room, delay, exc)
                 except Exception:
                     self.log.exception("room %r: the engine refused a join", op.room)
                     return
@@ -521,183 +577,10 @@ class ClusterRooms(_Bridge):
             op.waiter.settle(None, None)
 
 
-# -- the threaded driver's ------------------------------------------------------------
-
-
-class BlockingClusterRooms(_Bridge):
-    """`ClusterRooms` for threads: `engine` runs behind a `BlockingEngine` (its own
-    loop thread, where the receiver runs) and one thread of this object applies the
-    queue. `start()` / `close()`; `broadcast` and `publish` block until the store has
-    the publication (EngineUnavailable when it cannot)."""
-
-    def __init__(
-        self,
-        engine: Engine,
-        registry: Registry,
-        deliver: Deliver,
-        *,
-        on_resync: ResyncHook | None = None,
-        on_event: EventHook | None = None,
-        log: logging.Logger | None = None,
-        max_pending: int = MAX_PENDING,
-        drain_timeout: float = DRAIN_TIMEOUT,
-    ) -> None:
-        super().__init__(
-            registry,
-            deliver,
-            on_resync=on_resync,
-            on_event=on_event,
-            log=log,
-            max_pending=max_pending,
-        )
-        self.engine = engine
-        self.blocking = BlockingEngine(engine)
-        self.drain_timeout = drain_timeout
-        self._changed = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._stopping = False
-        self._loop_thread: int | None = None
-
-    @property
-    def available(self) -> bool:
-        return self.blocking.available
-
-    def start(self) -> None:
-        self.blocking.__enter__()
-        try:
-            self._loop_thread = self.blocking._call().call(threading.get_ident)
-            self._bind(self.blocking)
-        except BaseException:
-            self.blocking.__exit__(None, None, None)
-            raise
-        self._thread = threading.Thread(
-            target=self._apply_queue, name="socker-engine-queue", daemon=True
-        )
-        self._thread.start()
-
-    def close(self) -> None:
-        """Let queued changes reach the engine (at most `drain_timeout`), stop."""
-        thread = self._thread
-        if thread is None:
-            return
-        self._thread = None
-        with self._changed:
-            self._stopping = True
-            self._changed.notify_all()
-        thread.join(self.drain_timeout)
-        try:
-            self._unbind(self.blocking)
-            self.blocking.__exit__(None, None, None)
-        finally:
-            with self._changed:
-                self._abandon()
-
-    def _enqueue(self, op: _Op) -> None:
-        with self._changed:
-            self._ops.append(op)
-            self._changed.notify()
-
-    def _on_own_threads(self) -> bool:
-        ident = threading.get_ident()
-        thread = self._thread
-        return ident == self._loop_thread or (thread is not None and ident == thread.ident)
-
-    def broadcast(
-        self, data: bytes, room: str, skip: Connection | Collection[Connection] | None
-    ) -> int:
-        """Publish to `room` cluster-wide and wait for the store (from the engine's
-        own threads, an on_resync hook say, it only queues); the local members it
-        will reach."""
-        if not self.available:
-            raise EngineUnavailable("the engine's store is unreachable")
-        count = self.local_count(room, skip)
-        if self._on_own_threads():
-            self._enqueue(self._publication(data, room, skip, None))
-        else:
-            self.publish(data, room, skip)
-        return count
-
-    def publish(
-        self, data: bytes, room: str, skip: Connection | Collection[Connection] | None
-    ) -> StreamPosition:
-        if self._on_own_threads():
-            raise RuntimeError("publish() would wait for its own thread: use broadcast()")
-        waiter = _ThreadWaiter()
-        self._enqueue(self._publication(data, room, skip, waiter))
-        waiter.event.wait()
-        if waiter.error is not None:
-            raise waiter.error
-        assert waiter.result is not None
-        return waiter.result
-
-    def presence(self, room: str) -> dict[str, dict[str, str]]:
-        if not self._on_own_threads():
-            waiter = _ThreadWaiter()
-            self._enqueue(_Barrier(waiter))
-            waiter.event.wait()
-            if waiter.error is not None:
-                raise waiter.error
-        return self.blocking.presence(room)
-
-    def _apply_queue(self) -> None:
-        ops, changed = self._ops, self._changed
-        while True:
-            with changed:
-                while not ops and not self._stopping:
-                    changed.wait()
-                if not ops:
-                    return
-                op = ops[0]
-            try:
-                self._apply(op)
-            except Exception:  # the engine stopped under us: abandon the rest
-                self.log.exception("the engine's queue stopped")
-                return
-            with changed:
-                ops.popleft()
-
-    def _apply(self, op: _Op) -> None:
-        engine = self.blocking
-        if isinstance(op, _Publish):
-            try:
-                position = engine.publish(op.room, op.blob)
-            except Exception as exc:
-                self._failed(op, exc)
-            else:
-                if op.waiter is not None:
-                    op.waiter.settle(position, None)
-        elif isinstance(op, _Join):
-            delay = _JOIN_RETRY[0]
-            while True:
-                try:
-                    engine.join(op.room, op.conn.id, op.info)
-                    return
-                except EngineUnavailable as exc:
-                    if not self._member(op) or self._stopping:
-                        return
-                    self.log.warning("room %r: join retried in %.2fs: %s", op.room, delay, exc)
-                except Exception:
-                    self.log.exception("room %r: the engine refused a join", op.room)
-                    return
-                with self._changed:
-                    self._changed.wait_for(lambda: self._stopping, delay)
-                delay = min(_JOIN_RETRY[1], delay * 2)
-        elif isinstance(op, _Leave):
-            try:
-                engine.leave(op.room, op.conn.id)
-            except EngineUnavailable as exc:
-                self.log.warning("room %r: leave not confirmed: %s", op.room, exc)
-            except Exception:
-                self.log.exception("room %r: the engine refused a leave", op.room)
-        else:
-            op.waiter.settle(None, None)
-
-
 __all__ = [
     "DRAIN_TIMEOUT",
     "MAX_PENDING",
     "ROOM_STATE_LOST_REASON",
-    "BlockingClusterRooms",
     "ClusterRooms",
     "Deliver",
     "LocalNumbering",

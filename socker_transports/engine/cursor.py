@@ -14,6 +14,8 @@ from .events import FetchResult, Publication, Recovered, Resync, RoomEvent, Stre
 
 
 class Arrival(Enum):
+    """What an arriving publication means for a room's cursor (`RoomCursor.classify`)."""
+
     DELIVER = "deliver"  # the next publication: deliver it and advance
     DUPLICATE = "duplicate"  # at or before the cursor: already delivered (or resynced past)
     GAP = "gap"  # after a hole, or in another epoch: fetch history first
@@ -29,6 +31,7 @@ class RoomCursor:
         self.position = position
 
     def classify(self, publication: Publication) -> Arrival:
+        """Deliver it (the next one), drop it (a duplicate), or fill a gap first."""
         if publication.epoch != self.position.epoch:
             return Arrival.GAP
         if publication.offset <= self.position.offset:

@@ -38,6 +38,7 @@ class Publication:
 
     @property
     def position(self) -> StreamPosition:
+        """Where this publication stands in its room's stream."""
         return StreamPosition(self.offset, self.epoch)
 
 

@@ -25,6 +25,13 @@ Promises every engine keeps:
 - Sessions: `put_session(key, data, ttl)` keeps an opaque snapshot that any worker
   can `take_session(key)` exactly once (atomic: one taker wins) until `ttl` expires.
 
+Optionally an engine has an `available` property: False while it knows its store is
+unreachable (a server's `broadcast(room=)` then raises EngineUnavailable at once
+rather than queueing); an engine without one counts as always available. And
+optionally `async publish_many([(room, data), ...]) -> [StreamPosition | EngineError]`:
+several publications in order in one round trip (a server's queue sends consecutive
+publications that way when the engine has it; RedisEngine does, with a pipeline).
+
 Used as `async with engine:` (it may run background tasks: the subscription reader,
 the presence heartbeat) on any anyio backend; threads use `BlockingEngine`.
 """
@@ -33,7 +40,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 from .events import FetchResult, RoomEvent, StreamPosition
 
@@ -106,3 +113,28 @@ class Engine(Protocol):
 
     async def drop_session(self, key: str) -> None:
         """Forget the session under `key` (no-op if absent)."""
+
+
+_T = TypeVar("_T", bound=type)
+
+
+def documented_by_engine(cls: _T) -> _T:
+    """Give `cls`'s undocumented Engine methods the interface's docstrings (an engine
+    keeps the interface's promises: one text of them, here), so `help()` and the API
+    pages show them on every engine."""
+    documented_properties: dict[str, property] = {}
+    for name, value in vars(cls).items():
+        interface_member = vars(Engine).get(name)
+        if name.startswith("_") or interface_member is None:
+            continue
+        target = value.fget if isinstance(value, property) else value
+        source = (
+            interface_member.fget if isinstance(interface_member, property) else interface_member
+        )
+        if callable(target) and not (target.__doc__ or "").strip() and source.__doc__:
+            target.__doc__ = source.__doc__
+            if isinstance(value, property):  # a property copies its getter's doc when made
+                documented_properties[name] = property(value.fget, value.fset, value.fdel)
+    for name, documented in documented_properties.items():
+        setattr(cls, name, documented)
+    return cls

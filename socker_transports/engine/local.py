@@ -15,7 +15,7 @@ from collections import deque
 from types import TracebackType
 
 from .events import FetchResult, Publication, Recovered, StreamPosition, Unrecoverable
-from .interface import MemberInfo, Receiver
+from .interface import MemberInfo, Receiver, documented_by_engine
 from .presence_info import encode_info
 
 DEFAULT_HISTORY_SIZE = 1000
@@ -30,6 +30,7 @@ class _Room:
         self.presence: dict[str, dict[str, str]] = {}
 
 
+@documented_by_engine
 class LocalEngine:
     """`Engine` for one process (see interface.py for the promises)."""
 

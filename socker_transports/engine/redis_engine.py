@@ -29,7 +29,7 @@ import logging
 import math
 import secrets
 import sys
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
 from typing import Any
@@ -50,7 +50,7 @@ from .events import (
     StreamPosition,
     Unrecoverable,
 )
-from .interface import MemberInfo, Receiver
+from .interface import MemberInfo, Receiver, documented_by_engine
 from .presence_info import encode_info
 
 if sys.version_info < (3, 11):  # pragma: no cover - coredis depends on the backport
@@ -83,6 +83,7 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+@documented_by_engine
 class RedisEngine:
     """`Engine` on Redis (see the module docstring; the promises are in interface.py).
 
@@ -178,9 +179,17 @@ class RedisEngine:
         try:
             await self._forget_members()
         finally:
-            await stack.aclose()
-        self._client = None
-        self._pubsub = None
+            try:
+                await stack.aclose()
+            except BaseException as error:
+                # A connection that broke while stopping (Redis just restarted, say)
+                # is not the caller's failure: the engine is stopped either way.
+                if not _unreachable(error):
+                    raise
+                logger.debug("redis connection lost while the engine stopped: %r", error)
+            finally:
+                self._client = None
+                self._pubsub = None
 
     async def _forget_members(self) -> None:
         """On a graceful stop, remove this worker's members from presence at once
@@ -257,6 +266,51 @@ class RedisEngine:
             )
         )
         return StreamPosition(int(offset), _text(epoch))
+
+    async def publish_many(
+        self, items: Sequence[tuple[str, bytes]]
+    ) -> list[StreamPosition | EngineError]:
+        """Publish several `(room, data)` in order, in one round trip (a pipeline on
+        one connection: Redis runs the scripts in this order). Each result is the
+        publication's position, or the EngineError its own command got. Raises
+        EngineUnavailable (nothing confirmed) when Redis cannot be reached."""
+        client = self._redis()
+        requests: list[Any] = []
+
+        async def pipelined() -> None:
+            async with client.pipeline(
+                transaction=False, raise_on_error=False, timeout=self.timeout
+            ) as pipe:
+                for room, data in items:
+                    meta, history, _, _ = self._keys(room)
+                    requests.append(
+                        self._publish(
+                            keys=[meta, history],
+                            args=[
+                                bytes(data),
+                                self.history_size,
+                                math.ceil(self.history_ttl),
+                                math.ceil(self.meta_ttl),
+                                self._channel(room),
+                                secrets.token_hex(8),
+                            ],
+                            client=pipe,
+                        )
+                    )
+
+        await self._command(pipelined())
+        results: list[StreamPosition | EngineError] = []
+        for request in requests:
+            try:
+                reply = await self._command(request)
+                if isinstance(reply, BaseException):  # (raise_on_error=False)
+                    raise EngineError(f"redis refused: {reply}")
+                offset, epoch = reply
+            except EngineError as exc:
+                results.append(exc)
+            else:
+                results.append(StreamPosition(int(offset), _text(epoch)))
+        return results
 
     async def position(self, room: str) -> StreamPosition:
         result = await self.fetch_since(room, StreamPosition(0, ""))
@@ -454,9 +508,19 @@ class RedisEngine:
                     subscription_timeout=self.timeout,
                     max_idle_seconds=max(1.0, self.timeout),
                 ) as pubsub:
-                    if self._channels:
-                        await pubsub.subscribe(*self._channels)
+                    subscribed = set(self._channels)
+                    if subscribed:
+                        await pubsub.subscribe(*subscribed)
+                    # Rooms joined or left while that subscribe was in flight saw no
+                    # pub/sub to use (None) and count on this reader: catch up, or a
+                    # room joined at that moment would stay deaf.
                     self._pubsub = pubsub
+                    missing = [c for c in self._channels if c not in subscribed]
+                    stale = [c for c in subscribed if c not in self._channels]
+                    if missing:
+                        await pubsub.subscribe(*missing)
+                    if stale:
+                        await pubsub.unsubscribe(*stale)
                     self._down = False
                     if not started:
                         started = True

@@ -4,6 +4,8 @@ membership is told, in order, with the connection, the room and the info."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from socker_core import (
     MAX_INFO_BYTES,
@@ -115,3 +117,54 @@ def test_without_a_listener_nothing_is_told_and_nothing_changes() -> None:
     a.join("lobby", {"k": "v"})
     a.leave("lobby")
     assert registry.listener is None and registry.rooms == frozenset()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["join", "rejoin", "leave", "end"]),
+            st.integers(0, 2),  # which connection
+            st.sampled_from(["a", "b", "c"]),  # which room
+        ),
+        max_size=40,
+    )
+)
+def test_the_told_changes_rebuild_the_registry_exactly(
+    steps: list[tuple[str, int, str]],
+) -> None:
+    """Whatever happens, a follower that applies the told changes in order holds the
+    same membership (and info) as the registry: what a cluster engine relies on."""
+    registry = Registry()
+    follower: dict[tuple[str, str], dict[str, str]] = {}
+
+    def follow(event: MembershipEvent) -> None:
+        key = (event.conn.id, event.room)
+        if isinstance(event, MemberJoined):
+            follower[key] = dict(event.info)
+        else:
+            assert key in follower, "a leave without a join"
+            del follower[key]
+
+    registry.listener = follow
+    steppers = [opened(registry, f"c{i}") for i in range(3)]
+    for n, (action, which, room) in enumerate(steps):
+        stepper = steppers[which]
+        conn = stepper.conn
+        if action == "end":
+            stepper.transport_closed(1006, "", float(n))
+            steppers[which] = opened(registry, f"c{which}-{n}")
+        elif not conn.is_open:
+            continue
+        elif action == "join":
+            conn.join(room)
+        elif action == "rejoin":
+            conn.join(room, {"n": str(n % 2)})
+        else:
+            conn.leave(room)
+    expected = {
+        (conn.id, room): info
+        for room in registry.rooms
+        for conn, info in registry.members(room).items()
+    }
+    assert follower == expected

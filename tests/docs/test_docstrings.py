@@ -19,6 +19,10 @@ PUBLIC_MODULES = [
     "socker_transports.anyio",
     "socker_transports.threaded",
     "socker_transports.webrtc",
+    "socker_transports.asgi",
+    "socker_transports.metrics",
+    "socker_transports.engine",
+    "socker_transports.workers",
 ]
 
 

@@ -73,6 +73,11 @@ def _command(
             _reply(conn, "unavailable")
         else:
             _reply(conn, f"count:{count}")
+    elif verb == "burst":  # "burst ROOM TAG:N": N broadcasts in a row, TAG:0 .. TAG:N-1
+        tag, _, count = text.partition(":")
+        for n in range(int(count)):
+            server.broadcast(f"b:{tag}:{n}".encode(), room=room)
+        _reply(conn, "burst")
     elif verb == "pub":
         return ("pub", publish(b"b:" + text.encode(), room, None))
     elif verb == "who":
@@ -286,12 +291,47 @@ def test_one_order_presence_and_skip_across_servers(
     wait_for(lambda: {m["name"] for m in players[0].who("match").values()} == {"p0", "p3"})
 
 
+BURST = 150
+
+
+def test_bursts_from_many_members_keep_one_order_across_servers(
+    servers: Callable[..., RunningServer],
+    clients: Callable[[str], Client],
+    engine_urls: list[str],
+) -> None:
+    """Broadcasts queued faster than the store confirms them (sent to Redis in
+    pipelined batches; threaded: many threads blocking at once) still arrive whole,
+    in one order, everywhere."""
+    running = [servers(engine=url) for url in engine_urls]
+    players = [clients(running[i % len(running)].url) for i in range(4)]
+    for index, player in enumerate(players):
+        player.ask(f"join burst p{index}")
+    wait_for(lambda: len(players[0].who("burst")) == 4)
+    for index, player in enumerate(players):  # all at once: no waiting for replies
+        player.ws.send(f"burst burst {index}:{BURST}".encode())
+    expected = 4 * BURST
+    seen = []
+    for player in players:
+        got: list[bytes] = []
+        while len(got) < expected:
+            data = player.recv()
+            if not data.startswith(b"r:"):
+                got.append(data)
+        seen.append(got)
+    assert all(sequence == seen[0] for sequence in seen), "players disagree on the order"
+    for index in range(4):
+        own = [m for m in seen[0] if m.startswith(f"b:{index}:".encode())]
+        assert own == [f"b:{index}:{n}".encode() for n in range(BURST)]
+
+
 def test_join_then_broadcast_in_one_handler_reaches_the_new_member(
     servers: Callable[..., RunningServer],
     clients: Callable[[str], Client],
     engine_urls: list[str],
 ) -> None:
     server = servers(engine=engine_urls[0])
+    engine = server.server.engine  # type: ignore[attr-defined]
+    assert isinstance(engine, LocalEngine if engine_urls[0] == "memory://" else RedisEngine)
     client = clients(server.url)
     # A room this server has no member in yet: the join subscribes it first.
     assert client.ask("joinsay fresh hello") == "count:1"
@@ -302,6 +342,7 @@ def test_without_an_engine_publish_and_presence_are_local(
     servers: Callable[..., RunningServer], clients: Callable[[str], Client]
 ) -> None:
     server = servers()
+    assert server.server.engine is None  # type: ignore[attr-defined]
     a, b = clients(server.url), clients(server.url)
     a.ask("join lobby ada")
     b.ask("join lobby")
@@ -376,6 +417,12 @@ def test_a_redis_outage_raises_keeps_connections_and_recovers(
         time.sleep(0.05)
     assert a.ask("pub r during") == "unavailable"
     assert b.ask("who r") == "unavailable"
+    # A member joining during the outage: its join waits for the engine (retried in
+    # order), while publish and presence keep answering "unavailable" at once.
+    late = clients(server.url)
+    assert late.ask("join later") == "joined"
+    assert late.ask("pub later x") == "unavailable"
+    assert late.ask("who later") == "unavailable"
 
     own_redis.start()
     # Redis lost everything: the members cannot be brought up to date, so by default
@@ -386,6 +433,11 @@ def test_a_redis_outage_raises_keeps_connections_and_recovers(
                 client.recv()
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4414
         assert closed.value.rcvd.reason == "room state lost: reconnect and resync"
+    # The late join reached the engine once Redis was back: the member is in presence
+    # and receives the room's publications.
+    wait_for(lambda: late.ask("who later") != "unavailable")
+    assert list(late.who("later")) and late.ask("pub later hi").startswith("pos:")
+    assert late.messages(1) == [b"b:hi"]
     # The service recovered by itself: a new client joins and broadcasts.
     c = clients(server.url)
     c.ask("join r")
@@ -402,9 +454,15 @@ def test_stopping_a_server_leaves_presence_and_closes_its_engine(
     server = servers(engine=engine)
     client = clients(server.url)
     client.ask("join r ada")
+    client.ask("join other")
     assert [m["name"] for m in client.who("r").values()] == ["ada"]
+    # The worker is subscribed to exactly the rooms it has members in.
+    assert engine.subscribed_rooms == {"r", "other"}
+    client.ask("leave other")
+    client.who("other")  # (after this server's queued leave reached the engine)
+    assert engine.subscribed_rooms == {"r"}
     server.stop()
-    assert engine.subscribed_rooms == frozenset() or not engine.available
+    assert engine.subscribed_rooms == frozenset()
     assert not engine.available  # exited: no client left
     with BlockingEngine(RedisEngine(redis_url)) as observer:
         assert observer.presence("r") == {}
