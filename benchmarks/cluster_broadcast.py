@@ -80,7 +80,13 @@ from statistics import median, quantiles
 from typing import Any
 
 from benchmarks.cluster_servers import socker_command
-from benchmarks.machine import children, cpu_seconds, machine_seconds, run_queue_seconds
+from benchmarks.machine import (
+    children,
+    cpu_seconds,
+    machine_seconds,
+    run_queue_seconds,
+    with_parent,
+)
 from benchmarks.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,7 +149,7 @@ def pinned(cpus: str) -> list[str]:
 def child(args: list[str], *, stdin: bool = False) -> Iterator[tuple[subprocess.Popen[str], Lines]]:
     """A child process printing JSON lines; SIGTERM (then SIGKILL) at the end."""
     proc = subprocess.Popen(
-        args,
+        [*with_parent(), *args],  # a benchmark killed -9 leaves no child running
         stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         text=True,
@@ -269,7 +275,9 @@ def measure(system: str, ns: argparse.Namespace) -> dict[str, Any]:
     """One fresh setup of `system`: warm-up rounds, then `ns.per_pass` measured ones."""
     protocol = "socker" if system == "socker" else "sio"
     with ExitStack() as stack:
-        redis = stack.enter_context(RedisServer.temporary(prefix=pinned(ns.server_cpus)))
+        redis = stack.enter_context(
+            RedisServer.temporary(prefix=[*with_parent(), *pinned(ns.server_cpus)])
+        )
         assert redis.proc is not None
         port, worker_pids = start_servers(system, redis.url, ns, stack)
         share = [ns.clients // ns.client_processes] * ns.client_processes

@@ -9,10 +9,12 @@ its own servers waited for a CPU.
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 
 from benchmarks.client import cpu_seconds
 
-__all__ = ["children", "cpu_seconds", "machine_seconds", "run_queue_seconds"]
+__all__ = ["children", "cpu_seconds", "machine_seconds", "run_queue_seconds", "with_parent"]
 
 
 def run_queue_seconds(pid: int) -> float:
@@ -49,3 +51,14 @@ def children(pid: int) -> list[int]:
             if int(fields[1]) == pid:
                 found.append(int(entry))
     return found
+
+
+def with_parent() -> list[str]:
+    """A command prefix under which a child gets SIGTERM when the thread that started it
+    ends (util-linux's `setpriv --pdeathsig`, Linux's PR_SET_PDEATHSIG; it execs the
+    command, so the pid stays the child's), so a benchmark killed with SIGKILL leaves
+    no server behind. Nothing where setpriv is missing. Start such children from a
+    thread that lives as long as they should (the benchmark's main thread)."""
+    if shutil.which("setpriv") and sys.platform.startswith("linux"):
+        return ["setpriv", "--pdeathsig", "TERM"]
+    return []
