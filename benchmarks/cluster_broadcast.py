@@ -55,8 +55,11 @@ clients waited for a CPU per round (/proc/PID/schedstat), and how many cores oth
 processes of the machine took meanwhile (/proc/stat; a shared machine). The
 wall-clock rounds move with that load from run to run; the CPU per round much less.
 
-Each round starts `--gap` seconds after the previous one ended. Every process has a
-time budget and stops by itself; `--quick` is 200 clients and 10 rounds. Results go to
+Each round starts `--gap` seconds after the previous one ended; every wait is bounded
+(start-up, settle and round timeouts). Every child runs under `setpriv --pdeathsig
+TERM`, so it ends with the benchmark even when that is killed with SIGKILL, and the
+clients and socket.io workers also end by themselves after their `LIFETIME`.
+`--quick` is 200 clients and 10 rounds. Results go to
 `benchmarks/results/cluster_broadcast.json` (or `--output`).
 """
 
