@@ -19,12 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +29,7 @@ from typing import Any
 
 import anyio
 
+from benchmarks.redis_server import REDIS_SERVER, RedisServer
 from socker_transports.engine import Engine, LocalEngine, Publication, RoomEvent
 from socker_transports.engine.redis_engine import RedisEngine
 
@@ -46,36 +43,10 @@ BACKENDS: dict[str, tuple[str, dict[str, Any]]] = {
 
 @contextmanager
 def redis_server() -> Iterator[str]:
-    executable = shutil.which("redis-server")
-    if executable is None:
+    if REDIS_SERVER is None:
         raise SystemExit("redis-server is not installed: run `make redis`")
-    directory = tempfile.mkdtemp(prefix="socker-bench-redis-")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    proc = subprocess.Popen(
-        [executable, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-         "--appendonly", "no", "--dir", directory, "--loglevel", "warning"],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        end = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > end:
-                raise SystemExit("redis-server did not start")
-            time.sleep(0.02)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(directory, ignore_errors=True)
+    with RedisServer.temporary() as server:
+        yield server.url
 
 
 def _percentile(values: list[float], q: float) -> float:
