@@ -61,6 +61,7 @@ from .wire import (
     Opened,
     Phase,
     Wire,
+    unsent_part,
 )
 
 logger = logging.getLogger("socker")
@@ -91,22 +92,6 @@ def shared_read_buffer() -> memoryview:
     if buffer is None:
         buffer = _local.buffer = memoryview(bytearray(BIG_READ_SIZE))
     return buffer
-
-
-def unsent_part(
-    chunks: list[bytes | bytearray | memoryview], sent: int
-) -> list[bytes | bytearray | memoryview]:
-    """What a vectored write of `chunks` that took `sent` bytes left (empty when
-    it took everything); the first buffer left is a view, not a copy."""
-    for index, chunk in enumerate(chunks):
-        size = len(chunk)
-        if sent < size:
-            rest = chunks[index:]
-            if sent:
-                rest[0] = memoryview(chunk)[sent:]
-            return rest
-        sent -= size
-    return []
 
 
 #: Errors a byte stream raises when the transport fails under us.

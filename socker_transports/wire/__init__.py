@@ -44,7 +44,7 @@ How a connection ends (`Closed.code`, `Wire.close_code`; the table is
 - no pong within `ping_timeout`: 1011 "keepalive ping timeout".
 """
 
-from .connection import Wire
+from .connection import Wire, unsent_part
 from .events import (
     AwaitHandshake,
     CloseResult,
@@ -106,4 +106,5 @@ __all__ = [
     "send_through_flow",
     "shutdown_reason",
     "socket_address",
+    "unsent_part",
 ]

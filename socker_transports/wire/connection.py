@@ -34,6 +34,22 @@ BUSY_STATUS = 503
 JOIN_LIMIT = 16 * 1024
 
 
+def unsent_part(
+    chunks: list[bytes | bytearray | memoryview], sent: int
+) -> list[bytes | bytearray | memoryview]:
+    """What a vectored write of `chunks` that took `sent` bytes left (empty when
+    it took everything); the first buffer left is a view, not a copy."""
+    for index, chunk in enumerate(chunks):
+        size = len(chunk)
+        if sent < size:
+            rest = chunks[index:]
+            if sent:
+                rest[0] = memoryview(chunk)[sent:]
+            return rest
+        sent -= size
+    return []
+
+
 class Wire(_HandshakePhase):
     """One websocket connection, either role, with its Stepper. No I/O.
 

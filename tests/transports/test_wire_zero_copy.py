@@ -116,7 +116,7 @@ def test_chunks_to_send_and_data_to_send_say_the_same() -> None:
 
 
 def test_unsent_part_of_a_vectored_write() -> None:
-    from socker_transports._anyio_session import unsent_part
+    from socker_transports.wire import unsent_part
 
     chunks: list[bytes | bytearray | memoryview] = [b"abc", b"defgh", b"ij"]
     assert unsent_part(list(chunks), 0) == chunks
