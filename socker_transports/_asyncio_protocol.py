@@ -6,11 +6,12 @@ A connection is an `asyncio.Protocol` around one `Wire`, with no task of its own
   from their own buffers (`Wire.chunks_to_send`: `writelines` where it does not
   join, else one `write` each), never joined with their header (a copy, and a
   fresh allocation past glibc's mmap threshold: page faults on every message);
-  on asyncio's own loops the connection is a `BufferedProtocol` reading into one
-  256 KiB buffer shared by every connection on the thread, handed to the wire as
-  a view (no copy of its own): asyncio's plain reads allocate 256 KiB each, past
-  glibc's mmap threshold, which costs an mmap/mremap/munmap per read however
-  little arrives (uvloop already reads into one shared buffer);
+  on asyncio's own loops and on uvloop the connection is a `BufferedProtocol`
+  reading into one 256 KiB buffer shared by every connection on the thread,
+  handed to the wire as a view (no copy of its own): a payload crosses two
+  copies, kernel to that buffer, buffer to its message (asyncio's plain reads
+  allocate 256 KiB each, past glibc's mmap threshold, an mmap/mremap/munmap per
+  read however little arrives; uvloop's copy its buffer into a new bytes);
 - one `loop.call_at` timer, armed at `wire.next_deadline` or earlier (it is moved
   only to an earlier deadline; firing early just re-arms it);
 - fairness: the wire handles at most `Options.frames_per_turn` frames per call;
@@ -439,9 +440,10 @@ class _BufferedSession(_ProtocolSession, asyncio.BufferedProtocol):
 
 
 def session_factory(loop: asyncio.AbstractEventLoop) -> Callable[..., _ProtocolSession]:
-    """Makes the loop's kind of session: buffered on asyncio's own loops, plain on
-    others (uvloop reads into its own shared buffer)."""
-    if type(loop).__module__.startswith("asyncio"):
+    """Makes the loop's kind of session: buffered on asyncio's own loops and on
+    uvloop (whose plain reads copy its own buffer into a new bytes object each
+    time: one copy more than the buffered read), plain on others."""
+    if type(loop).__module__.startswith(("asyncio", "uvloop")):
         buffer = shared_read_buffer()
 
         def buffered(*args: Any, **kwargs: Any) -> _ProtocolSession:
