@@ -53,6 +53,7 @@ from socker_core import Await, CancelAwait, Connection
 
 from ._blocking import run_blocking_in_thread
 from .wire import (
+    MAX_IOV,
     SEND_BUFFER_OVERFLOW,
     AwaitHandshake,
     CloseResult,
@@ -783,7 +784,7 @@ class _StreamSession(_SessionBase):
         while True:
             try:
                 # One vectored write: a big payload goes from its own buffer.
-                sent = sock.sendmsg(chunks) if len(chunks) > 1 else sock.send(chunks[0])
+                sent = sock.sendmsg(chunks[:MAX_IOV]) if len(chunks) > 1 else sock.send(chunks[0])
             except (BlockingIOError, InterruptedError):
                 self._unsent = chunks
                 return False

@@ -110,6 +110,7 @@ from ._listen import (
     unix_listener,
 )
 from .wire import (
+    MAX_IOV,
     SHUTDOWN_CODE,
     SHUTDOWN_REASON,
     AwaitHandshake,
@@ -924,7 +925,7 @@ class _Link(threading.Thread):
         `sendmsg`); return what is left."""
         while out:
             try:
-                sent = sock.sendmsg(out) if len(out) > 1 else sock.send(out[0])
+                sent = sock.sendmsg(out[:MAX_IOV]) if len(out) > 1 else sock.send(out[0])
             except _WOULD_BLOCK:
                 self._write_wants_read = False
                 return out

@@ -44,7 +44,7 @@ How a connection ends (`Closed.code`, `Wire.close_code`; the table is
 - no pong within `ping_timeout`: 1011 "keepalive ping timeout".
 """
 
-from .connection import Wire, unsent_part
+from .connection import MAX_IOV, Wire, unsent_part
 from .events import (
     AwaitHandshake,
     CloseResult,
@@ -74,6 +74,7 @@ from .target import ClientTarget, format_host, socket_address
 
 __all__ = [
     "KEEPALIVE_TIMEOUT_REASON",
+    "MAX_IOV",
     "RESUME_SUBPROTOCOL",
     "SEND_BUFFER_OVERFLOW",
     "SERVICE_RESTART_CODE",

@@ -34,6 +34,11 @@ BUSY_STATUS = 503
 JOIN_LIMIT = 16 * 1024
 
 
+#: The most buffers a driver passes to one `sendmsg` (the kernel refuses more than
+#: IOV_MAX, 1024 on Linux, with EMSGSIZE); the rest goes in the next call.
+MAX_IOV = 512
+
+
 def unsent_part(
     chunks: list[bytes | bytearray | memoryview], sent: int
 ) -> list[bytes | bytearray | memoryview]:

@@ -74,3 +74,23 @@ def test_a_client_sends_and_reads_big_messages_back_to_back(driver: DriverHarnes
         )
     assert not errors
     assert (result.code, result.reason) == (1000, "all echoed")
+
+
+def test_thousands_of_big_messages_queued_at_once_all_arrive(start_server: StartServer) -> None:
+    """One call queues 1,500 messages of 16 KiB: some 3,000 buffers for one vectored
+    write, past the kernel's IOV_MAX (1,024): written in several calls."""
+    count, size = 1500, 16 * 1024
+    flow = Flow("burst")
+
+    @flow.step
+    def burst(conn: Connection, message: bytes) -> bool:
+        for index in range(count):
+            conn.send(index.to_bytes(4, "big") * (size // 4))
+        return False
+
+    server = start_server(flow, max_send_buffer=64 * MiB)
+    with ws_connect(server.url, open_timeout=deadline(5), close_timeout=deadline(5)) as ws:
+        ws.send(b"go")
+        for index in range(count):
+            got = ws.recv(timeout=deadline(10))
+            assert got == index.to_bytes(4, "big") * (size // 4), index
