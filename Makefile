@@ -58,7 +58,8 @@ docs-strict: $(STAMP)
 NO_SPEEDUPS_TESTS = tests/transports/test_masking.py tests/transports/test_reader_parity.py \
 	tests/transports/test_wire_frames.py tests/transports/test_wire_close.py \
 	tests/transports/test_wire_fuzz.py tests/transports/test_fragments.py \
-	tests/transports/test_compression.py
+	tests/transports/test_compression.py tests/transports/test_wire_zero_copy.py \
+	tests/transports/test_big_echo.py
 pytest-no-speedups: $(STAMP)
 	SOCKER_NO_SPEEDUPS=1 tools/loopback-only $(BIN)/python -m pytest -q $(NO_SPEEDUPS_TESTS)
 

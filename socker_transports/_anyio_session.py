@@ -53,6 +53,7 @@ from socker_core import Await, CancelAwait, Connection, RoomRef
 
 from ._blocking import run_blocking_in_thread
 from .wire import (
+    MAX_IOV,
     SEND_BUFFER_OVERFLOW,
     AwaitHandshake,
     CloseResult,
@@ -61,6 +62,7 @@ from .wire import (
     Opened,
     Phase,
     Wire,
+    unsent_part,
 )
 
 logger = logging.getLogger("socker")
@@ -71,9 +73,8 @@ logger = logging.getLogger("socker")
 READ_SIZE = 64 * 1024
 
 #: Bytes per read of a bare socket (or asyncio's buffered protocol): read into a
-#: buffer of this size allocated once per thread, then only what arrived is
-#: copied out; while a big message arrives, `recv` of this size instead (see
-#: `_StreamSession._serve`).
+#: buffer of this size allocated once per thread, handed to the wire as a view
+#: (the wire copies out what it keeps before the next read).
 BIG_READ_SIZE = 256 * 1024
 
 #: A bare-socket read at least this big suggests more is already waiting: the
@@ -496,7 +497,7 @@ class _StreamSession(_SessionBase):
             self._checkpoint = raw_io.checkpoint
         self._scope: Any = None  # the cancel scope run() waits in
         self._dirty = False  # the flow has events for collect()
-        self._unsent: bytes | bytearray | memoryview | None = None
+        self._unsent: list[bytes | bytearray | memoryview] | None = None
         self._broken = False
         self._closing = False
         self._writer_scope: anyio.CancelScope | None = None
@@ -657,7 +658,7 @@ class _StreamSession(_SessionBase):
         checkpoint = self._checkpoint
         buffer = shared_read_buffer()
         big = False  # reads of at least _EAGER_READ: a big message is arriving
-        data = b""
+        data: bytes | memoryview = b""
         # Read before waiting: a new server connection's request has usually
         # arrived by the time this task runs, and while a big read follows a big
         # read more is likely there. Otherwise wait first (a checkpoint), and never
@@ -694,20 +695,15 @@ class _StreamSession(_SessionBase):
                             await anyio.sleep_forever()
                         if sock is not None:
                             assert io is not None
-                            # Small reads go through the shared buffer (a copy of
-                            # what arrived); big ones are `recv`s of their own, and
-                            # while they follow each other `data` (the last one)
-                            # stays referenced until the next read returns: freeing
-                            # it first lets glibc trim the heap top under the next
-                            # read and grow it back (brk churn on every read).
+                            # Every read goes into the shared buffer and reaches
+                            # the wire as a view (the wire copies what it keeps:
+                            # payloads straight into their messages), so a read
+                            # allocates nothing, however big.
                             chunk = None
                             if eager:
                                 streak += 1
                                 try:
-                                    if big:
-                                        chunk = sock.recv(BIG_READ_SIZE)
-                                    else:
-                                        chunk = buffer[: sock.recv_into(buffer)].tobytes()
+                                    chunk = buffer[: sock.recv_into(buffer)]
                                 except (BlockingIOError, InterruptedError):
                                     pass
                                 except OSError as exc:
@@ -717,10 +713,7 @@ class _StreamSession(_SessionBase):
                                 streak = 0
                                 await io.wait_readable(sock)
                                 try:
-                                    if big:
-                                        chunk = sock.recv(BIG_READ_SIZE)
-                                    else:
-                                        chunk = buffer[: sock.recv_into(buffer)].tobytes()
+                                    chunk = buffer[: sock.recv_into(buffer)]
                                 except (BlockingIOError, InterruptedError):
                                     continue  # not readable after all
                                 except OSError as exc:
@@ -741,8 +734,7 @@ class _StreamSession(_SessionBase):
                                 break
                         now = clock()
                         wire.receive_data(data, now)
-                        if not big:
-                            data = b""  # nothing big is arriving: do not hold it
+                        data = b""  # (a view of the shared buffer: not kept)
                         if self._step(now) != _GO:
                             break
                         new_deadline = wire.next_deadline
@@ -786,18 +778,19 @@ class _StreamSession(_SessionBase):
     def _send_raw(self, now: float) -> bool:
         """Write what the wire has without blocking; False if some must wait until
         the socket is writable (kept in `_unsent`, so cancelling the wait is safe)."""
-        data = self._unsent
-        if data is None:
-            data = self.wire.data_to_send()
-            if not data:
+        chunks = self._unsent
+        if chunks is None:
+            chunks = self.wire.chunks_to_send()
+            if not chunks:
                 return True
         sock = self._sock
         assert sock is not None
         while True:
             try:
-                sent = sock.send(data)
+                # One vectored write: a big payload goes from its own buffer.
+                sent = sock.sendmsg(chunks[:MAX_IOV]) if len(chunks) > 1 else sock.send(chunks[0])
             except (BlockingIOError, InterruptedError):
-                self._unsent = data
+                self._unsent = chunks
                 return False
             except OSError as exc:
                 self._unsent = None
@@ -805,11 +798,11 @@ class _StreamSession(_SessionBase):
                 self.wire.abort(now, f"write failed: {exc!r}")
                 self.wire.data_to_send()
                 return True
-            if sent < len(data):
-                data = memoryview(data)[sent:]
+            chunks = unsent_part(chunks, sent)
+            if chunks:
                 continue
-            data = self.wire.data_to_send()
-            if not data:
+            chunks = self.wire.chunks_to_send()
+            if not chunks:
                 self._unsent = None
                 return True
 

@@ -2,12 +2,16 @@
 
 A connection is an `asyncio.Protocol` around one `Wire`, with no task of its own:
 
-- `data_received` feeds the wire and writes its output at once (`transport.write`);
-  on asyncio's own loops the connection is a `BufferedProtocol` reading into one
-  256 KiB buffer shared by every connection on the thread, copying out what
-  arrived: asyncio's plain reads allocate 256 KiB each, past glibc's mmap
-  threshold, which costs an mmap/mremap/munmap per read however little arrives
-  (uvloop already reads into one shared buffer);
+- `data_received` feeds the wire and writes its output at once: big payloads
+  from their own buffers (`Wire.chunks_to_send`: `writelines` where it does not
+  join, else one `write` each), never joined with their header (a copy, and a
+  fresh allocation past glibc's mmap threshold: page faults on every message);
+  on asyncio's own loops and on uvloop the connection is a `BufferedProtocol`
+  reading into one 256 KiB buffer shared by every connection on the thread,
+  handed to the wire as a view (no copy of its own): a payload crosses two
+  copies, kernel to that buffer, buffer to its message (asyncio's plain reads
+  allocate 256 KiB each, past glibc's mmap threshold, an mmap/mremap/munmap per
+  read however little arrives; uvloop's copy its buffer into a new bytes);
 - one `loop.call_at` timer, armed at `wire.next_deadline` or earlier (it is moved
   only to an earlier deadline; firing early just re-arms it);
 - fairness: the wire handles at most `Options.frames_per_turn` frames per call;
@@ -88,6 +92,13 @@ def asyncio_spawner(start_soon: Spawn) -> Spawn:
     return spawn
 
 
+def _writes_vectored(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether the loop's `transport.writelines` writes its buffers without joining
+    them (uvloop: `writev`; asyncio from 3.12: `sendmsg`); asyncio 3.11's joins,
+    a copy of every big payload, so there each buffer is written on its own."""
+    return not type(loop).__module__.startswith("asyncio") or sys.version_info >= (3, 12)
+
+
 class _ProtocolSession(_SessionBase, asyncio.Protocol):
     __slots__ = (
         "_armed",
@@ -100,6 +111,7 @@ class _ProtocolSession(_SessionBase, asyncio.Protocol):
         "_paused",
         "_timer",
         "_turn_soon",
+        "_vectored",
         "_write_paused",
         "loop",
         "transport",
@@ -128,6 +140,7 @@ class _ProtocolSession(_SessionBase, asyncio.Protocol):
             on_detached=on_detached,
         )
         self.loop = loop
+        self._vectored = _writes_vectored(loop)
         self.transport: asyncio.Transport | None = None
         self._on_made = on_made
         self._timer: asyncio.TimerHandle | None = None
@@ -140,6 +153,19 @@ class _ProtocolSession(_SessionBase, asyncio.Protocol):
         self._keeping = False  # transport gone; the wire keeps a detached session
         self._turn_soon = False  # a _next_turn callback is scheduled
         self._linger_left = -1  # bytes still discarded while lingering (-1: not lingering)
+
+    def _flush(self, transport: asyncio.Transport) -> None:
+        """Write what the wire has: a big payload from its own buffer (no join)."""
+        chunks = self.wire.chunks_to_send()
+        if not chunks:
+            return
+        if len(chunks) == 1:
+            transport.write(chunks[0])
+        elif self._vectored:
+            transport.writelines(chunks)
+        else:
+            for chunk in chunks:
+                transport.write(chunk)
 
     # -- the session API -------------------------------------------------------
 
@@ -175,9 +201,7 @@ class _ProtocolSession(_SessionBase, asyncio.Protocol):
         if self._write_paused or self._closing or transport is None:
             self._after(now)  # the wire keeps it; its own limits apply
         else:
-            out = wire.data_to_send()
-            if out:
-                transport.write(out)
+            self._flush(transport)
         return True
 
     def abort(self) -> None:
@@ -204,17 +228,13 @@ class _ProtocolSession(_SessionBase, asyncio.Protocol):
         if self._closing or transport is None:
             return
         if wire.should_close_transport:
-            data = wire.data_to_send()
-            if data:
-                transport.write(data)
+            self._flush(transport)
             self._close_transport(transport)
             return
         if not self._write_paused and not wire.input_pending:
             # While input is pending the output waits for the last turn (or for
             # write_limit, which ends input_pending): one write per read, not per turn.
-            data = wire.data_to_send()
-            if data:
-                transport.write(data)
+            self._flush(transport)
         if wire.input_pending and not self._turn_soon:
             # The wire stopped at its per-turn budget: the rest waits for the next
             # loop iteration, after every other ready callback.
@@ -364,7 +384,7 @@ class _ProtocolSession(_SessionBase, asyncio.Protocol):
         except Exception:
             self._driver_error()
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | memoryview) -> None:
         if self._linger_left >= 0:
             self._linger_left -= len(data)  # discarded: the connection is over
             if self._linger_left < 0 and self.transport is not None:
@@ -406,7 +426,8 @@ class _ProtocolSession(_SessionBase, asyncio.Protocol):
 class _BufferedSession(_ProtocolSession, asyncio.BufferedProtocol):
     """`_ProtocolSession` reading into one BIG_READ_SIZE buffer shared by every
     connection on the thread: the transport calls `get_buffer` then
-    `buffer_updated` in one callback, and what arrived is copied out at once."""
+    `buffer_updated` in one callback, and the wire copies out what it keeps (an
+    incomplete header; payloads straight into their messages) before returning."""
 
     __slots__ = ("_buffer",)
 
@@ -418,13 +439,15 @@ class _BufferedSession(_ProtocolSession, asyncio.BufferedProtocol):
         return self._buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self._buffer[:nbytes].tobytes())
+        # A view, not a copy: the wire copies what it keeps before the next read.
+        self.data_received(self._buffer[:nbytes])
 
 
 def session_factory(loop: asyncio.AbstractEventLoop) -> Callable[..., _ProtocolSession]:
-    """Makes the loop's kind of session: buffered on asyncio's own loops, plain on
-    others (uvloop reads into its own shared buffer)."""
-    if type(loop).__module__.startswith("asyncio"):
+    """Makes the loop's kind of session: buffered on asyncio's own loops and on
+    uvloop (whose plain reads copy its own buffer into a new bytes object each
+    time: one copy more than the buffered read), plain on others."""
+    if type(loop).__module__.startswith(("asyncio", "uvloop")):
         buffer = shared_read_buffer()
 
         def buffered(*args: Any, **kwargs: Any) -> _ProtocolSession:

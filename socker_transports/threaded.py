@@ -121,6 +121,7 @@ from .engine.events import Publication, Resync, StreamPosition
 from .engine.interface import Engine
 from .engine.sessions import EngineSessions, keeps_sessions
 from .wire import (
+    MAX_IOV,
     SHUTDOWN_CODE,
     SHUTDOWN_REASON,
     AwaitHandshake,
@@ -144,6 +145,7 @@ from .wire import (
     send_through_flow,
     shutdown_reason,
     socket_address,
+    unsent_part,
 )
 
 if sys.version_info >= (3, 11):
@@ -169,6 +171,12 @@ __all__ = [
 
 #: Bytes asked for per `recv`.
 RECV_SIZE = 64 * 1024
+
+#: A connection whose read filled RECV_SIZE carries big messages: from then on it
+#: reads into a buffer of this size of its own (allocated then, once), handed to
+#: the wire as a view: no allocation per read, and a 64 KiB message in one read.
+BIG_RECV_SIZE = 256 * 1024
+
 #: How long the final flush of a finished connection (an HTTP error response, the
 #: last close frame) and the shutdown of a server wait when `close_timeout` is None.
 FALLBACK_TIMEOUT = 10.0
@@ -430,6 +438,7 @@ class _Link(threading.Thread):
     # Slots: Thread's own attributes stay in its (key-sharing) __dict__; ours would
     # overflow that into a full dict of about 1.5 KiB per connection.
     __slots__ = (
+        "_big_read",
         "_carry",
         "_direct",
         "_done",
@@ -496,6 +505,7 @@ class _Link(threading.Thread):
         self._direct = tls is None and not isinstance(sock, ssl_module.SSLSocket)
         self._writing = False
         self._carry: memoryview | None = None
+        self._big_read: memoryview | None = None  # see BIG_RECV_SIZE
         #: Client with reconnect=True: opens a new transport resuming a detached wire.
         self._redial = redial
         self._holder: Wire | None = None  # while reconnecting: the wire holding the session
@@ -774,7 +784,10 @@ class _Link(threading.Thread):
         sock = self.sock
         wire = self.wire
         waker = self.waker.fileno()
-        out: memoryview | None = None
+        out: list[bytes | bytearray | memoryview] | None = None
+        # A plain socket writes the wire's chunks unjoined, in one sendmsg (an SSL
+        # socket has none: the wire joins them).
+        vectored = not isinstance(sock, ssl_module.SSLSocket)
         flush_deadline: float | None = None
         last_yield = monotonic()
         while True:
@@ -788,14 +801,17 @@ class _Link(threading.Thread):
                 carried = out is not None  # a partial write from an earlier pass
                 if not carried:
                     if self._carry is not None:  # a broadcast's write left some
-                        out, self._carry = self._carry, None
+                        out, self._carry = [self._carry], None
                     elif not wire.input_pending:
                         # (While input is pending the output waits for the last turn,
                         # or for write_limit: one write per read, not per turn.)
-                        data = wire.data_to_send()
-                        if data:
-                            out = memoryview(data)
-                        del data
+                        if vectored:
+                            out = wire.chunks_to_send() or None
+                        else:
+                            data = wire.data_to_send()
+                            if data:
+                                out = [data]
+                            del data
                     self._writing = out is not None
                 wants = wire.wants_data
                 closing = wire.should_close_transport
@@ -893,12 +909,18 @@ class _Link(threading.Thread):
                 return
             limit -= len(got)
 
-    def _recv(self, sock: socket.socket) -> bytes | None:
+    def _recv(self, sock: socket.socket) -> bytes | memoryview | None:
         """One read: the bytes (b"" at end of file), or None when there are none yet.
         (A function of its own: the usual BlockingIOError would otherwise give the
         long-lived `_loop` frame a frame object, kept for the connection's life.)"""
+        big = self._big_read
         try:
-            received = sock.recv(RECV_SIZE)
+            if big is not None:
+                received: bytes | memoryview = big[: sock.recv_into(big)]
+            else:
+                received = sock.recv(RECV_SIZE)
+                if len(received) == RECV_SIZE:
+                    self._big_read = memoryview(bytearray(BIG_RECV_SIZE))
         except _WOULD_BLOCK:
             return None
         except ssl_module.SSLWantReadError:
@@ -910,11 +932,14 @@ class _Link(threading.Thread):
         self._read_wants_write = False
         return received
 
-    def _send(self, sock: socket.socket, out: memoryview) -> memoryview | None:
-        """Write as much of `out` as the socket takes now; return what is left."""
+    def _send(
+        self, sock: socket.socket, out: list[bytes | bytearray | memoryview]
+    ) -> list[bytes | bytearray | memoryview] | None:
+        """Write as much of `out` as the socket takes now (several buffers: one
+        `sendmsg`); return what is left."""
         while out:
             try:
-                sent = sock.send(out)
+                sent = sock.sendmsg(out[:MAX_IOV]) if len(out) > 1 else sock.send(out[0])
             except _WOULD_BLOCK:
                 self._write_wants_read = False
                 return out
@@ -925,7 +950,7 @@ class _Link(threading.Thread):
                 self._write_wants_read = True
                 return out
             self._write_wants_read = False
-            out = out[sent:]
+            out = unsent_part(out, sent)
         return None
 
     # -- async handlers (under the lock) ---------------------------------------

@@ -15,12 +15,14 @@ The package, one concept per module:
 - `state` -> `open_phase` -> `handshake_phase` -> `connection`: the `Wire` class in
   layers, from the state every phase shares to the driver-facing API.
 
-Socket bytes in (`receive_data`), socket bytes out (`data_to_send`), events out
-(`events`), time in (`tick`, `next_deadline`). Every protocol decision both
-drivers need lives here, so they behave the same by construction: the opening
-handshake and its limits, routing, origins, the handshake hook, ping/pong and
-keepalive, the close handshake and its timeout, fragment reassembly and
-`max_size`, the text-vs-binary policy and write-side backpressure.
+Socket bytes in (`receive_data`, which may be given a view of a reused read
+buffer), socket bytes out (`data_to_send`, or unjoined for a vectored write:
+`chunks_to_send`), events out (`events`), time in (`tick`, `next_deadline`).
+Every protocol decision both drivers need lives here, so they behave the same
+by construction: the opening handshake and its limits, routing, origins, the
+handshake hook, ping/pong and keepalive, the close handshake and its timeout,
+fragment reassembly and `max_size`, the text-vs-binary policy and write-side
+backpressure.
 
 The decisions a server makes before any frame (routing, origins, the handshake
 hook's answer, text and size policy) are pure functions in `wire.policy`, shared
@@ -42,7 +44,7 @@ How a connection ends (`Closed.code`, `Wire.close_code`; the table is
 - no pong within `ping_timeout`: 1011 "keepalive ping timeout".
 """
 
-from .connection import Wire
+from .connection import MAX_IOV, Wire, unsent_part
 from .events import (
     AwaitHandshake,
     CloseResult,
@@ -72,6 +74,7 @@ from .target import ClientTarget, format_host, socket_address
 
 __all__ = [
     "KEEPALIVE_TIMEOUT_REASON",
+    "MAX_IOV",
     "RESUME_SUBPROTOCOL",
     "SEND_BUFFER_OVERFLOW",
     "SERVICE_RESTART_CODE",
@@ -105,4 +108,5 @@ __all__ = [
     "send_through_flow",
     "shutdown_reason",
     "socket_address",
+    "unsent_part",
 ]

@@ -36,6 +36,32 @@ from .resume import RESUME_SUBPROTOCOL, WireResume, resume_offer
 #: What a server answers past `max_connections` (and a driver that cannot start one more).
 BUSY_STATUS = 503
 
+#: `chunks_to_send` keeps a chunk at least this big as its own buffer (joining
+#: it would copy it, and an allocation this size is past glibc's mmap threshold:
+#: page faults on every message); smaller ones are joined with their neighbours.
+JOIN_LIMIT = 16 * 1024
+
+
+#: The most buffers a driver passes to one `sendmsg` (the kernel refuses more than
+#: IOV_MAX, 1024 on Linux, with EMSGSIZE); the rest goes in the next call.
+MAX_IOV = 512
+
+
+def unsent_part(
+    chunks: list[bytes | bytearray | memoryview], sent: int
+) -> list[bytes | bytearray | memoryview]:
+    """What a vectored write of `chunks` that took `sent` bytes left (empty when
+    it took everything); the first buffer left is a view, not a copy."""
+    for index, chunk in enumerate(chunks):
+        size = len(chunk)
+        if sent < size:
+            rest = chunks[index:]
+            if sent:
+                rest[0] = memoryview(chunk)[sent:]
+            return rest
+        sent -= size
+    return []
+
 
 class Wire(_HandshakePhase):
     """One websocket connection, either role, with its Stepper. No I/O.
@@ -262,11 +288,22 @@ class Wire(_HandshakePhase):
         down the write side, read and discard until the peer's EOF, at most that
         long and that much, then close), or None to close at once: no
         `linger_timeout`, the peer already sent EOF, the transport failed, the peer
-        stopped reading (4503) or the close handshake timed out."""
-        seconds = self.options.linger_timeout
-        if seconds is None or not self._transport_done or self._eof or not self._lingers:
+        stopped reading (4503) or the close handshake timed out.
+
+        After failing the connection because the peer broke the protocol (1002,
+        or 1007 for a close reason that is not UTF-8) the bound is `close_timeout`
+        (`linger_timeout` when that is None), whatever `linger_timeout` says: the
+        close handshake is still running, only its frames can no longer be parsed,
+        and the peer's EOF, its answer to our close frame and our FIN, ends it."""
+        if not self._transport_done or self._eof or not self._lingers:
             return None
-        return seconds, self.options.linger_bytes
+        options = self.options
+        seconds = options.linger_timeout
+        if self._failed_by_peer and options.close_timeout is not None:
+            seconds = options.close_timeout
+        if seconds is None:
+            return None
+        return seconds, options.linger_bytes
 
     @property
     def should_close_transport(self) -> bool:
@@ -325,6 +362,34 @@ class Wire(_HandshakePhase):
         self._out_size = 0
         return out[0] if len(out) == 1 else b"".join(out)
 
+    def chunks_to_send(self) -> list[bytes | bytearray | memoryview]:
+        """`data_to_send`, without the join: the pending chunks for a vectored write
+        (`sendmsg`, `writelines`), each big payload as it is (never copied: a 1 MiB
+        echo is written straight from the handler's bytes) and each run of small
+        chunks between them joined once, so many small messages stay one buffer
+        and a list holds at most about one entry per big payload. Empty when
+        nothing is pending."""
+        out = self._out
+        if not out:
+            return []
+        self._out = []
+        self._out_size = 0
+        if len(out) == 1:
+            return [out[0]]
+        chunks: list[bytes | bytearray | memoryview] = []
+        run: list[bytes | bytearray] = []
+        for chunk in out:
+            if len(chunk) >= JOIN_LIMIT:
+                if run:
+                    chunks.append(run[0] if len(run) == 1 else b"".join(run))
+                    run = []
+                chunks.append(chunk)
+            else:
+                run.append(chunk)
+        if run:
+            chunks.append(run[0] if len(run) == 1 else b"".join(run))
+        return chunks
+
     def events(self) -> list[WireEvent]:
         """Take the events produced since the last call."""
         events = self._events
@@ -356,9 +421,13 @@ class Wire(_HandshakePhase):
             BUSY_STATUS, reason, now, respond=True, headers=[("Retry-After", "1")], log=False
         )
 
-    def receive_data(self, data: bytes | bytearray | None, now: float) -> None:
+    def receive_data(self, data: bytes | bytearray | memoryview | None, now: float) -> None:
         """Bytes from the socket; `None` (or b"") means end of stream. Never raises
-        because of what the peer sent."""
+        because of what the peer sent.
+
+        `data` may be a view of the driver's read buffer, reused for the next read:
+        the wire copies what it keeps (an incomplete frame header, the payload into
+        its message), so a read costs no copy of its own."""
         if self._transport_done:
             return
         if not data:
@@ -366,7 +435,7 @@ class Wire(_HandshakePhase):
             return
         phase = self._phase
         if phase is Phase.HANDSHAKE or phase is Phase.HOOK:
-            self._receive_handshake(data, now)
+            self._receive_handshake(bytes(data) if type(data) is memoryview else data, now)
             return
         if phase is Phase.DRAINING:
             return  # the close handshake is over: only EOF matters now
@@ -402,7 +471,7 @@ class Wire(_HandshakePhase):
                 # which a live but slow peer would take as the end).
                 self._finish_transport(now, CloseCode.ABNORMAL, KEEPALIVE_TIMEOUT_REASON)
                 return
-            self._fail(now, CloseCode.INTERNAL_ERROR, KEEPALIVE_TIMEOUT_REASON)
+            self._fail(now, CloseCode.INTERNAL_ERROR, KEEPALIVE_TIMEOUT_REASON, by_peer=False)
             return
         if self._ping_due is not None and now >= self._ping_due and self._phase is Phase.OPEN:
             self._ping_payload = os.urandom(4)

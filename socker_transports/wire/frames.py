@@ -1,9 +1,10 @@
 """Frames out: data frames (one per message) and control frames, masked by a client.
 
 Data frames are framed here rather than by wsproto, which copies a payload four
-times on the way out: a bytes payload is queued as is and copied once, when
-`Wire.data_to_send` joins the pending chunks (a client's masking is that one copy,
-at C speed when `masking` has its speedup).
+times on the way out: a bytes payload is queued as is and copied at most once,
+when `Wire.data_to_send` joins the pending chunks; never when the driver writes
+`Wire.chunks_to_send` vectored (a client's masking is then the one copy, at C
+speed when `masking` has its speedup).
 """
 
 from __future__ import annotations

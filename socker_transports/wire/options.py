@@ -64,7 +64,12 @@ class Options:
       side and reads and discards until the peer's EOF, for at most this many
       seconds and bytes, so those bytes are read instead of being destroyed by the
       reset that closing a socket with unread input sends. `linger_timeout` None:
-      close at once.
+      close at once. After failing a connection because the peer broke the
+      protocol (1002) the same read-and-discard is bounded by `close_timeout`
+      instead (still by `linger_bytes`), whatever `linger_timeout` says, so the
+      peer's answer to our close frame is read rather than met with a reset; a
+      refused message (1003, 1007, 1009) goes through the close handshake, which
+      keeps reading (and discarding data frames) for up to `close_timeout`.
     - `max_connections`: the most connections a server serves at once (handshakes
       in progress included); past it a new connection is answered 503 at once and
       closed (one log line), and existing connections are untouched. None: the

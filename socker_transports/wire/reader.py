@@ -181,7 +181,7 @@ class FrameReader:
         self._skipping = True
         self._reset_message()
 
-    def feed(self, data: bytes | bytearray) -> list[ReaderEvent]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[ReaderEvent]:
         """Parse `data`; return the events it completes."""
         out: list[ReaderEvent] = []
         if self._dead or not data:
@@ -218,7 +218,7 @@ class FrameReader:
         out.append(Refused(code, reason))
         self.skip()
 
-    def _parse(self, buf: bytes | bytearray, pos: int, out: list[ReaderEvent]) -> int:
+    def _parse(self, buf: bytes | bytearray | memoryview, pos: int, out: list[ReaderEvent]) -> int:
         """Parse units from `buf[pos:]`; return where the first incomplete unit starts
         (len(buf) when everything was used)."""
         n = len(buf)
@@ -344,7 +344,7 @@ class FrameReader:
         return pos
 
     def _payload(
-        self, buf: bytes | bytearray, start: int, end: int, out: list[ReaderEvent]
+        self, buf: bytes | bytearray | memoryview, start: int, end: int, out: list[ReaderEvent]
     ) -> None:
         """A piece `buf[start:end]` of the current data frame's payload (empty for an
         empty frame)."""
@@ -479,7 +479,7 @@ class FrameReader:
     def _control(
         self,
         opcode: int,
-        buf: bytes | bytearray,
+        buf: bytes | bytearray | memoryview,
         start: int,
         end: int,
         key: bytes | None,

@@ -50,6 +50,7 @@ class _WireState:
         "_deflate",
         "_eof",
         "_events",
+        "_failed_by_peer",
         "_guard",
         "_handshake_deadline",
         "_held",
@@ -168,6 +169,9 @@ class _WireState:
         # What the reader parsed beyond this turn's frames_per_turn, in order.
         self._backlog: deque[ReaderEvent] | None = None
         self._lingers = True  # False once the end needs no lingering close (see Wire.linger)
+        # The peer broke the protocol (`_fail`): the lingering close after our close
+        # frame is bounded by close_timeout, so its close reply is read (see Wire.linger).
+        self._failed_by_peer = False
         self.close_code: int | None = None
         self.close_reason = ""
         self.handshake_status = 0
@@ -301,9 +305,15 @@ class _WireState:
 
     # -- ending ------------------------------------------------------------------
 
-    def _fail(self, now: float, code: int, reason: str) -> None:
-        """Fail the connection: a close frame if we can still send one, then drop."""
+    def _fail(self, now: float, code: int, reason: str, *, by_peer: bool = True) -> None:
+        """Fail the connection: a close frame if we can still send one, then the
+        transport is done. `by_peer` (the peer broke the protocol, so nothing it
+        sends can be parsed any more): the driver still reads and discards until
+        the peer's EOF, up to close_timeout (`Wire.linger`), so a conforming
+        peer's close reply lands in our read buffer rather than on a closed socket
+        (which would answer it with a reset)."""
         reason = _truncate_reason(reason)
+        self._failed_by_peer = by_peer
         self._close_flow(now, code, reason)
         self._finish_transport(now, code, reason)
 

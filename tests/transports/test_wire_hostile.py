@@ -107,6 +107,12 @@ def test_linger_after_an_http_error_and_a_close_frame() -> None:
 
     wire = opened(echo_flow(), linger_timeout=0.5, linger_bytes=100)
     wire.receive_data(frame(b"x", masked=False), 1.0)  # protocol error: 1002, then the end
+    # After a protocol error the bound is close_timeout (10 s by default), so the
+    # peer's close reply is read (tests/transports/test_fail_drain.py).
+    assert wire.should_close_transport and wire.linger == (10.0, 100)
+
+    wire = opened(echo_flow(), linger_timeout=0.5, linger_bytes=100)
+    wire.receive_data(frame(b"\x03\xe8", opcode=0x8), 1.0)  # the peer closes: echoed, the end
     assert wire.should_close_transport and wire.linger == (0.5, 100)
 
 
@@ -123,7 +129,7 @@ def test_no_linger(how: str) -> None:
     elif how == "abort":
         wire.abort(1.0)
     elif how == "disabled":
-        wire.receive_data(frame(b"x", masked=False), 1.0)
+        wire.receive_data(frame(b"\x03\xe8", opcode=0x8), 1.0)  # the peer's close: the end
     elif how == "overflow":
         wire.receive_data(frame(os.urandom(2000)), 1.0)  # echoed: past max_send_buffer
     else:
