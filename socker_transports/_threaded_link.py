@@ -1,0 +1,697 @@
+"""One connection of the threaded driver: its socket, its Wire and the thread that
+drives them (`_Link`), and `send_threadsafe`, which posts to that thread."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import random
+import socket
+import ssl as ssl_module
+import threading
+from collections.abc import Awaitable, Callable
+from time import monotonic, sleep
+
+from socker_core import (
+    HOOK_STEPS,
+    Await,
+    CancelAwait,
+    Connection,
+    ConnectionClosedError,
+    RoomRef,
+    reconnect_delay,
+)
+
+from ._threaded_runner import _AsyncRunner, _discard
+from ._threaded_wake import _CLOSE, _FRAME, _RESUME, _SEND, _wait, _Waker
+from .wire import (
+    MAX_IOV,
+    AwaitHandshake,
+    CloseResult,
+    HandshakeFailed,
+    Opened,
+    Phase,
+    Wire,
+    WireEvent,
+    unsent_part,
+)
+
+#: Bytes asked for per `recv`.
+RECV_SIZE = 64 * 1024
+
+#: A connection whose read filled RECV_SIZE carries big messages: from then on it
+#: reads into a buffer of this size of its own (allocated then, once), handed to
+#: the wire as a view: no allocation per read, and a 64 KiB message in one read.
+BIG_RECV_SIZE = 256 * 1024
+
+#: How long the final flush of a finished connection (an HTTP error response, the
+#: last close frame) and the shutdown of a server wait when `close_timeout` is None.
+FALLBACK_TIMEOUT = 10.0
+
+_WOULD_BLOCK = (BlockingIOError, InterruptedError)
+#: While a connection works through pending input (frames_per_turn), it lets the
+#: other threads take the GIL this often (seconds).
+_GIL_YIELD = 0.001
+_HOOK_TOKEN = -1  # the resume queue's key for an awaited handshake hook
+
+
+class _Link(threading.Thread):
+    """A socket, its Wire and the thread that drives them (the link is that thread:
+    one object less per connection, and `run` starts one C call level shallower,
+    which keeps the thread's stack to fewer touched pages)."""
+
+    # Slots: Thread's own attributes stay in its (key-sharing) __dict__; ours would
+    # overflow that into a full dict of about 1.5 KiB per connection.
+    __slots__ = (
+        "_big_read",
+        "_carry",
+        "_direct",
+        "_done",
+        "_holder",
+        "_kill",
+        "_on_done",
+        "_opened",
+        "_own_runner",
+        "_pending",
+        "_read_wants_write",
+        "_redial",
+        "_runner",
+        "_tls",
+        "_write_wants_read",
+        "_writing",
+        "ended",
+        "grace",
+        "lock",
+        "reconnects",
+        "result",
+        "sock",
+        "waker",
+        "wire",
+    )
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        wire: Wire,
+        runner: _AsyncRunner,
+        *,
+        name: str,
+        tls: ssl_module.SSLContext | None = None,
+        own_runner: bool = False,
+        on_done: Callable[[_Link], None] | None = None,
+        waitable: bool = False,
+        redial: Callable[[Wire], tuple[socket.socket, Wire] | None] | None = None,
+    ) -> None:
+        # Memory per idle connection matters (a server holds thousands): requests
+        # from other threads share the waker's lazily created mailbox, awaited
+        # handlers get a dict on first use, and only a waitable (client) link has
+        # Events (each is a Condition, two locks and a deque).
+        super().__init__(name=name, daemon=True)
+        self.sock: socket.socket = sock
+        self.wire = wire
+        self.lock = threading.RLock()
+        self.waker = _Waker()
+        self.ended = False  # set once the connection is over (before `result` is read)
+        self.result: CloseResult | None = None
+        self._opened: threading.Event | None = threading.Event() if waitable else None
+        self._done: threading.Event | None = threading.Event() if waitable else None
+        self._runner = runner
+        self._own_runner = own_runner
+        self._tls = tls
+        self._on_done = on_done
+        self._pending: dict[int, concurrent.futures.Future[object]] | None = None
+        self._kill = False
+        self._read_wants_write = False
+        self._write_wants_read = False
+        # Broadcast writes from other threads (see `push_frame`), all under the lock:
+        # allowed on a plain socket only (an SSL object is not safe across threads);
+        # `_writing` while this thread holds bytes taken from the wire but not yet
+        # written; `_carry`, what a foreign write left unwritten, for this thread.
+        self._direct = tls is None and not isinstance(sock, ssl_module.SSLSocket)
+        self._writing = False
+        self._carry: memoryview | None = None
+        self._big_read: memoryview | None = None  # see BIG_RECV_SIZE
+        #: Client with reconnect=True: opens a new transport resuming a detached wire.
+        self._redial = redial
+        self._holder: Wire | None = None  # while reconnecting: the wire holding the session
+        self.reconnects = 0
+        timeout = wire.options.close_timeout
+        self.grace = FALLBACK_TIMEOUT if timeout is None else timeout
+        wire.wakeup = self.waker.wake
+        wire.stepper_guard = self.lock
+
+    # -- requests from other threads --------------------------------------------
+
+    def request_close(self, code: int, reason: str) -> None:
+        """Close with `code` (validated by the caller); never blocks."""
+        self.waker.post((_CLOSE, code, reason))
+
+    def request_send(self, data: bytes) -> None:
+        """Send `data` from the connection's thread; never blocks."""
+        self.waker.post((_SEND, data, None))
+
+    def push_frame(
+        self, frame: bytes, data: bytes, now: float, origin: RoomRef | None = None
+    ) -> bool:
+        """Queue a broadcast's prebuilt frame from any thread; never blocks.
+
+        If the connection's lock is free, its thread is not mid-write and nothing
+        posted waits, the caller queues the frame on the wire and writes it to the
+        socket itself (one `send`, no wake-up, no thread switch); otherwise it is
+        posted, and the wake-up is one eventfd write for every message posted
+        before the thread wakes. False when the connection was skipped (no longer
+        open).
+
+        Whatever would end the connection (a frame past `max_send_buffer`, a failed
+        write) is left to the connection's own thread, so its on_close hooks run
+        there as always."""
+        lock = self.lock
+        if self._direct and lock.acquire(False):  # (positional: a hot path)
+            try:
+                # Again under the lock; and not while anything posted waits: this
+                # message must not overtake one posted before it.
+                if self._direct and not self._writing and self.waker.empty:
+                    wire = self.wire
+                    if wire.buffered_amount + len(frame) <= wire.options.max_send_buffer:
+                        if not wire.send_frame(frame, data, now, origin):  # cannot overflow
+                            return False
+                        out = wire.data_to_send()
+                        if out:
+                            self._write_now(out)
+                        return True
+            finally:
+                lock.release()
+        if self.ended:
+            return False
+        self.waker.post((_FRAME, frame, data if origin is None else (data, origin)))
+        return True
+
+    def _write_now(self, out: bytes | bytearray) -> None:
+        """`push_frame`'s write, under the lock: what the socket does not take now
+        is left for this connection's thread."""
+        try:
+            sent = self.sock.send(out)
+        except _WOULD_BLOCK:
+            sent = 0
+        except OSError:
+            # Its own thread finds the socket broken (read error or EOF) and ends
+            # the connection; no more direct writes meanwhile.
+            self._direct = False
+            self.waker.wake()
+            return
+        if sent < len(out):
+            self._carry = memoryview(out)[sent:]
+            self._writing = True
+            self.waker.wake()  # the thread writes the rest when the socket takes it
+
+    def kill(self) -> None:
+        """Abort now: no close handshake."""
+        self._kill = True
+        self.waker.wake()
+
+    # -- waiting for a client link (connect, ClientConnection) -----------------
+
+    def wait_opened(self) -> None:
+        """Until the opening handshake succeeded or failed (or the link ended)."""
+        assert self._opened is not None, "only a waitable link can be waited for"
+        self._opened.wait()
+
+    def wait_ended(self, timeout: float | None = None) -> bool:
+        assert self._done is not None, "only a waitable link can be waited for"
+        return self._done.wait(timeout)
+
+    # -- the thread ----------------------------------------------------------
+
+    @property
+    def session_wire(self) -> Wire:
+        """The wire holding the flow: the current one, or (during a reconnect
+        attempt before its 101) the detached one."""
+        wire = self.wire
+        if wire.stepper is None and self._holder is not None:
+            return self._holder
+        return wire
+
+    def run(self) -> None:
+        try:
+            if self._tls is None or self._tls_handshake():
+                self._loop()
+            if self.wire.detached:
+                self._close_socket()
+                if self._redial is not None:
+                    self._follow()
+                else:
+                    self._keep_detached()
+        except Exception as exc:
+            self.wire.log.exception("socker: %s: driver error", self.name)
+            with self.lock:
+                self.wire.abort(monotonic(), f"driver error: {exc!r}")
+        finally:
+            self._finish()
+
+    def _close_socket(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    def _keep_detached(self) -> None:
+        """The socket is gone but the wire holds a detached session: serve its
+        deadlines and mail until it resumes on another link (and the handlers it
+        awaited finished) or ends."""
+        wire = self.wire
+        waker = self.waker.fileno()
+        while True:
+            with self.lock:
+                now = monotonic()
+                if self._kill:
+                    wire.abort(now, "aborted by the driver", keep_session=False)
+                self._service(now)
+                wire.data_to_send()  # nowhere to go
+                if wire.finished and not (wire.handed_off and self._pending):
+                    return
+                deadline = wire.next_deadline
+            timeout = None if deadline is None else max(0.0, deadline - monotonic())
+            if _wait(None, False, False, waker, timeout)[3]:
+                self.waker.drain()
+
+    def _idle(self, holder: Wire, delay: float) -> bool:
+        """Serve the detached `holder` for `delay` seconds; False once it ended."""
+        end = monotonic() + delay
+        waker = self.waker.fileno()
+        while True:
+            with self.lock:
+                now = monotonic()
+                if self._kill:
+                    holder.abort(now, "aborted by the driver", keep_session=False)
+                self._service(now)
+                holder.data_to_send()
+                if not holder.detached:
+                    return False
+                deadline = holder.next_deadline
+            if now >= end:
+                return True
+            until = end if deadline is None else min(end, deadline)
+            if _wait(None, False, False, waker, max(0.0, until - monotonic()))[3]:
+                self.waker.drain()
+
+    def _follow(self) -> None:
+        """reconnect=True: reconnect (backoff with jitter) and resume until the
+        session ends. The link's thread moves every transport in turn."""
+        assert self._redial is not None
+        holder = self.wire
+        attempt = 0
+        while True:
+            if not self._idle(holder, reconnect_delay(attempt, random.random())):
+                return
+            attempt += 1
+            dialed = self._redial(holder)
+            if dialed is None:
+                continue
+            sock, wire = dialed
+            with self.lock:
+                self._holder = holder
+                self.sock, self.wire = sock, wire
+                wire.wakeup = self.waker.wake
+                wire.stepper_guard = self.lock
+            self._loop()
+            self._close_socket()
+            with self.lock:
+                self._holder = None
+                if wire.handshake_status == 101:
+                    self.reconnects += 1
+                if wire.detached:
+                    holder, attempt = wire, 0
+                    continue
+                if wire.handshake_status == 101:
+                    return  # the session ended on this transport
+                self.wire = holder  # that attempt failed before its 101
+                if not holder.detached:
+                    return
+
+    def _finish(self) -> None:
+        with self.lock:
+            self._direct = False  # no foreign write to a closed (perhaps reused) fd
+            self._carry = None
+            with contextlib.suppress(OSError):
+                self.sock.close()
+        with self.lock:
+            now = monotonic()
+            if not self.wire.should_close_transport or self.wire.detached:
+                self.wire.abort(now, "connection ended", keep_session=False)
+            self._deliver(now)
+            self.wire.collect(now)
+            self._dispatch(self.wire.events())
+            self.wire.data_to_send()  # nowhere to go any more
+            pending, self._pending = self._pending, None
+            for future in (pending or {}).values():
+                future.cancel()
+            self.result = self.wire.result
+            if self.wire.stepper is not None:
+                with _links_lock:
+                    if _links_by_conn.get(self.wire.stepper.conn) is self:
+                        del _links_by_conn[self.wire.stepper.conn]
+        self.waker.close()
+        if self._own_runner:
+            self._runner.close(self.grace)
+        self.ended = True
+        if self._opened is not None and self._done is not None:
+            self._opened.set()
+            self._done.set()
+        if self._on_done is not None:
+            self._on_done(self)
+
+    def _tls_handshake(self) -> bool:
+        """The server side of TLS, bounded by open_timeout and interruptible."""
+        assert self._tls is not None
+        try:
+            self.sock.setblocking(False)
+            sock = self._tls.wrap_socket(self.sock, server_side=True, do_handshake_on_connect=False)
+        except (OSError, ValueError) as exc:
+            with self.lock:
+                self.wire.abort(monotonic(), f"TLS setup failed: {exc}")
+            return False
+        self.sock = sock
+        while True:
+            with self.lock:
+                now = monotonic()
+                self._service(now)
+                deadline = self.wire.next_deadline
+                if self.wire.should_close_transport:
+                    return False  # handshake timeout or shutdown: nothing sensible to send
+            if self._kill:
+                with self.lock:
+                    self.wire.abort(now, "aborted by the driver")
+                return False
+            try:
+                sock.do_handshake()
+                return True
+            except ssl_module.SSLWantReadError:
+                read, write = True, False
+            except ssl_module.SSLWantWriteError:
+                write, read = True, False
+            except (ssl_module.SSLError, OSError) as exc:
+                with self.lock:
+                    self.wire.abort(monotonic(), f"TLS handshake failed: {exc}")
+                return False
+            timeout = None if deadline is None else deadline - monotonic()
+            if _wait(sock.fileno(), read, write, self.waker.fileno(), timeout)[3]:
+                self.waker.drain()
+
+    def _service(self, now: float) -> None:
+        """Everything the connection's thread does under the lock before I/O."""
+        wire = self.wire
+        self._deliver(now)
+        wire.collect(now)
+        deadline = wire.next_deadline
+        if deadline is not None and now >= deadline:
+            wire.tick(now)
+        self._dispatch(wire.events())
+
+    def _loop(self) -> None:
+        sock = self.sock
+        wire = self.wire
+        waker = self.waker.fileno()
+        out: list[bytes | bytearray | memoryview] | None = None
+        # A plain socket writes the wire's chunks unjoined, in one sendmsg (an SSL
+        # socket has none: the wire joins them).
+        vectored = not isinstance(sock, ssl_module.SSLSocket)
+        flush_deadline: float | None = None
+        last_yield = monotonic()
+        while True:
+            with self.lock:
+                now = monotonic()
+                if wire.input_pending:
+                    # The rest of the last read, one `frames_per_turn` budget per
+                    # pass: the lock is free between passes for other threads.
+                    wire.receive_pending(now)
+                self._service(now)
+                carried = out is not None  # a partial write from an earlier pass
+                if not carried:
+                    if self._carry is not None:  # a broadcast's write left some
+                        out, self._carry = [self._carry], None
+                    elif not wire.input_pending:
+                        # (While input is pending the output waits for the last turn,
+                        # or for write_limit: one write per read, not per turn.)
+                        if vectored:
+                            out = wire.chunks_to_send() or None
+                        else:
+                            data = wire.data_to_send()
+                            if data:
+                                out = [data]
+                            del data
+                    self._writing = out is not None
+                wants = wire.wants_data
+                closing = wire.should_close_transport
+                deadline = wire.next_deadline
+                more_input = wire.input_pending
+                linger = wire.linger if closing else None
+            if self._kill:
+                with self.lock:
+                    wire.abort(now, "aborted by the driver")
+                return
+            if out is not None:
+                try:
+                    out = self._send(sock, out)
+                except OSError as exc:
+                    with self.lock:
+                        wire.abort(monotonic(), f"write failed: {exc}")
+                        wire.data_to_send()
+                    out = None
+                    continue
+                if out is None:
+                    # Broadcasts may write directly again. No lock needed: while
+                    # `_writing` is set, this thread alone owns the socket's writes.
+                    self._writing = False
+                    if carried:
+                        # A write started in an earlier pass is done: the wire may
+                        # hold more output since then (and may accept data again).
+                        continue
+            if closing:
+                if out is None:
+                    if linger is not None and not isinstance(sock, ssl_module.SSLSocket):
+                        self._linger(sock, *linger)
+                    return
+                if flush_deadline is None:
+                    flush_deadline = now + self.grace
+                elif now >= flush_deadline:
+                    return
+                wants, deadline = False, flush_deadline
+            elif wants:
+                try:
+                    received = self._recv(sock)
+                except OSError as exc:
+                    with self.lock:
+                        wire.abort(monotonic(), f"read failed: {exc}")
+                    continue
+                if received is not None:
+                    with self.lock:
+                        wire.receive_data(received or None, monotonic())
+                    del received  # an idle connection keeps no last read alive
+                    continue
+            if more_input and out is None:
+                # The next turn at once (nothing new is read). Every _GIL_YIELD
+                # seconds of turns, first a sleep(0) (some 50 us), which lets the
+                # other connections' threads take the GIL: otherwise each of their
+                # steps waits for the interpreter's switch interval (5 ms), and a
+                # witness's p99 under a flood was ~100 ms.
+                if now - last_yield >= _GIL_YIELD:
+                    sleep(0)
+                    last_yield = monotonic()
+                continue
+            timeout = None if deadline is None else deadline - monotonic()
+            pending = out is not None
+            read = (wants and not self._read_wants_write) or (pending and self._write_wants_read)
+            write = (pending and not self._write_wants_read) or (wants and self._read_wants_write)
+            _, _, error, woken = _wait(sock.fileno(), read, write, waker, timeout)
+            if woken:
+                self.waker.drain()
+            if error and not read and not write:
+                with self.lock:
+                    wire.abort(monotonic(), "connection lost")
+
+    def _linger(self, sock: socket.socket, seconds: float, limit: int) -> None:
+        """Half-close, then read and discard until the peer's EOF (at most `seconds`
+        and `limit` bytes), so that our last bytes (an HTTP error, a close frame)
+        are read instead of being destroyed by the reset that closing a socket with
+        unread input sends. A `kill` ends it at once."""
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        end = monotonic() + seconds
+        waker = self.waker.fileno()
+        while limit >= 0 and not self._kill:
+            try:
+                got = sock.recv(RECV_SIZE)
+            except _WOULD_BLOCK:
+                left = end - monotonic()
+                if left <= 0:
+                    return
+                if _wait(sock.fileno(), True, False, waker, left)[3]:
+                    self.waker.drain()
+                continue
+            except OSError:
+                return
+            if not got:
+                return
+            limit -= len(got)
+
+    def _recv(self, sock: socket.socket) -> bytes | memoryview | None:
+        """One read: the bytes (b"" at end of file), or None when there are none yet.
+        (A function of its own: the usual BlockingIOError would otherwise give the
+        long-lived `_loop` frame a frame object, kept for the connection's life.)"""
+        big = self._big_read
+        try:
+            if big is not None:
+                received: bytes | memoryview = big[: sock.recv_into(big)]
+            else:
+                received = sock.recv(RECV_SIZE)
+                if len(received) == RECV_SIZE:
+                    self._big_read = memoryview(bytearray(BIG_RECV_SIZE))
+        except _WOULD_BLOCK:
+            return None
+        except ssl_module.SSLWantReadError:
+            self._read_wants_write = False
+            return None
+        except ssl_module.SSLWantWriteError:
+            self._read_wants_write = True
+            return None
+        self._read_wants_write = False
+        return received
+
+    def _send(
+        self, sock: socket.socket, out: list[bytes | bytearray | memoryview]
+    ) -> list[bytes | bytearray | memoryview] | None:
+        """Write as much of `out` as the socket takes now (several buffers: one
+        `sendmsg`); return what is left."""
+        while out:
+            try:
+                sent = sock.sendmsg(out[:MAX_IOV]) if len(out) > 1 else sock.send(out[0])
+            except _WOULD_BLOCK:
+                self._write_wants_read = False
+                return out
+            except ssl_module.SSLWantWriteError:
+                self._write_wants_read = False
+                return out
+            except ssl_module.SSLWantReadError:
+                self._write_wants_read = True
+                return out
+            self._write_wants_read = False
+            out = unsent_part(out, sent)
+        return None
+
+    # -- async handlers (under the lock) ---------------------------------------
+
+    def _dispatch(self, events: list[WireEvent]) -> None:
+        for event in events:
+            if isinstance(event, Await):
+                self._start(event.token, event.awaitable, resume=event.step not in HOOK_STEPS)
+            elif isinstance(event, CancelAwait):
+                if self._pending is not None:
+                    future = self._pending.pop(event.token, None)
+                    if future is not None:
+                        future.cancel()
+            elif isinstance(event, AwaitHandshake):
+                self._start(_HOOK_TOKEN, event.awaitable, resume=True)
+            elif isinstance(event, Opened):
+                if self.wire.stepper is not None:
+                    self.wire.stepper.guard = self.lock
+                    with _links_lock:
+                        _links_by_conn[self.wire.stepper.conn] = self
+                if self._opened is not None:
+                    self._opened.set()
+            elif isinstance(event, HandshakeFailed) and self._opened is not None:
+                self._opened.set()
+
+    def _start(self, token: int, awaitable: Awaitable[object], *, resume: bool) -> None:
+        try:
+            future = self._runner.submit(awaitable, self.lock)
+        except RuntimeError as exc:
+            _discard(awaitable)
+            future = concurrent.futures.Future()
+            future.set_exception(exc)
+        if not resume:
+            return
+        if self._pending is None:
+            self._pending = {}
+        self._pending[token] = future
+        future.add_done_callback(functools.partial(self._settled, token))
+
+    def _settled(self, token: int, future: concurrent.futures.Future[object]) -> None:
+        # Runs on the event loop's thread (or wherever the future was cancelled).
+        self.waker.post((_RESUME, token, future))
+
+    def _deliver(self, now: float) -> None:
+        """Act on what other threads posted (sends, closes, settled awaits), in order."""
+        mail = self.waker.take()
+        if mail is None:
+            return
+        wire = self.session_wire
+        for kind, first, second in mail:
+            if kind == _SEND:
+                if wire.is_open or wire.detached:
+                    wire.send(first, now)  # detached: kept for replay
+                else:
+                    self.wire.log.debug(
+                        "socker: %s: dropped a send_threadsafe after close", self.name
+                    )
+            elif kind == _FRAME:
+                if type(second) is tuple:  # (data, origin): a cluster room delivery
+                    wire.send_frame(first, second[0], now, second[1])
+                else:
+                    wire.send_frame(first, second, now)  # skipped if no longer open
+            elif kind == _CLOSE:
+                # The first one wins; later ones are no-ops. A close during a
+                # reconnect attempt ends the session where it is held.
+                wire.close(first, second, now)
+            else:
+                self._resume(first, second, now)
+
+    def _resume(self, token: int, future: concurrent.futures.Future[object], now: float) -> None:
+        wire = self.wire
+        pending = self._pending
+        if pending is None or pending.get(token) is not future:
+            return  # cancelled, or superseded
+        del pending[token]
+        error: BaseException | None
+        if future.cancelled():
+            error = asyncio.CancelledError("the awaited handler was cancelled")
+        else:
+            error = future.exception()
+        if token == _HOOK_TOKEN:
+            if wire.phase is Phase.HOOK:
+                wire.finish_handshake(error if error is not None else future.result(), now)
+        elif error is not None:
+            wire.resume_error(token, error, now)
+        else:
+            wire.resume(token, future.result(), now)
+
+
+#: Each live connection's link, for `send_threadsafe` (entries leave in `_Link._finish`).
+_links_by_conn: dict[Connection, _Link] = {}
+_links_lock = threading.Lock()
+
+
+def send_threadsafe(conn: Connection, data: bytes) -> None:
+    """Send `data` on `conn` (a connection of this driver) from any thread, without
+    blocking: the connection's own thread sends it, in call order.
+
+    Use this rather than `conn.send` from threads other than the connection's own
+    (handlers, hooks and its async handlers may use `conn.send`). Raises
+    ConnectionClosedError if the connection is already closing; a send that races
+    with the close is dropped.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"send_threadsafe() takes bytes, got {type(data).__name__}")
+    with _links_lock:
+        link = _links_by_conn.get(conn)
+    if not conn.is_open or (link is not None and link.ended):
+        raise ConnectionClosedError(
+            "cannot send: the connection is not open", conn.close_code, conn.close_reason
+        )
+    if link is None:
+        # Not registered yet: its on_open hooks are still running on the connection's
+        # thread (or it belongs to another driver). The stepper's outbox takes it.
+        conn.send(bytes(data))
+        return
+    link.request_send(bytes(data))
