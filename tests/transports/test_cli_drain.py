@@ -35,7 +35,9 @@ def serve_process() -> Iterator[type[ServeProcess]]:
 def refused(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=deadline(1)).close()
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
+        # Reset: the listening socket closed while this connection sat in its
+        # backlog (the server stopped accepting mid-handshake): not accepted either.
         return True
     return False
 
