@@ -248,14 +248,20 @@ class _Bridge:
 
     def __init__(
         self,
+        engine: Engine,
         registry: Registry,
         deliver: Deliver,
         *,
-        on_resync: ResyncHook | None,
-        on_event: EventHook | None,
-        log: logging.Logger | None,
-        max_pending: int,
+        on_resync: ResyncHook | None = None,
+        on_event: EventHook | None = None,
+        log: logging.Logger | None = None,
+        max_pending: int = MAX_PENDING,
+        drain_timeout: float = DRAIN_TIMEOUT,
+        on_joined: JoinedHook | None = None,
     ) -> None:
+        self.engine = engine
+        self.drain_timeout = drain_timeout
+        self.on_joined = on_joined
         self.registry = registry
         self.deliver = deliver
         self.on_resync = on_resync
@@ -266,6 +272,10 @@ class _Bridge:
         self._closed = False
         #: What a Resync does without an `on_resync` (a driver may close its own way).
         self.default_resync: ResyncHook = close_members
+        self._init_driver()
+
+    def _init_driver(self) -> None:
+        """The driver's own state (one constructor for both, so their options agree)."""
 
     # -- the registry's side --------------------------------------------------------
 
@@ -413,30 +423,7 @@ class ClusterRooms(_Bridge):
     exit, queued changes get `drain_timeout` seconds to reach the engine, then the
     engine is exited."""
 
-    def __init__(
-        self,
-        engine: Engine,
-        registry: Registry,
-        deliver: Deliver,
-        *,
-        on_resync: ResyncHook | None = None,
-        on_event: EventHook | None = None,
-        log: logging.Logger | None = None,
-        max_pending: int = MAX_PENDING,
-        drain_timeout: float = DRAIN_TIMEOUT,
-        on_joined: JoinedHook | None = None,
-    ) -> None:
-        super().__init__(
-            registry,
-            deliver,
-            on_resync=on_resync,
-            on_event=on_event,
-            log=log,
-            max_pending=max_pending,
-        )
-        self.engine = engine
-        self.drain_timeout = drain_timeout
-        self.on_joined = on_joined
+    def _init_driver(self) -> None:
         self._waiting: anyio.Event | None = None  # set when the queue gets work
         self._stack: AsyncExitStack | None = None
 

@@ -15,17 +15,11 @@ import threading
 from collections.abc import Collection
 from typing import Any
 
-from socker_core import Connection, Registry
+from socker_core import Connection
 
-from ..wire.observe import EventHook
 from .blocking import BlockingEngine
 from .cluster import (
     _JOIN_RETRY,
-    DRAIN_TIMEOUT,
-    MAX_PENDING,
-    Deliver,
-    JoinedHook,
-    ResyncHook,
     _Barrier,
     _Bridge,
     _Join,
@@ -36,7 +30,6 @@ from .cluster import (
 )
 from .errors import EngineClosed, EngineUnavailable
 from .events import StreamPosition
-from .interface import Engine
 
 
 class BlockingClusterRooms(_Bridge):
@@ -45,31 +38,8 @@ class BlockingClusterRooms(_Bridge):
     queue. `start()` / `close()`; `broadcast` and `publish` block until the store has
     the publication (EngineUnavailable when it cannot)."""
 
-    def __init__(
-        self,
-        engine: Engine,
-        registry: Registry,
-        deliver: Deliver,
-        *,
-        on_resync: ResyncHook | None = None,
-        on_event: EventHook | None = None,
-        log: logging.Logger | None = None,
-        max_pending: int = MAX_PENDING,
-        drain_timeout: float = DRAIN_TIMEOUT,
-        on_joined: JoinedHook | None = None,
-    ) -> None:
-        super().__init__(
-            registry,
-            deliver,
-            on_resync=on_resync,
-            on_event=on_event,
-            log=log,
-            max_pending=max_pending,
-        )
-        self.engine = engine
-        self.on_joined = on_joined
-        self.blocking = BlockingEngine(engine)
-        self.drain_timeout = drain_timeout
+    def _init_driver(self) -> None:
+        self.blocking = BlockingEngine(self.engine)
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
