@@ -82,6 +82,14 @@ BIG_READ_SIZE = 256 * 1024
 _EAGER_READ = 16 * 1024
 _EAGER_STREAK = 16
 
+#: After a read that found nothing more waiting, the next one is tried once every
+#: other ready task has had its turn (one checkpoint), before waiting: with many
+#: busy connections the next message has usually arrived by then, and a read
+#: that needs no wait saves an epoll registration and a wakeup. After a miss (one
+#: quiet connection: its peer has not answered yet) the reads wait first for this
+#: many turns before trying again.
+_AFTER_MISS = 8
+
 _local = threading.local()
 
 
@@ -661,10 +669,11 @@ class _StreamSession(_SessionBase):
         data: bytes | memoryview = b""
         # Read before waiting: a new server connection's request has usually
         # arrived by the time this task runs, and while a big read follows a big
-        # read more is likely there. Otherwise wait first (a checkpoint), and never
-        # more than _EAGER_STREAK reads in a row without one.
+        # read more is likely there. Otherwise yield once and read (_AFTER_MISS),
+        # and never more than _EAGER_STREAK reads in a row without a wait.
         eager = sock is not None and not wire.buffered_amount
         streak = 0
+        quiet = 0  # reads left that wait first (see _AFTER_MISS)
         while True:
             status = self._step(clock())
             if status == _CLOSE:
@@ -700,17 +709,24 @@ class _StreamSession(_SessionBase):
                             # payloads straight into their messages), so a read
                             # allocates nothing, however big.
                             chunk = None
+                            probing = not eager and not quiet and streak < _EAGER_STREAK
+                            if probing:
+                                await checkpoint()
+                                eager = True
                             if eager:
                                 streak += 1
                                 try:
                                     chunk = buffer[: sock.recv_into(buffer)]
                                 except (BlockingIOError, InterruptedError):
-                                    pass
+                                    if probing:
+                                        quiet = _AFTER_MISS
                                 except OSError as exc:
                                     wire.abort(clock(), f"read failed: {exc!r}")
                                     break
                             if chunk is None:
                                 streak = 0
+                                if quiet:
+                                    quiet -= 1
                                 await io.wait_readable(sock)
                                 try:
                                     chunk = buffer[: sock.recv_into(buffer)]

@@ -92,6 +92,13 @@ def asyncio_spawner(start_soon: Spawn) -> Spawn:
     return spawn
 
 
+#: Where writes are not vectored (asyncio 3.11), pending chunks up to this many
+#: bytes in all are joined into one write: a copy of a 64 KiB payload costs less
+#: than a second `send` and the TCP segment it makes (a header alone); past it
+#: each buffer is written on its own (a 1 MiB copy costs more than the segment).
+_JOIN_FOR_ONE_WRITE = 256 * 1024
+
+
 def _writes_vectored(loop: asyncio.AbstractEventLoop) -> bool:
     """Whether the loop's `transport.writelines` writes its buffers without joining
     them (uvloop: `writev`; asyncio from 3.12: `sendmsg`); asyncio 3.11's joins,
@@ -155,7 +162,8 @@ class _ProtocolSession(_SessionBase, asyncio.Protocol):
         self._linger_left = -1  # bytes still discarded while lingering (-1: not lingering)
 
     def _flush(self, transport: asyncio.Transport) -> None:
-        """Write what the wire has: a big payload from its own buffer (no join)."""
+        """Write what the wire has: a big payload from its own buffer (no join)
+        where writes are vectored; else small and mid-size chunks joined (above)."""
         chunks = self.wire.chunks_to_send()
         if not chunks:
             return
@@ -163,6 +171,8 @@ class _ProtocolSession(_SessionBase, asyncio.Protocol):
             transport.write(chunks[0])
         elif self._vectored:
             transport.writelines(chunks)
+        elif sum(map(len, chunks)) <= _JOIN_FOR_ONE_WRITE:
+            transport.write(b"".join(chunks))
         else:
             for chunk in chunks:
                 transport.write(chunk)
