@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Protocol
 
 #: One XOR table per key byte, made on first use by the large-payload path.
 _XOR_TABLES: list[bytes] = []
@@ -91,12 +92,26 @@ UnmaskAt = Callable[[bytes, int, Buffer, int, int, "bytes | None", int], None]
 UnmaskInto = Callable[[bytearray, Buffer, int, int, bytes, int], None]
 SkipDataFrames = Callable[[Buffer, int, bool], int]
 
+
+class AssemblyLike(Protocol):
+    """A fragmented binary message assembled in place (the C `Assembly`)."""
+
+    def reserve(self, more: int) -> None: ...
+    def add(self, data: Buffer, start: int, end: int, key: bytes | None, phase: int) -> None: ...
+    def finish(self) -> bytes: ...
+    def __len__(self) -> int: ...
+    @property
+    def capacity(self) -> int: ...
+
+
 unmask: Unmask = py_unmask
 unmask_into: UnmaskInto = py_unmask_into
 skip_data_frames: SkipDataFrames = py_skip_data_frames
 #: C only (None without the speedup): a single-frame message filled in place.
 alloc_message: AllocMessage | None = None
 unmask_at: UnmaskAt | None = None
+#: C only (None without the speedup): `Assembly(limit)` for a fragmented message.
+Assembly: Callable[[int], AssemblyLike] | None = None
 SPEEDUPS = False
 
 if not os.environ.get("SOCKER_NO_SPEEDUPS"):
@@ -104,7 +119,14 @@ if not os.environ.get("SOCKER_NO_SPEEDUPS"):
         from . import _speedups  # type: ignore[attr-defined]
     except ImportError:  # not built (no compiler at install time): Python it is
         _speedups = None
-    _NAMES = ("unmask", "unmask_into", "skip_data_frames", "alloc_message", "unmask_at")
+    _NAMES = (
+        "unmask",
+        "unmask_into",
+        "skip_data_frames",
+        "alloc_message",
+        "unmask_at",
+        "Assembly",
+    )
     if _speedups is not None and all(hasattr(_speedups, name) for name in _NAMES):
         # (an extension built from an older _speedups.c is ignored, not half used)
         unmask = _speedups.unmask
@@ -112,6 +134,7 @@ if not os.environ.get("SOCKER_NO_SPEEDUPS"):
         skip_data_frames = _speedups.skip_data_frames
         alloc_message = _speedups.alloc_message
         unmask_at = _speedups.unmask_at
+        Assembly = _speedups.Assembly
         SPEEDUPS = True
 
 

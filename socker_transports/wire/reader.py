@@ -15,12 +15,15 @@ frame may carry any code the IANA registry lists as valid (wsproto refuses 1014)
 
 Why not wsproto's: it keeps every frame's payload in a `bytes` of its own and copies
 each payload several times (its buffer, its masker, its event); here a payload is
-unmasked straight from the read into the message (`masking.unmask` /
-`unmask_into`, in C when built): one copy for a message that arrives in one read,
-two (into the message's buffer, then to `bytes`) otherwise. Only an incomplete
-frame header or control frame (at most 139 bytes) is ever held between reads; a
-data frame's payload streams into its message as it arrives, and a fragmented
-message grows in one buffer, bounded by `max_size` and `max_fragments`.
+unmasked straight from the read into the message. With the C speedup that is the
+one copy for every uncompressed binary message: a single frame is unmasked into
+the `bytes` object the handler gets (its size is in the header), however many
+reads it takes; a fragmented one grows in a `bytes` object only the reader holds
+(`Assembly`, resized in place) and is handed over at its exact size. Without it
+(and for fragmented text) a fragmented message grows in a bytearray and is copied
+once more to `bytes` or `str`. Only an incomplete frame header or control frame
+(at most 139 bytes) is ever held between reads; a data frame's payload streams
+into its message as it arrives, bounded by `max_size` and `max_fragments`.
 """
 
 from __future__ import annotations
@@ -105,6 +108,7 @@ class FrameReader:
     `max_fragments` bound a message; `text=False` refuses text messages (1003)."""
 
     __slots__ = (
+        "_assembly",
         "_client",
         "_compressed",
         "_dead",
@@ -159,6 +163,8 @@ class FrameReader:
         self._message: bytearray | None = None
         # A single-frame message filled in place (C speedup): the bytes object itself.
         self._in_place: bytes | None = None
+        # A fragmented binary message assembled in place (C speedup).
+        self._assembly: masking.AssemblyLike | None = None
         self._message_size = 0
         self._fragments = 0  # finished frames of it so far
         self._compressed = False
@@ -167,7 +173,7 @@ class FrameReader:
     @property
     def pending_size(self) -> int:
         """Bytes of unfinished messages held (the buffer of a fragmented message)."""
-        if self._message is None and self._in_place is None:
+        if self._message is None and self._in_place is None and self._assembly is None:
             return 0
         return self._message_size
 
@@ -371,15 +377,35 @@ class FrameReader:
             elif opcode != _OP_CONT:
                 raise _Fail(CloseCode.PROTOCOL_ERROR, f"expected CONTINUATION, got {opcode:#x}")
             self._started = True
-            if (
-                self._fin
-                and opcode != _OP_CONT
-                and not self._compressed
-                and masking.alloc_message is not None
-            ):
-                # One frame, its length known: fill the handler's bytes object itself.
-                self._in_place = masking.alloc_message(size + self._remaining)
+            if not self._compressed and masking.Assembly is not None:
+                if self._fin and opcode != _OP_CONT:
+                    # One frame, its length known: fill the handler's bytes object itself.
+                    assert masking.alloc_message is not None
+                    self._in_place = masking.alloc_message(size + self._remaining)
+                elif self._message_opcode == _OP_BINARY:
+                    # A fragment of a binary message: room for the whole frame in the
+                    # bytes object it is assembled in (max_size was checked).
+                    if self._assembly is None:
+                        limit = self._max_size
+                        self._assembly = masking.Assembly(-1 if limit is None else limit)
+                    self._assembly.reserve(size + self._remaining)
         finished = done and self._fin
+        assembly = self._assembly
+        if assembly is not None:
+            if size:
+                assembly.add(buf, start, end, self._key, self._key_phase)
+                self._key_phase = (self._key_phase + size) & 3
+                self._message_size += size
+            if not done:
+                return
+            self._key = None
+            if finished:
+                data = assembly.finish()
+                self._reset_message()
+                out.append(data)
+                return
+            self._count_fragment(out)
+            return
         in_place = self._in_place
         if in_place is not None:
             assert masking.unmask_at is not None
@@ -443,6 +469,10 @@ class FrameReader:
                 self._reset_message()
                 out.append(data)
             return
+        self._count_fragment(out)
+
+    def _count_fragment(self, out: list[ReaderEvent]) -> None:
+        """A frame of the current message ended without FIN."""
         self._fragments += 1
         if self._fragments >= self._max_fragments:
             limit = self._max_fragments
@@ -469,6 +499,7 @@ class FrameReader:
 
     def _reset_message(self) -> None:
         self._in_place = None
+        self._assembly = None
         self._compressed = False
         self._message_opcode = 0
         self._message = None

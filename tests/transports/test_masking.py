@@ -154,3 +154,43 @@ def test_unmask_at_fills_a_message_in_place(
     assert target == b"abc" + expected
     with pytest.raises(ValueError):
         c.unmask_at(target, 4, data, start, end, None, 0) if expected else c.alloc_message(-1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(RANGES, st.booleans()), max_size=6), st.integers(0, 3))
+def test_an_assembly_holds_exactly_what_was_added(
+    pieces: list[tuple[tuple[bytes, int, int, bytes, int], bool]], spare: int
+) -> None:
+    c = speedups()
+    assembly = c.Assembly(-1)
+    expected = b""
+    for (data, a, b, key, phase), masked in pieces:
+        start, end = min(a, b), max(a, b)
+        assembly.reserve(end - start + spare)  # room for more than is added: fine
+        assembly.add(data, start, end, key if masked else None, phase)
+        expected += reference(data, start, end, key, phase) if masked else data[start:end]
+        assert len(assembly) == len(expected)
+        assert assembly.capacity >= len(expected)
+    assert assembly.finish() == expected  # at its exact size, whatever was reserved
+    assert len(assembly) == 0 and assembly.capacity == 0
+    assert assembly.finish() == b""  # empty after, and reusable
+
+
+def test_an_assembly_refuses_misuse() -> None:
+    c = speedups()
+    assembly = c.Assembly(10)
+    with pytest.raises(ValueError, match="limit"):
+        assembly.reserve(11)
+    assembly.reserve(4)
+    with pytest.raises(ValueError, match="not reserved"):
+        assembly.add(b"12345", 0, 5, None, 0)
+    with pytest.raises(ValueError, match="out of range"):
+        assembly.add(b"1234", 2, 1, None, 0)
+    with pytest.raises(ValueError, match="4 bytes"):
+        assembly.add(b"1234", 0, 4, b"abc", 0)
+    with pytest.raises(ValueError):
+        assembly.reserve(-1)
+    assembly.add(b"1234", 0, 4, None, 0)
+    assembly.reserve(6)  # up to the limit: allowed
+    assert assembly.capacity <= 10
+    assert assembly.finish() == b"1234"
