@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install browser redis node-deps lint typecheck pytest pytest-no-speedups docs docs-strict bench fuzz clean
+.PHONY: demo test install browser redis node-deps lint typecheck pytest pytest-no-speedups docs docs-strict bench fuzz clean autobahn autobahn-deps
 
 install: $(STAMP)
 
@@ -67,6 +67,24 @@ test: lint typecheck docs-strict pytest pytest-no-speedups
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
+
+# Autobahn TestSuite (tests/autobahn/README.md), not part of `make test`: the whole
+# grid takes wstest about an hour per (side, driver) job. wstest needs Python 2.7
+# ($(PYTHON2)); `make autobahn-deps` installs it into $(ABT_PREFIX), with wsaccel
+# (wstest's C masking and UTF-8 check: 4-7x faster on the compression cases).
+PYTHON2 ?= python2.7
+ABT_PREFIX ?= /tmp/abt-env
+ABT_SITE := $(ABT_PREFIX)/lib/python2.7/site-packages
+autobahn-deps:
+	$(PYTHON2) -m pip install --quiet 'incremental==17.5.0' 'constantly==15.1.0' 'setuptools<45'
+	$(PYTHON2) -m pip install --quiet --prefix $(ABT_PREFIX) autobahntestsuite 'autobahn==0.10.9' \
+	  'twisted==17.9.0' 'jinja2<3' 'markupsafe<2' 'mistune<2' six 'zope.interface<5.5' \
+	  'txaio<2.9' 'Automat<20' 'attrs<21' 'hyperlink<21' 'idna<3' 'PyHamcrest<2' unittest2 \
+	  'pyOpenSSL<20' 'cryptography<3.4' 'service_identity<19' 'pyasn1<0.5' \
+	  'pyasn1-modules<0.3' 'cffi<1.16' enum34 ipaddress wsaccel
+autobahn: $(STAMP)
+	tools/loopback-only $(BIN)/python tests/autobahn/grid.py --python2 $(PYTHON2) \
+	  --abt-site $(ABT_SITE) $(AUTOBAHN_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis site build
