@@ -47,6 +47,7 @@ from typing import Any, NamedTuple
 import anyio
 import anyio.abc
 import anyio.lowlevel
+from anyio.streams.tls import TLSStream
 
 from socker_core import HOOK_STEPS as _HOOK_STEPS
 from socker_core import Await, CancelAwait, Connection, RoomRef
@@ -877,6 +878,22 @@ class _StreamSession(_SessionBase):
                     return
                 limit -= len(got)
 
+    async def _linger_stream(self, seconds: float, limit: int) -> None:
+        """`_linger_raw` for a stream (TLS): half-close the TCP stream under the TLS
+        one (anyio has no TLS half-close, and socker's TLS closes without
+        close_notify: a bare EOF ends it), then read and discard until the peer's
+        EOF, at most `seconds` and `limit` bytes."""
+        stream = self.stream
+        assert stream is not None
+        under = stream.transport_stream if isinstance(stream, TLSStream) else stream
+        with anyio.move_on_after(seconds):
+            try:
+                await under.send_eof()
+                while limit >= 0:
+                    limit -= len(await stream.receive(READ_SIZE))
+            except (anyio.EndOfStream, NotImplementedError, *STREAM_ERRORS):
+                return
+
     async def _finish(self) -> None:
         """The wire is done: write what is left (bounded), then close the stream."""
         self._closing = True
@@ -915,6 +932,9 @@ class _StreamSession(_SessionBase):
                 await self._writer_done.wait()
         if self._writer_scope is not None:
             self._writer_scope.cancel()
+        linger = self.wire.linger
+        if linger is not None and not self._broken:
+            await self._linger_stream(*linger)
         self._stream_closed = True
         assert self.stream is not None
         try:

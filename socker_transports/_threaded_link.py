@@ -468,7 +468,7 @@ class _Link(threading.Thread):
                         continue
             if closing:
                 if out is None:
-                    if linger is not None and not isinstance(sock, ssl_module.SSLSocket):
+                    if linger is not None:
                         self._linger(sock, *linger)
                     return
                 if flush_deadline is None:
@@ -513,7 +513,9 @@ class _Link(threading.Thread):
         """Half-close, then read and discard until the peer's EOF (at most `seconds`
         and `limit` bytes), so that our last bytes (an HTTP error, a close frame)
         are read instead of being destroyed by the reset that closing a socket with
-        unread input sends. A `kill` ends it at once."""
+        unread input sends. A `kill` ends it at once. (On a TLS socket `shutdown`
+        leaves TLS: what follows is read as raw bytes, which is all discarding
+        needs; socker's TLS closes without close_notify, so a bare EOF ends it.)"""
         try:
             sock.shutdown(socket.SHUT_WR)
         except OSError:
