@@ -1,4 +1,7 @@
-"""Stepper: the per-connection state machine. Messages and `now` in, events out."""
+"""Stepper: the per-connection state machine. Messages and `now` in, events out.
+
+Built in layers, one concept a file (see _stepper_base.py).
+"""
 
 from __future__ import annotations
 
@@ -6,210 +9,51 @@ import inspect
 from collections import deque
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
-from functools import partial
 from itertools import count
-from typing import TYPE_CHECKING, Any, Generic
+from typing import TYPE_CHECKING, Any
 
-from ._codes import CloseCode, is_sendable_close_code
+from ._codes import CloseCode
+from ._connection import Connection as Connection
+from ._connection import stepper_of as stepper_of
 from ._errors import (
     ConnectionClosedError,
     HandlerError,
     LocalProtocolError,
     QueueFullError,
 )
-from ._events import (
-    Await,
-    CancelAwait,
-    Closed,
-    CloseRequested,
-    Event,
-    FlowCompleted,
-    HandlerFailed,
-    Send,
-    StepChanged,
-)
+from ._events import Await, Event, FlowCompleted, Send, StepChanged
 from ._flow import Close, Flow, Goto, StateT, Step
 from ._handover import ResumePlan
 from ._ledger import RoomRef
 from ._resume import ReplayBuffer
 from ._snapshot import SessionSnapshot
-from ._state import CALLS, IGNORE, TRANSITIONS, Happening, State
+from ._state import IGNORE, Happening, State
+from ._stepper_base import (
+    _BYTES_LIKE,
+    _DETACHED,
+    _DETACHED_STATES,
+    _OPEN,
+    _RUNNING,
+    _TEXT_ON_RESUMABLE,
+)
+from ._stepper_base import DEFAULT_MAX_QUEUE as DEFAULT_MAX_QUEUE
+from ._stepper_base import HOOK_STEPS as HOOK_STEPS
+from ._stepper_base import ON_CLOSE as ON_CLOSE
+from ._stepper_base import ON_DETACH as ON_DETACH
+from ._stepper_base import ON_OPEN as ON_OPEN
+from ._stepper_base import ON_RESUME as ON_RESUME
+from ._stepper_detach import _StepperDetach
 
 if TYPE_CHECKING:
     from ._rooms import Registry
 
-#: Default number of messages that may wait while an async handler is pending.
-DEFAULT_MAX_QUEUE = 16
-
-ON_OPEN = "<on_open>"
-ON_CLOSE = "<on_close>"
-ON_DETACH = "<on_detach>"
-ON_RESUME = "<on_resume>"
-#: Await steps a driver runs to completion without calling `Stepper.resume`.
-HOOK_STEPS = frozenset({ON_CLOSE, ON_DETACH, ON_RESUME})
-
-_OPEN = State.OPEN
-_DETACHED = State.DETACHED
-# States in which handler results apply and queued messages drain.
-_RUNNING = (State.OPEN, State.DETACHED)
-_DETACHED_STATES = (State.DETACHED, State.DETACHED_AWAITING, State.DETACHED_CLOSING)
-_BYTES_LIKE = (bytes, bytearray, memoryview)
-# On a resumable connection text frames carry socker's own resume control messages
-# (socker.resume.v1): the application's messages are binary there.
-_TEXT_ON_RESUMABLE = (
-    "a resumable connection (resume_window) sends binary messages only: text frames "
-    "carry its resume control messages"
-)
 
 # Deterministic default ids for embedded use and the test kit ("c1", "c2", ...).
 # Drivers pass their own (random, unique across processes) ids instead.
 _next_default_id = count(1).__next__
 
 
-class Connection(Generic[StateT]):
-    """The per-connection context every handler and hook receives as `conn`.
-
-    Generic over the type of `conn.state` (`Connection[GameState]` for a
-    `Flow("game", state=GameState)`); a bare `Connection` is `Connection[Any]`.
-    The parameter exists only for the type checker: it costs nothing at run time.
-    """
-
-    __slots__ = ("__weakref__", "_state", "_stepper", "flow")
-
-    def __init__(self, stepper: Stepper[StateT], flow: Flow[StateT]) -> None:
-        self._stepper = stepper
-        #: The flow this connection runs.
-        self.flow = flow
-        self._state: Any = None  # made on first use: most connections never need one
-
-    @property
-    def state(self) -> StateT:
-        """The application's own per-connection objects: made on first use by the
-        flow's `state` factory (a `types.SimpleNamespace` by default)."""
-        state = self._state
-        if state is None:
-            state = self._state = self.flow.state_factory()
-        return state  # type: ignore[no-any-return]
-
-    @state.setter
-    def state(self, value: StateT) -> None:
-        self._state = value
-
-    def send(self, data: bytes | str) -> None:
-        """Send one message to the peer: binary for bytes (or any bytes-like), text for a
-        str. Raises ConnectionClosedError once closing."""
-        stepper = self._stepper
-        guard = stepper.guard
-        if guard is None:
-            stepper._send(data)
-        else:
-            with guard:
-                stepper._send(data)
-
-    def close(self, code: int = 1000, reason: str = "") -> None:
-        """Close the connection with `code` and `reason` (a no-op once closing)."""
-        stepper = self._stepper
-        guard = stepper.guard
-        if guard is None:
-            stepper._close(code, reason)
-        else:
-            with guard:
-                stepper._close(code, reason)
-
-    @property
-    def id(self) -> str:
-        """This connection's unique id (kept across a resume, once resume exists)."""
-        return self._stepper.id
-
-    # -- identity and rooms ---------------------------------------------------
-
-    @property
-    def server(self) -> Any:
-        """What a handler broadcasts through: the driver's `Server`, or the core
-        `Registry` when embedded without a driver; None for a client."""
-        stepper = self._stepper
-        server = stepper.server
-        return stepper.registry if server is None else server
-
-    @property
-    def remote_address(self) -> tuple[str, int] | None:
-        """The peer's (host, port), or None when embedded without one."""
-        return self._stepper.remote_address
-
-    @property
-    def request(self) -> Any:
-        """The handshake request this server connection was accepted with (a
-        `socker_transports.wire.HandshakeRequest`: path, query, headers, ...);
-        None for a client or when embedded without one."""
-        return self._stepper.request
-
-    def join(self, room: str, info: Mapping[str, str] | None = None) -> None:
-        """Join `room` (a no-op if already in it), with presence `info` (a small
-        str -> str mapping; a new `info` updates it). ConnectionClosedError once
-        closing; LocalProtocolError for a connection with no server (a client)."""
-        self._registry("join").join(self, room, info)
-
-    def leave(self, room: str) -> None:
-        """Leave `room` (a no-op if not in it)."""
-        self._registry("leave").leave(self, room)
-        replay = self._stepper.replay
-        if replay is not None and replay.ledger is not None:
-            replay.ledger.left(room)  # a later join starts afresh
-
-    @property
-    def rooms(self) -> frozenset[str]:
-        """The rooms this connection is in (empty once it stops being open)."""
-        registry = self._stepper.registry
-        return frozenset() if registry is None else registry.rooms_of(self)
-
-    def _registry(self, what: str) -> Registry:
-        registry = self._stepper.registry
-        if registry is None:
-            raise LocalProtocolError(
-                f"cannot {what} a room: this connection has no server (a client, or a "
-                "Stepper made without registry=)"
-            )
-        return registry
-
-    @property
-    def step(self) -> str:
-        """The current step's name."""
-        return self._stepper.step
-
-    @property
-    def is_open(self) -> bool:
-        """True while the connection is open (also while an async handler runs)."""
-        return self._stepper.phase in (State.OPEN, State.AWAITING)
-
-    @property
-    def is_detached(self) -> bool:
-        """True while the transport is lost and the session waits for a resume."""
-        return self._stepper.phase in _DETACHED_STATES
-
-    @property
-    def close_code(self) -> int | None:
-        """The close code once the connection is closing or closed, else None."""
-        return self._stepper.close_code
-
-    @property
-    def close_reason(self) -> str:
-        """The close reason once the connection is closing or closed, else ''."""
-        return self._stepper.close_reason
-
-    def __repr__(self) -> str:
-        return (
-            f"<Connection {self.id} flow={self.flow.name!r} step={self.step!r} "
-            f"{self._stepper.phase.value}>"
-        )
-
-
-def stepper_of(conn: Connection[StateT]) -> Stepper[StateT]:
-    """The Stepper behind `conn` (for the wire layer: delivering a room publication
-    with its origin, `Stepper.deliver`)."""
-    return conn._stepper
-
-
-class Stepper(Generic[StateT]):
+class Stepper(_StepperDetach[StateT]):
     """One connection's state machine: pure, deterministic, no I/O, no clock.
 
     Every public call takes `now` (seconds, any monotonic origin) and returns the
@@ -219,37 +63,7 @@ class Stepper(Generic[StateT]):
     `pending_events()`.
     """
 
-    __slots__ = (
-        "_close_code",
-        "_close_reason",
-        "_deadline",
-        "_events",
-        "_handler",
-        "_index",
-        "_initiated_locally",
-        "_last_token",
-        "_opened",
-        "_outbox",
-        "_pending",
-        "_pending_hook",
-        "_phase",
-        "_queue",
-        "_replay",
-        "_resume_deadline",
-        "_steps",
-        "conn",
-        "flow",
-        "guard",
-        "handler_timer",
-        "id",
-        "max_queue",
-        "registry",
-        "remote_address",
-        "request",
-        "run_blocking",
-        "server",
-        "wakeup",
-    )
+    __slots__ = ()  # all declared by _StepperBase (_stepper_base.py)
 
     def __init__(
         self,
@@ -323,94 +137,69 @@ class Stepper(Generic[StateT]):
         self._replay = replay
         self._resume_deadline: float | None = None  # while detached: the window's end
 
-    # -- inspection ---------------------------------------------------------
+    # -- cross-worker resume (see _ledger.py, _snapshot.py, _handover.py) ----------
 
-    @property
-    def phase(self) -> State:
-        """The current phase (`State`)."""
-        return self._phase
+    def snapshot(
+        self,
+        now: float,
+        *,
+        route: str = "",
+        room_info: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> SessionSnapshot:
+        """This session as a `SessionSnapshot`, for another worker to restore:
+        open or detached, with a ledger (`ReplayBuffer(ledger=OutgoingLedger())`).
+        `route` is the path it was opened at; `room_info` the presence info of its
+        rooms. LocalProtocolError when conn.state cannot be encoded by the flow's
+        state_codec (the message says why), or when there is nothing to resume."""
+        from ._restore import take_snapshot
 
-    @property
-    def step(self) -> str:
-        """The current step's name."""
-        return self._steps[self._index].name
+        self._check("snapshot")
+        return take_snapshot(self, now, route, room_info)
 
-    @property
-    def step_index(self) -> int:
-        """The current step's position in the flow (0-based)."""
-        return self._index
+    def persisted(self, snapshot: SessionSnapshot) -> None:
+        """`snapshot` (taken from this Stepper) is in the store now: the messages it
+        attributes may be written (`ReplayBuffer.needs_persist`), and acknowledgements
+        may state its received count."""
+        from ._restore import mark_persisted
 
-    @property
-    def replay(self) -> ReplayBuffer | None:
-        """The resume ledger (None unless this connection can resume)."""
-        return self._replay
+        mark_persisted(self, snapshot)
 
-    @property
-    def is_detached(self) -> bool:
-        """True while the transport is lost and the session waits for a resume."""
-        return self._phase in _DETACHED_STATES
+    @classmethod
+    def restore(
+        cls,
+        flow: Flow[StateT],
+        snapshot: SessionSnapshot,
+        now: float,
+        *,
+        plan: ResumePlan,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        registry: Registry | None = None,
+        server: Any = None,
+        remote_address: tuple[str, int] | None = None,
+        request: Any = None,
+        run_blocking: Callable[[Any, Connection, bytes], Any] | None = None,
+    ) -> Stepper[StateT]:
+        """A detached Stepper continuing `snapshot` on this worker: same id, step,
+        time left in the step, conn.state (through the flow's state_codec), rooms
+        (joined in `registry`), and a replay buffer holding `plan`'s messages
+        (`socker_core.plan_resume`). `attach(now)` once they are written; on_open
+        does not run, on_resume does. Nothing in it is persisted yet: store its own
+        snapshot before writing anything."""
+        from ._restore import restore_stepper
 
-    @property
-    def accepting(self) -> bool:
-        """False while the wait queue is full: a driver must stop reading (backpressure)."""
-        if self._phase is not State.AWAITING:
-            return True
-        queue = self._queue
-        return queue is None or len(queue) < self.max_queue
-
-    @property
-    def queued(self) -> int:
-        """How many messages wait for a pending async handler."""
-        queue = self._queue
-        return 0 if queue is None else len(queue)
-
-    @property
-    def next_deadline(self) -> float | None:
-        """When `tick` next has something to do, or None."""
-        phase = self._phase
-        if phase is _OPEN or phase is State.AWAITING:
-            return self._deadline
-        if phase in _DETACHED_STATES:
-            deadline, window = self._deadline, self._resume_deadline
-            if deadline is None or (window is not None and window < deadline):
-                return window
-            return deadline
-        return None
-
-    @property
-    def close_code(self) -> int | None:
-        """The close code once closing or closed, else None."""
-        return self._close_code
-
-    @property
-    def close_reason(self) -> str:
-        """The close reason once closing or closed, else ''."""
-        return self._close_reason
-
-    @property
-    def is_closed(self) -> bool:
-        """True once `transport_closed` ended the connection."""
-        return self._phase is State.CLOSED
-
-    @property
-    def quiet(self) -> bool:
-        """True when open (or awaiting), with no call in progress and nothing in the
-        outbox: bytes a driver queues for this connection directly now (a prebuilt
-        broadcast frame) cannot overtake a message the flow already sent."""
-        phase = self._phase
-        return (
-            (phase is _OPEN or phase is State.AWAITING)
-            and self._events is None
-            and self._outbox is None
+        return restore_stepper(
+            cls,
+            flow,
+            snapshot,
+            now,
+            plan,
+            max_queue=max_queue,
+            registry=registry,
+            server=server,
+            remote_address=remote_address,
+            request=request,
+            run_blocking=run_blocking,
         )
-
-    def pending_events(self) -> list[Event]:
-        """Take the events produced outside a call (see the class docstring)."""
-        outbox = self._outbox
-        if outbox is None:
-            return []
-        self._outbox = None
-        return outbox
 
     # -- calls --------------------------------------------------------------
 
@@ -480,72 +269,12 @@ class Stepper(Generic[StateT]):
         """The awaitable of `Await(token)` raised `error`."""
         return self._settle(token, None, error, now)
 
-    def tick(self, now: float) -> list[Event]:
-        """Let time pass: a step past its timeout closes with 4408; a detached
-        session past its resume window ends (1006, "resume window expired")."""
-        if self._check("tick") is IGNORE:
-            return []
+    def send(self, data: bytes | str, now: float) -> list[Event]:
+        """Application send from outside any handler."""
+        self._check("send")
         events = self._begin()
         try:
-            if not self._expire(now):
-                window = self._resume_deadline
-                if window is not None and now >= window and self._phase in _DETACHED_STATES:
-                    if self._phase is State.DETACHED_CLOSING:
-                        # We had decided to close: that code stands.
-                        self._resume_deadline = None
-                        code, reason = self._close_code, self._close_reason
-                        assert code is not None
-                        events.extend(self._transport_closed(code, reason))
-                    else:
-                        self._end_detached(CloseCode.ABNORMAL, "resume window expired", False)
-        finally:
-            self._events = None
-        return events
-
-    def detach(self, now: float, window: float) -> list[Event]:
-        """The transport was lost without a close handshake and the connection may
-        resume within `window` seconds: keep the step, its timers, the wait queue
-        and (in the replay buffer) every send; run the on_detach hooks. A Stepper
-        without a replay buffer, or whose buffer overflowed, ends instead (as
-        `transport_closed(1006)`, or with 4413)."""
-        if self._check("detach") is IGNORE:
-            return []
-        replay = self._replay
-        if replay is None:
-            return self.transport_closed(CloseCode.ABNORMAL, "connection lost", now)
-        if replay.overflowed:
-            return self.transport_closed(
-                CloseCode.RESUME_BUFFER_OVERFLOW, "replay buffer overflowed", now
-            )
-        events = self._begin()
-        try:
-            closing = self._phase is State.CLOSING
-            self._move(Happening.DETACHED)
-            self._resume_deadline = now + window
-            if not closing:  # a closing connection is not coming back to the app
-                for hook in self.flow.detach_hooks:
-                    self._run_hook(hook, ON_DETACH)
-        finally:
-            self._events = None
-        return events
-
-    def attach(self, now: float) -> list[Event]:
-        """A new transport resumed this detached connection (after the replay was
-        written): back to OPEN (or AWAITING), then the on_resume hooks run."""
-        self._check("attach")
-        events = self._begin()
-        try:
-            closing = self._phase is State.DETACHED_CLOSING
-            self._move(Happening.ATTACHED)
-            self._resume_deadline = None
-            if closing:
-                assert self._close_code is not None
-                self._emit(CloseRequested(self._close_code, self._close_reason))
-                return events
-            for hook in self.flow.resume_hooks:
-                self._run_resume_hook(hook, now)
-                if self._phase is not _OPEN and self._phase is not State.AWAITING:
-                    break  # a hook closed the connection
+            self._send(data)
         finally:
             self._events = None
         return events
@@ -577,202 +306,7 @@ class Stepper(Generic[StateT]):
         self._send(data, ref)
         return True
 
-    # -- cross-worker resume (see _ledger.py, _snapshot.py, _handover.py) ----------
-
-    def snapshot(
-        self,
-        now: float,
-        *,
-        route: str = "",
-        room_info: Mapping[str, Mapping[str, str]] | None = None,
-    ) -> SessionSnapshot:
-        """This session as a `SessionSnapshot`, for another worker to restore:
-        open or detached, with a ledger (`ReplayBuffer(ledger=OutgoingLedger())`).
-        `route` is the path it was opened at; `room_info` the presence info of its
-        rooms. LocalProtocolError when conn.state cannot be encoded by the flow's
-        state_codec (the message says why), or when there is nothing to resume."""
-        from ._restore import take_snapshot
-
-        self._check("snapshot")
-        return take_snapshot(self, now, route, room_info)
-
-    def persisted(self, snapshot: SessionSnapshot) -> None:
-        """`snapshot` (taken from this Stepper) is in the store now: the messages it
-        attributes may be written (`ReplayBuffer.needs_persist`), and acknowledgements
-        may state its received count."""
-        from ._restore import mark_persisted
-
-        mark_persisted(self, snapshot)
-
-    @classmethod
-    def restore(
-        cls,
-        flow: Flow[StateT],
-        snapshot: SessionSnapshot,
-        now: float,
-        *,
-        plan: ResumePlan,
-        max_queue: int = DEFAULT_MAX_QUEUE,
-        registry: Registry | None = None,
-        server: Any = None,
-        remote_address: tuple[str, int] | None = None,
-        request: Any = None,
-        run_blocking: Callable[[Any, Connection, bytes], Any] | None = None,
-    ) -> Stepper[StateT]:
-        """A detached Stepper continuing `snapshot` on this worker: same id, step,
-        time left in the step, conn.state (through the flow's state_codec), rooms
-        (joined in `registry`), and a replay buffer holding `plan`'s messages
-        (`socker_core.plan_resume`). `attach(now)` once they are written; on_open
-        does not run, on_resume does. Nothing in it is persisted yet: store its own
-        snapshot before writing anything."""
-        from ._restore import restore_stepper
-
-        return restore_stepper(
-            cls,
-            flow,
-            snapshot,
-            now,
-            plan,
-            max_queue=max_queue,
-            registry=registry,
-            server=server,
-            remote_address=remote_address,
-            request=request,
-            run_blocking=run_blocking,
-        )
-
-    def forget(self, now: float) -> list[Event]:
-        """This detached copy was resumed on another worker, which runs the session
-        from now on: end it here *without* its on_close hooks (they run once, where
-        the session really ends). Closed(4409) follows."""
-        if self._check("forget") is IGNORE:
-            return []
-        events = self._begin()
-        try:
-            self._cancel_pending()
-            self._drop_queue()
-            self._close_code = int(CloseCode.SESSION_TAKEN_OVER)
-            self._close_reason = "resumed on another worker"
-            self._initiated_locally = False
-            self._deadline = self._resume_deadline = None
-            self._move(Happening.FORGOTTEN)
-            if self.registry is not None:
-                self.registry.discard(self.conn)
-            self._emit(Closed(self._close_code, self._close_reason, False))
-        finally:
-            self._events = None
-        return events
-
-    @property
-    def _awaiting_hook(self) -> bool:
-        """An on_open hook (not a step handler) is what is pending."""
-        return self._pending_hook is not None
-
-    def _place(self, step_name: str, remaining: float | None, now: float) -> None:
-        """Put a restored Stepper at `step_name`, `remaining` seconds before its timeout."""
-        index = self.flow.index_of(step_name)
-        if index is None:
-            raise LocalProtocolError(f"flow {self.flow.name!r} has no step {step_name!r}")
-        self._index = index
-        self._handler = self._handler_of(self._steps[index])
-        self._deadline = None if remaining is None else now + remaining
-
-    def send(self, data: bytes | str, now: float) -> list[Event]:
-        """Application send from outside any handler."""
-        self._check("send")
-        events = self._begin()
-        try:
-            self._send(data)
-        finally:
-            self._events = None
-        return events
-
-    def close(self, code: int = 1000, reason: str = "", now: float = 0.0) -> list[Event]:
-        """Application close from outside any handler (for example server shutdown: 1001)."""
-        if self._check("close") is IGNORE:
-            return []
-        events = self._begin()
-        try:
-            self._close(code, reason)
-        finally:
-            self._events = None
-        return events
-
-    def transport_closed(self, code: int, reason: str, now: float) -> list[Event]:
-        """The transport ended (close handshake done, or lost: 1006). Runs on_close once."""
-        if self._check("transport_closed") is IGNORE:
-            return []
-        events = self._begin()
-        try:
-            events.extend(self._transport_closed(code, reason))
-        finally:
-            self._events = None
-        return events
-
-    def _transport_closed(self, code: int, reason: str) -> list[Event]:
-        events: list[Event] = []
-        saved, self._events = self._events, events
-        try:
-            opened = self._opened
-            self._resume_deadline = None
-            if self._phase is not State.CLOSING and self._phase is not State.DETACHED_CLOSING:
-                self._cancel_pending()
-                self._close_code, self._close_reason = code, reason
-                self._initiated_locally = False
-            self._drop_queue()
-            self._move(Happening.TRANSPORT_CLOSED)
-            if self.registry is not None:
-                self.registry.discard(self.conn)  # out of every room before on_close
-            if opened:
-                for hook in self.flow.close_hooks:
-                    self._run_hook(hook, ON_CLOSE)
-            assert self._close_code is not None
-            events.append(Closed(self._close_code, self._close_reason, self._initiated_locally))
-        finally:
-            self._events = saved
-        return events
-
-    # -- internals ----------------------------------------------------------
-
-    def _check(self, call: str) -> object:
-        disposition = CALLS[call].get(self._phase)
-        if disposition is None:
-            if self._phase in (State.CLOSING, State.CLOSED):
-                raise ConnectionClosedError(
-                    f"cannot {call}: the connection is {self._phase.value}",
-                    self._close_code,
-                    self._close_reason,
-                )
-            raise LocalProtocolError(f"cannot {call} while the connection is {self._phase.value}")
-        return disposition
-
-    def _begin(self) -> list[Event]:
-        if self._events is not None:
-            raise LocalProtocolError("Stepper calls may not be nested (called from a handler?)")
-        events: list[Event] = []
-        self._events = events
-        return events
-
-    def _emit(self, event: Event) -> None:
-        if self._events is not None:
-            self._events.append(event)
-        else:
-            outbox = self._outbox
-            if outbox is None:
-                self._outbox = [event]
-            else:
-                outbox.append(event)
-            if self.wakeup is not None:
-                self.wakeup()
-
-    def _move(self, happening: Happening) -> None:
-        self._phase = TRANSITIONS[(self._phase, happening)]
-
-    def _handler_of(self, step: Step) -> Any:
-        runner = self.run_blocking
-        if step.blocking and runner is not None:
-            return partial(runner, step.handler)
-        return step.handler
+    # -- the per-message path and awaited handlers --------------------------
 
     def _enter_first(self, now: float) -> None:
         step = self._steps[0]
@@ -829,14 +363,6 @@ class Stepper(Generic[StateT]):
                 ),
             )
 
-    def _emit_step_change(self, index: int, now: float) -> None:
-        from_step = self._steps[self._index].name
-        step = self._steps[index]
-        self._index = index
-        self._handler = self._handler_of(step)
-        self._deadline = None if step.timeout is None else now + step.timeout
-        self._emit(StepChanged(from_step, step.name, index))
-
     def _await(self, awaitable: Any, step_name: str) -> None:
         self._last_token += 1
         self._pending = self._last_token
@@ -885,12 +411,6 @@ class Stepper(Generic[StateT]):
         if not queue and self._queue is queue:
             self._queue = None  # an empty deque still holds ~760 bytes
 
-    def _drop_queue(self) -> None:
-        queue = self._queue
-        if queue is not None:
-            queue.clear()  # a `_drain` in progress sees it empty
-            self._queue = None
-
     def _run_open_hooks(self, start: int, now: float) -> None:
         hooks = self.flow.open_hooks
         for position in range(start, len(hooks)):
@@ -908,56 +428,6 @@ class Stepper(Generic[StateT]):
                 return
             if self._phase not in _RUNNING:
                 return
-
-    def _run_resume_hook(self, hook: Callable[..., Any], now: float) -> None:
-        """An on_resume hook; it may return Goto(step) to go back to a step (e.g. one
-        that renegotiates what could not move with the session: a WebRTC peer
-        connection on another worker), or Close."""
-        try:
-            result = hook(self.conn)
-        except Exception as exc:
-            self._emit(HandlerFailed(ON_RESUME, exc))
-            return
-        if isinstance(result, Goto):
-            target = self.flow.index_of(result.step)
-            if target is None:
-                self._emit(
-                    HandlerFailed(ON_RESUME, HandlerError(f"Goto({result.step!r}): no such step"))
-                )
-            elif self._phase is _OPEN:
-                self._emit_step_change(target, now)
-        elif isinstance(result, Close):
-            self._close(result.code, result.reason)
-        elif inspect.isawaitable(result):
-            self._last_token += 1
-            self._emit(Await(self._last_token, result, ON_RESUME))
-
-    def _run_hook(self, hook: Callable[..., Any], name: str) -> None:
-        try:
-            result = hook(self.conn)
-        except Exception as exc:
-            self._emit(HandlerFailed(name, exc))
-            return
-        if inspect.isawaitable(result):
-            self._last_token += 1
-            self._emit(Await(self._last_token, result, name))
-
-    def _expire(self, now: float) -> bool:
-        deadline = self._deadline
-        if deadline is None or now < deadline or self._phase in (State.CLOSING, State.CLOSED):
-            return False
-        step = self._steps[self._index]
-        self._close(CloseCode.STEP_TIMEOUT, f"step {step.name!r} timed out after {step.timeout:g}s")
-        return True
-
-    def _fail(self, step_name: str, exc: BaseException) -> None:
-        self._emit(HandlerFailed(step_name, exc))
-        self._close(CloseCode.INTERNAL_ERROR, "internal error")
-
-    def _cancel_pending(self) -> None:
-        if self._pending is not None:
-            self._emit(CancelAwait(self._pending))
-            self._pending = self._pending_hook = None
 
     def _send(self, data: bytes | str, origin: RoomRef | None = None) -> None:
         phase = self._phase
@@ -982,47 +452,3 @@ class Stepper(Generic[StateT]):
                 raise LocalProtocolError(_TEXT_ON_RESUMABLE)
             replay.retain(data, origin)  # an overflow only matters if the transport drops
         self._emit(Send(data))
-
-    def _send_detached(self, data: bytes | str, origin: RoomRef | None = None) -> None:
-        """No transport: keep the message for replay; past max_resume_buffer the
-        session cannot be replayed any more, so it ends now (4413)."""
-        if isinstance(data, str):
-            raise LocalProtocolError(_TEXT_ON_RESUMABLE)
-        if not isinstance(data, _BYTES_LIKE):
-            raise TypeError(f"send() takes bytes, got {type(data).__name__}")
-        replay = self._replay
-        assert replay is not None
-        if not replay.retain(bytes(data), origin):
-            self._end_detached(CloseCode.RESUME_BUFFER_OVERFLOW, "replay buffer overflowed", True)
-
-    def _end_detached(self, code: int, reason: str, locally: bool) -> None:
-        """End a detached session: nothing to send, so straight to CLOSED."""
-        self._cancel_pending()
-        self._drop_queue()
-        self._close_code, self._close_reason = int(code), reason
-        self._initiated_locally = locally
-        self._deadline = self._resume_deadline = None
-        self._move(Happening.SESSION_ENDED)
-        for hook in self.flow.close_hooks:
-            self._run_hook(hook, ON_CLOSE)
-        self._emit(Closed(self._close_code, reason, locally))
-
-    def _close(self, code: int, reason: str) -> None:
-        if self._phase is State.CLOSING or self._phase is State.CLOSED:
-            return
-        if not is_sendable_close_code(code):
-            raise LocalProtocolError(f"close code {code} cannot be sent in a close frame")
-        if len(reason.encode("utf-8")) > 123:
-            raise LocalProtocolError("close reason is longer than 123 bytes of UTF-8")
-        if self._phase in _DETACHED_STATES:
-            self._end_detached(code, reason, True)
-            return
-        self._cancel_pending()
-        self._drop_queue()
-        self._close_code, self._close_reason = int(code), reason
-        self._initiated_locally = True
-        self._deadline = None
-        self._move(Happening.CLOSE_STARTED)
-        if self.registry is not None:
-            self.registry.discard(self.conn)  # closing: no longer a broadcast recipient
-        self._emit(CloseRequested(int(code), reason))

@@ -112,20 +112,13 @@ resolution is disabled. Importing this module changes nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
-import ipaddress
-import json
 import logging
 import sys
-import threading
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from typing import Any, TypedDict
 
 try:
-    import aioice.ice
-    import aioice.mdns
     from aiortc import (
         RTCConfiguration,
         RTCDataChannel,
@@ -140,6 +133,22 @@ except ModuleNotFoundError as exc:  # one line that names the extra
     ) from exc
 
 from socker_core import Close, Connection, Flow, JsonStateCodec, Result, SockerError
+
+# The wire format, local-only mode and the per-connection Session each have their
+# own module; the roles stay here with RTCPeerConnection, the name tests (and
+# anyone guarding ICE configurations) patch on this module.
+from ._webrtc_local import _filter_sdp, _is_loopback, is_local_only, local_only
+from ._webrtc_session import PC_CLOSE_TIMEOUT as PC_CLOSE_TIMEOUT
+from ._webrtc_session import Session, session
+from ._webrtc_signal import (
+    SIGNALING_VERSION,
+    Signal,
+    SignalingError,
+    encode_signal,
+    hello,
+    is_signal,
+    parse_signal,
+)
 
 if sys.version_info >= (3, 11):
     from typing import Unpack
@@ -175,18 +184,11 @@ __all__ = [
 
 logger = logging.getLogger("socker.webrtc")
 
-#: Version of the signaling wire format (the ``"v"`` field).
-SIGNALING_VERSION = 1
 #: Close code: malformed, unsupported or out-of-order signaling message.
 SIGNALING_ERROR = 4400
 #: Close code: the data channel did not open within ``open_timeout`` (or ICE failed).
 CHANNEL_TIMEOUT = 4504
 
-#: Seconds an ``on_close`` hook waits for ``RTCPeerConnection.close()``.
-PC_CLOSE_TIMEOUT = 5.0
-
-_TYPES = frozenset({"hello", "offer", "answer", "candidate"})
-_LOOPBACK = frozenset({"127.0.0.1", "::1"})
 
 ChannelCallback = Callable[[Connection, RTCDataChannel], "Awaitable[Any] | None"]
 ConfigurationFactory = Callable[[], RTCConfiguration]
@@ -214,224 +216,8 @@ class OffererOptions(RoleOptions, total=False):
     protocol: str
 
 
-class SignalingError(SockerError):
-    """A signaling message that cannot be parsed or is not allowed here (closes with 4400)."""
-
-
 class WebRTCUnsupportedError(SockerError, RuntimeError):
     """A webrtc step ran without a running asyncio event loop (aiortc is asyncio-only)."""
-
-
-# -- the wire format -----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Signal:
-    """One parsed signaling message (see the module docstring for the format)."""
-
-    type: str
-    sdp: str | None = None
-    candidate: str | None = None  # None with type "candidate": end of candidates
-    sdp_mid: str | None = None
-    sdp_mline_index: int | None = None
-    trickle: bool = False
-
-
-def encode_signal(type: str, **fields: Any) -> bytes:
-    """Encode one version-1 signaling message: ``encode_signal("offer", sdp=...)``."""
-    if type not in _TYPES:
-        raise ValueError(f"unknown signaling type {type!r}")
-    body = {"v": SIGNALING_VERSION, "type": type, **fields}
-    return json.dumps(body, separators=(",", ":")).encode("utf-8")
-
-
-def hello() -> bytes:
-    """The answering side's handshake: ready to receive the offer (server offers)."""
-    return encode_signal("hello")
-
-
-def is_signal(message: bytes) -> bool:
-    """True when `message` parses as a signaling message of any known version-1 type."""
-    try:
-        parse_signal(message)
-    except SignalingError:
-        return False
-    return True
-
-
-def parse_signal(message: bytes) -> Signal:
-    """Parse one signaling message. Raises `SignalingError` for anything malformed."""
-    try:
-        body = json.loads(bytes(message).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise SignalingError("not a signaling message (expected UTF-8 JSON)") from None
-    if not isinstance(body, dict):
-        raise SignalingError("signaling message must be a JSON object")
-    if body.get("v") != SIGNALING_VERSION:
-        raise SignalingError(f"unsupported signaling version {body.get('v')!r}")
-    kind = body.get("type")
-    if kind not in _TYPES:
-        raise SignalingError(f"unknown signaling type {kind!r}")
-    trickle = body.get("trickle", False)
-    if not isinstance(trickle, bool):
-        raise SignalingError("'trickle' must be a boolean")
-    if kind in ("offer", "answer"):
-        sdp = body.get("sdp")
-        if not isinstance(sdp, str) or not sdp.startswith("v="):
-            raise SignalingError(f"{kind} without a valid 'sdp'")
-        return Signal(kind, sdp=sdp, trickle=trickle)
-    if kind == "candidate":
-        cand = body.get("candidate")
-        if cand is None or cand == "":
-            return Signal(kind)
-        mid = body.get("sdpMid")
-        index = body.get("sdpMLineIndex")
-        if not isinstance(cand, str):
-            raise SignalingError("'candidate' must be a string or null")
-        if mid is not None and not isinstance(mid, str):
-            raise SignalingError("'sdpMid' must be a string")
-        if index is not None and (not isinstance(index, int) or isinstance(index, bool)):
-            raise SignalingError("'sdpMLineIndex' must be an integer")
-        if mid is None and index is None:
-            raise SignalingError("candidate needs 'sdpMid' or 'sdpMLineIndex'")
-        return Signal(kind, candidate=cand, sdp_mid=mid, sdp_mline_index=index)
-    return Signal(kind)
-
-
-# -- local-only mode -----------------------------------------------------------------
-
-_local_lock = threading.Lock()
-_local_depth = 0
-_saved: tuple[Any, Any] | None = None
-
-
-async def _no_mdns() -> Any:
-    raise OSError("mDNS resolution is disabled by socker_transports.webrtc.local_only()")
-
-
-def _loopback_addresses(use_ipv4: bool = True, use_ipv6: bool = True) -> list[str]:
-    return ["127.0.0.1"] if use_ipv4 else []
-
-
-@contextlib.contextmanager
-def local_only() -> Iterator[None]:
-    """Keep ICE on 127.0.0.1 while the block runs (process-wide, nestable, reversible).
-
-    Inside it aioice gathers a single host candidate on 127.0.0.1, mDNS
-    resolution is disabled, and remote candidates that are not loopback
-    addresses (including ``*.local`` names) are dropped. Peer connections
-    built inside it must have no ICE servers (`ValueError` otherwise).
-    """
-    global _local_depth, _saved
-    with _local_lock:
-        if _local_depth == 0:
-            _saved = (aioice.ice.get_host_addresses, aioice.mdns.create_mdns_protocol)
-            aioice.ice.get_host_addresses = _loopback_addresses
-            aioice.mdns.create_mdns_protocol = _no_mdns
-        _local_depth += 1
-    try:
-        yield
-    finally:
-        with _local_lock:
-            _local_depth -= 1
-            if _local_depth == 0 and _saved is not None:
-                aioice.ice.get_host_addresses, aioice.mdns.create_mdns_protocol = _saved
-                _saved = None
-
-
-def is_local_only() -> bool:
-    """True inside `local_only()`."""
-    return _local_depth > 0
-
-
-def _is_loopback(address: str) -> bool:
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False  # a hostname, e.g. an mDNS "*.local" name
-
-
-def _filter_sdp(sdp: str) -> str:
-    """In local-only mode, drop remote candidates that are not on loopback."""
-    if not is_local_only():
-        return sdp
-    kept = []
-    for line in sdp.splitlines():
-        if line.startswith("a=candidate:"):
-            bits = line.split()
-            if len(bits) < 8 or not _is_loopback(bits[4]):
-                continue
-        kept.append(line)
-    return "\r\n".join(kept) + "\r\n"
-
-
-# -- per-connection session ----------------------------------------------------------
-
-
-@dataclass(eq=False)
-class Session:
-    """One connection's WebRTC state, kept at ``conn.state.webrtc``."""
-
-    pc: RTCPeerConnection
-    channel: RTCDataChannel | None = None
-    #: Set when the channel is open, or when the negotiation failed (see `failure`).
-    settled: asyncio.Event = field(default_factory=asyncio.Event)
-    failure: str | None = None
-    described: bool = False  # the remote description is set
-    waiting_for_candidates: bool = False  # the peer trickles and has not ended yet
-    closed: bool = False
-    _early: list[Any] = field(default_factory=list, repr=False)
-
-    @property
-    def is_open(self) -> bool:
-        """True while the data channel is open."""
-        return self.channel is not None and self.channel.readyState == "open"
-
-    def _fail(self, why: str) -> None:
-        if not self.settled.is_set():
-            self.failure = why
-            self.settled.set()
-
-    def _watch(self, channel: RTCDataChannel) -> None:
-        self.channel = channel
-        # Messages can arrive between the channel opening and `on_channel` attaching
-        # its listeners: keep them, and replay them once `on_channel` has run.
-        channel.on("message", self._keep)
-        if channel.readyState == "open":
-            self.settled.set()
-        else:
-            channel.on("open", self.settled.set)
-
-    def _keep(self, message: Any) -> None:
-        self._early.append(message)
-
-    def _replay(self) -> None:
-        channel = self.channel
-        if channel is None:
-            return
-        channel.remove_listener("message", self._keep)
-        early, self._early = self._early, []
-        for message in early:
-            channel.emit("message", message)
-
-    async def close(self) -> None:
-        """Close the peer connection (idempotent; bounded by PC_CLOSE_TIMEOUT)."""
-        if self.closed:
-            return
-        self.closed = True
-        self._fail("peer connection closed")
-        try:
-            await asyncio.wait_for(self.pc.close(), PC_CLOSE_TIMEOUT)
-        except Exception:  # a broken transport must not stop the other hooks
-            logger.exception("closing the RTCPeerConnection failed")
-
-
-def session(conn: Connection) -> Session:
-    """The connection's `Session` (LookupError before a webrtc step created it)."""
-    found = getattr(conn.state, "webrtc", None)
-    if not isinstance(found, Session):
-        raise LookupError("no WebRTC session on this connection yet")
-    return found
 
 
 def _require_asyncio(step: str) -> asyncio.AbstractEventLoop:
