@@ -79,10 +79,20 @@ _WALL = struct.Struct("!dd")  # when stored, and since when detached (0: connect
 #: session takes it back when the window ends (to run its on_close), so the key must
 #: still be there then; a resume after the window is refused (4410) and ends it.
 TTL_MARGIN = 10.0
-#: Under a token a resume presented, until the client used its new one: a pointer
-#: to the new token (a drop during the resume handshake must not strand the session;
-#: whoever takes the new token's key wins, so the session still has one owner).
-_POINTER = b"SKPT"
+
+
+def _pointer_key(token: str) -> str:
+    """Where a resume leaves, until the client used its new token, a pointer from
+    the token it presented to the new one (a drop during the resume handshake must
+    not strand the session; whoever takes the new token's key wins, so the session
+    still has one owner). A key of its own, never the old token's: a worker still
+    updating the session under the old token (its detach, its refresh) must find
+    that key gone, not a pointer to overwrite (`replace_session` would take it for
+    the session, and the window's end would then run on_close on a resumed one).
+    Tokens are base64url: the dot cannot occur in one."""
+    return token + ".next"
+
+
 #: Store retries while the engine is unreachable (seconds, doubling).
 _RETRY = (0.05, 1.0)
 #: Catch-up fetches at most, for what this worker delivered while it fetched.
@@ -227,7 +237,7 @@ class EngineSessions:
         if code != CloseCode.SESSION_TAKEN_OVER:
             self._spawn(self._drop, session.token)
             if kept.previous is not None:
-                self._spawn(self._drop, kept.previous)
+                self._spawn(self._drop, _pointer_key(kept.previous))
 
     def lookup(
         self, wire: Wire, flow: Flow, token: str, received: int, request: Any, now: float
@@ -240,7 +250,7 @@ class EngineSessions:
         kept = self._kept.get(session)
         if kept is not None and kept.previous is not None:
             previous, kept.previous = kept.previous, None
-            self._spawn(self._drop, previous)
+            self._spawn(self._drop, _pointer_key(previous))
 
     # -- storing -------------------------------------------------------------------
 
@@ -483,10 +493,12 @@ class EngineSessions:
         self, wire: Wire, flow: Flow, token: str, received: int, request: Any
     ) -> ResumeFailure | None:
         blob = await self.engine.take_session(token)
-        if blob is not None and blob.startswith(_POINTER):
+        if blob is None:
             # The client did not get (or use) the token its last resume handed out:
             # follow the pointer; taking that key decides who runs the session.
-            blob = await self.engine.take_session(blob[len(_POINTER) :].decode())
+            pointer = await self.engine.take_session(_pointer_key(token))
+            if pointer is not None:
+                blob = await self.engine.take_session(pointer.decode())
         if blob is None:
             return ResumeFailure(CloseCode.SESSION_GONE, "unknown session")
         try:
@@ -557,8 +569,9 @@ class EngineSessions:
             kept.busy = False
         if not kept.gone:
             kept.previous = token
-            pointer = _POINTER + session.token.encode()
-            await self.engine.put_session(token, pointer, snapshot.window + TTL_MARGIN)
+            await self.engine.put_session(
+                _pointer_key(token), session.token.encode(), snapshot.window + TTL_MARGIN
+            )
         async with self._hold(wire):
             adopted = wire.adopt_restored(session, received, server._now())
             if adopted:
@@ -573,6 +586,7 @@ class EngineSessions:
                     stepper.post(stepper.forget(server._now()))
         if not adopted:
             await self.engine.drop_session(session.token)
+            await self.engine.drop_session(_pointer_key(token))
             if final is not None:
                 await self.engine.put_session(token, _pack(final), snapshot.window + TTL_MARGIN)
         return None

@@ -316,3 +316,39 @@ def test_on_close_runs_once_when_the_window_ends_and_only_if_nobody_resumed(
     finally:
         a.stop()
         b.stop()
+
+
+def test_the_token_a_resume_spent_cannot_be_updated_by_its_old_worker(
+    driver: DriverHarness, redis_url: str
+) -> None:
+    """Once B resumed a session, A (which may still be storing its detached copy, or
+    refreshing it, under the old token) must find that token's key gone: had B left
+    its pointer to the new token there, A's `replace_session` would overwrite it
+    with the old copy, and the window's end would run on_close on A for a session
+    live on B (seen once under load). Checked here as A's next update would be."""
+    import json
+
+    import anyio
+
+    from socker_transports.engine import open_engine
+
+    log = Log()
+    a = driver.start_server(server_flow("A", log), engine=redis_url, close_timeout=2)
+    b = driver.start_server(server_flow("B", log), engine=redis_url, close_timeout=2)
+    try:
+        ws, token, heard = _open_session(a.url)
+        _drop(ws)
+        again = _resume(b.url, token, len(heard))
+        assert json.loads(again.recv(timeout=deadline(5)))["type"] == "resumed"
+
+        async def update_old_token() -> bool:
+            async with open_engine(redis_url) as engine:
+                return await engine.replace_session(token, b"an old copy", 30.0)
+
+        assert anyio.run(update_old_token) is False
+        again.send(b"ping")
+        assert again.recv(timeout=deadline(5)) == b"re:ping@B"
+        again.close()
+    finally:
+        a.stop()
+        b.stop()
