@@ -117,7 +117,7 @@ class App(AsyncRoomsSurface):
         self.on_event = on_event
         #: Where the App and its connections log (`logger=`).
         self.log = logger if logger is not None else logging.getLogger("socker")
-        #: Live connections, id -> AsgiConnection (the seam for rooms and broadcast).
+        #: Live connections, id -> AsgiConnection.
         self.connections: dict[str, AsgiConnection] = {}
         #: Rooms and the recipients of a broadcast (socker_core's pure registry).
         self.registry = Registry()
@@ -253,9 +253,13 @@ class App(AsyncRoomsSurface):
         stepper = Stepper(
             verdict.flow,
             max_queue=self.options.max_queue,
-            id=secrets.token_urlsafe(9),
+            # Unique across processes and machines, as the native servers' (the
+            # member id rooms use on a shared engine): 96 random bits.
+            id=secrets.token_urlsafe(12),
             registry=self.registry,
             server=self,
+            remote_address=request.remote_address,
+            request=request,
         )
         if verdict.state:
             conn_state = stepper.conn.state
