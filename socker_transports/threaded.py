@@ -378,6 +378,11 @@ class Server(RoomsSurface):
             return cluster.presence(room)
         return {conn.id: info for conn, info in self.registry.members(room).items()}
 
+    # -- sessions kept in the engine (what engine/sessions.py asks of a server) ------
+
+    def _now(self) -> float:
+        return monotonic()
+
     async def rooms_settled(self) -> None:
         """Every room change queued so far reached the engine (no-op without one)."""
         cluster = self._cluster

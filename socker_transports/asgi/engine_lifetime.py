@@ -44,8 +44,16 @@ class EngineLifetime:
 
     @property
     def running(self) -> bool:
-        """True while the engine is entered and not released."""
-        return self._done is not None and not self._done.is_set() and self._error is None
+        """True once the engine is entered, until it is exited (False while an
+        entry is still under way: callers must wait for it in `enter`)."""
+        entered, done = self._entered, self._done
+        return (
+            entered is not None
+            and entered.is_set()
+            and self._error is None
+            and done is not None
+            and not done.is_set()
+        )
 
     async def enter(self) -> BaseException | None:
         """Enter the engine (once; concurrent callers wait for the same attempt).

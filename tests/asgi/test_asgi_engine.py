@@ -20,17 +20,20 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import uvicorn
 
+from socker_core import Connection, Flow
 from socker_transports.asgi import App
-from socker_transports.engine import BlockingEngine
+from socker_transports.engine import BlockingEngine, EngineClosed, LocalEngine
 from socker_transports.engine.redis_engine import RedisEngine
 from socker_transports.wire import HandshakeError
 from tests.asgi.apps import starlette_app
 from tests.asgi.harness_asgi import STACKS
 from tests.asgi.room_peers import Peer, anyio_flow, asgi_servers, peers, run_on, wait_for
 from tests.asgi.servers import UvicornThread
+from tests.asgi.test_asgi_app import FakeServer, until
 from tests.engine.conftest import RedisServer, own_redis, redis_server, redis_url
 from tests.timing import deadline
 
@@ -163,8 +166,10 @@ def test_two_uvicorn_processes_on_one_redis_keep_one_order(
     for peer in members:
         peer.room_messages.clear()
     assert members[0].ask("shout match psst") == "count:1"
-    members[1].ask("say match after")
-    assert members[0].messages(1) == [b"b:after"]
+    for peer in members[1:]:
+        assert peer.messages(1) == [b"b:psst"]
+    members[1].ask("say match after")  # (ordered after the shout: everyone had it)
+    assert members[0].messages(1) == [b"b:after"]  # the shout never reached it
     for peer in members[1:]:
         assert peer.messages(2) == [b"b:psst", b"b:after"]
     first = int(members[2].ask("pub match a").removeprefix("pos:"))
@@ -332,3 +337,59 @@ def test_an_outage_raises_engine_unavailable_and_resyncs_with_4414(
     c.ask("join r")
     wait_for(lambda: c.ask("say r again") == "count:1")
     assert b"b:again" in c.messages(1)
+
+
+# -- the entry itself, against an in-memory ASGI server -------------------------------
+
+
+class GatedEngine(LocalEngine):
+    """A LocalEngine whose entry waits for `gate` (a store slow to answer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = anyio.Event()
+        self.entries = 0
+
+    async def __aenter__(self) -> LocalEngine:
+        self.entries += 1
+        await self.gate.wait()
+        return await super().__aenter__()
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_no_connection_is_accepted_before_the_engine_is_entered(backend: str) -> None:
+    async def main() -> None:
+        engine = GatedEngine()
+        flow = Flow("member")
+
+        @flow.on_open
+        def enter(conn: Connection) -> None:
+            conn.join("r")
+
+        @flow.step
+        def idle(conn: Connection, message: bytes) -> bool:
+            return False
+
+        app = App(flow, engine=engine)
+        first, second = FakeServer(), FakeServer()
+        async with anyio.create_task_group() as tg:
+            for server in (first, second):
+                tg.start_soon(app, server.scope, server.receive, server.send)
+                await server.put({"type": "websocket.connect"})
+            await until(lambda: engine.entries == 1)
+            await anyio.wait_all_tasks_blocked()
+            # Both wait for the one entry: neither is accepted, neither has joined.
+            assert first.sent == [] and second.sent == [] and engine.entries == 1
+            engine.gate.set()
+            await until(lambda: len(app.room("r")) == 2)
+            assert [m["type"] for m in first.sent + second.sent] == ["websocket.accept"] * 2
+            await app.rooms_settled()
+            assert set(await app.presence("r")) == {c.id for c in app.room("r")}
+            for server in (first, second):
+                await server.put({"type": "websocket.disconnect", "code": 1000})
+            await app.shutdown()
+        assert engine.entries == 1
+        with pytest.raises(EngineClosed):
+            await app.presence("r")
+
+    anyio.run(main, backend=backend)
