@@ -13,17 +13,21 @@ each implements `_push`, and the threaded server its blocking `publish` /
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from socker_core import Connection, Registry, RoomRef
 from socker_core._stepper import stepper_of
 
-from .engine.cluster import LocalNumbering
+from .engine.cluster import LocalNumbering, ResyncHook, _Bridge
 from .engine.events import Publication, StreamPosition
+from .engine.interface import Engine
 from .wire import prepare_broadcast, prepare_delivery
+from .wire.observe import EventHook
 
 Skip = Connection | Collection[Connection] | None
+BridgeT = TypeVar("BridgeT", bound=_Bridge)
 
 
 class _ClusterBroadcast(Protocol):
@@ -41,10 +45,11 @@ class _AsyncCluster(_ClusterBroadcast, Protocol):
 class RoomsSurface:
     """Rooms and broadcast on a server's `registry` (and its cluster, if any).
 
-    A subclass sets `registry`, `_cluster` (None without an engine) and
-    `_room_positions` ({} at first), and implements `_push`."""
+    A subclass sets `registry`, `log`, `_cluster` (None without an engine, else
+    made by `_bridge`) and `_room_positions` ({} at first), and implements `_push`."""
 
     registry: Registry
+    log: logging.Logger
     _cluster: _ClusterBroadcast | None
     _room_positions: dict[str, StreamPosition]
 
@@ -102,6 +107,25 @@ class RoomsSurface:
         """Queue `payload` (already framed as `frame`) on each recipient; how many
         took it. The only part of a broadcast that moves bytes: the driver's."""
         raise NotImplementedError
+
+    def _bridge(
+        self,
+        kind: type[BridgeT],
+        engine: Engine,
+        on_resync: ResyncHook | None,
+        on_event: EventHook | None,
+    ) -> BridgeT:
+        """This server's rooms on `engine`, through its driver's kind of bridge
+        (`ClusterRooms` on an event loop, `BlockingClusterRooms` on threads)."""
+        return kind(
+            engine,
+            self.registry,
+            self._deliver,
+            on_resync=on_resync,
+            on_event=on_event,
+            log=self.log,
+            on_joined=self._joined,
+        )
 
     def _deliver(self, publication: Publication, skip_ids: frozenset[str], payload: bytes) -> int:
         """The one delivery of an engine's publication to this worker's members of its

@@ -215,15 +215,7 @@ class Server(AsyncRoomsSurface):
         if self.engine is not None and keeps_sessions(self.engine, routes):
             self._keeper = EngineSessions(self, self.engine, log=self.log)
         if self.engine is not None:
-            self._cluster = ClusterRooms(
-                self.engine,
-                self.registry,
-                self._deliver,
-                on_resync=on_resync,
-                on_event=on_event,
-                log=self.log,
-                on_joined=self._joined,
-            )
+            self._cluster = self._bridge(ClusterRooms, self.engine, on_resync, on_event)
         self._accepting: anyio.CancelScope | None = None
         self._closing = False
         self._close_code: int = SHUTDOWN_CODE

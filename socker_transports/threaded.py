@@ -275,15 +275,7 @@ class Server(RoomsSurface):
         if self.engine is not None:
             # Entered before the first connection (a store that cannot be reached
             # fails here), closed in _shut_down after the last one ended.
-            cluster = BlockingClusterRooms(
-                self.engine,
-                self.registry,
-                self._deliver,
-                on_resync=on_resync,
-                on_event=on_event,
-                log=self.log,
-                on_joined=self._joined,
-            )
+            cluster = self._bridge(BlockingClusterRooms, self.engine, on_resync, on_event)
             # The engine's thread must never wait for a connection's lock (its thread
             # may be waiting for the engine): the default resync posts the close.
             cluster.default_resync = self._close_for_resync

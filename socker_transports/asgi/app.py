@@ -128,15 +128,7 @@ class App(AsyncRoomsSurface):
         self._cluster: ClusterRooms | None = None
         self._engine_life: EngineLifetime | None = None
         if self.engine is not None:
-            self._cluster = ClusterRooms(
-                self.engine,
-                self.registry,
-                self._deliver,
-                on_resync=on_resync,
-                on_event=on_event,
-                log=self.log,
-                on_joined=self._joined,
-            )
+            self._cluster = self._bridge(ClusterRooms, self.engine, on_resync, on_event)
             self._engine_life = EngineLifetime(self._cluster, self.log)
         self._closing = False
         self._close_code = int(SHUTDOWN_CODE)
