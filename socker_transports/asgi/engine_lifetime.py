@@ -12,7 +12,8 @@ reference to it); on trio, a system task (trio's tasks need a nursery otherwise)
 
 An entry that fails (the store is unreachable: EngineUnavailable, as when a native
 server starts) is reported to every caller waiting on it; the next caller tries
-again, so a worker that started while Redis was down recovers without a restart.
+again (as after an engine that failed once entered), so a worker that started
+while Redis was down recovers without a restart.
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ class EngineLifetime:
         None once entered, else the error of the failed attempt."""
         if self._released:
             return RuntimeError("the App's engine was released (the App shut down)")
-        if self._entered is None or (self._entered.is_set() and self._error is not None):
+        if self._entered is None or (self._done is not None and self._done.is_set()):
+            # The first entry, or the last attempt failed (or the engine failed
+            # after it was entered): try again.
             self._entered = anyio.Event()
             self._error = None
             self._release = anyio.Event()
