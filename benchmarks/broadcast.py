@@ -20,7 +20,8 @@ itself; `--quick` is 200 clients and 5 rounds.
 
 Server implementations (`python -m benchmarks.broadcast server NAME N`):
 socker-anyio-asyncio, socker-anyio-uvloop, socker-anyio-trio, socker-threaded
-(`server.broadcast`), websockets (`websockets.asyncio.server.broadcast`).
+(`server.broadcast`), socker-asgi-uvicorn (`App.broadcast`, the App alone under
+uvicorn on asyncio, permessage-deflate off), websockets (`websockets.asyncio.server.broadcast`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ IMPLS = [
     "socker-anyio-uvloop",
     "socker-anyio-trio",
     "socker-threaded",
+    "socker-asgi-uvicorn",
     "websockets",
 ]
 BASE = "websockets"
@@ -137,6 +139,54 @@ def serve_socker_threaded(n: int) -> None:
             emit(t0=t0, call=t1 - t0, count=count)
 
 
+def serve_socker_asgi(n: int) -> None:
+    import socket
+
+    import uvicorn
+
+    from socker_core import Connection, Flow
+    from socker_transports.asgi import App
+
+    flow = Flow("bench")
+
+    @flow.step
+    def wait(conn: Connection, message: bytes) -> bool:
+        return False
+
+    app = App(flow)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(4096)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        config = uvicorn.Config(
+            app, lifespan="off", log_level="warning", ws_per_message_deflate=False
+        )
+        server = uvicorn.Server(config)
+
+        async def rounds() -> None:
+            while not server.started:
+                await asyncio.sleep(0.01)
+            emit(port=sock.getsockname()[1])
+            while True:
+                line = await loop.run_in_executor(None, sys.stdin.readline)
+                if not line.startswith("go"):
+                    server.should_exit = True
+                    return
+                data = payload(int(line.split()[1]))
+                t0 = time.monotonic()
+                count = app.broadcast(data)
+                t1 = time.monotonic()
+                emit(t0=t0, call=t1 - t0, count=count)
+
+        task = loop.create_task(rounds())
+        await server.serve(sockets=[sock])
+        task.cancel()
+
+    asyncio.run(main())
+
+
 def serve_websockets(n: int) -> None:
     from websockets.asyncio.server import ServerConnection, broadcast, serve
 
@@ -172,6 +222,8 @@ def run_server(name: str, n: int) -> int:
         serve_socker_anyio("trio", {}, n)
     elif name == "socker-threaded":
         serve_socker_threaded(n)
+    elif name == "socker-asgi-uvicorn":
+        serve_socker_asgi(n)
     elif name == "websockets":
         serve_websockets(n)
     else:

@@ -57,7 +57,7 @@ import random
 import socket
 import ssl as ssl_module
 import sys
-from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Any
@@ -76,7 +76,6 @@ from socker_core import (
     RoomRef,
     reconnect_delay,
 )
-from socker_core._stepper import stepper_of
 
 from ._anyio_session import (
     STREAM_ERRORS,
@@ -89,8 +88,9 @@ from ._anyio_session import (
 from ._asyncio_protocol import asyncio_spawner, peer_name, session_factory, ssl_timeouts
 from ._limits import effective_max_connections
 from ._listen import bound_address, check_choice, check_listening, is_tcp, unix_listener
-from .engine.cluster import ClusterRooms, LocalNumbering, ResyncHook, resolve_engine
-from .engine.events import Publication, StreamPosition
+from ._rooms_surface import AsyncRoomsSurface
+from .engine.cluster import ClusterRooms, ResyncHook, resolve_engine
+from .engine.events import StreamPosition
 from .engine.interface import Engine
 from .engine.sessions import EngineSessions, keeps_sessions
 from .wire import (
@@ -107,8 +107,6 @@ from .wire import (
     Wire,
     check_shutdown,
     format_host,
-    prepare_broadcast,
-    prepare_delivery,
     send_through_flow,
     shutdown_reason,
     socket_address,
@@ -147,7 +145,7 @@ def _on_asyncio() -> bool:
 # -- server ----------------------------------------------------------------------------
 
 
-class Server:
+class Server(AsyncRoomsSurface):
     """A listening websocket server. Use `async with serve(...) as server:`.
 
     Leaving the `async with` block shuts down gracefully: stop accepting, close
@@ -181,7 +179,6 @@ class Server:
         #: The cluster engine rooms go through (`engine=`), or None: in-process rooms.
         self.engine: Engine | None = resolve_engine(engine)
         self._cluster: ClusterRooms | None = None
-        self._numbering: LocalNumbering | None = None  # publish() without an engine
         # Validate the routes now rather than on the first connection.
         Wire.server(routes, 0.0, options)
         self.sock = sock
@@ -218,15 +215,7 @@ class Server:
         if self.engine is not None and keeps_sessions(self.engine, routes):
             self._keeper = EngineSessions(self, self.engine, log=self.log)
         if self.engine is not None:
-            self._cluster = ClusterRooms(
-                self.engine,
-                self.registry,
-                self._deliver,
-                on_resync=on_resync,
-                on_event=on_event,
-                log=self.log,
-                on_joined=self._joined,
-            )
+            self._cluster = self._bridge(ClusterRooms, self.engine, on_resync, on_event)
         self._accepting: anyio.CancelScope | None = None
         self._closing = False
         self._close_code: int = SHUTDOWN_CODE
@@ -267,70 +256,7 @@ class Server:
         bounds (503 refusals are not counted)."""
         return len(self._sessions)
 
-    # -- rooms -------------------------------------------------------------------
-
-    def room(self, name: str) -> frozenset[Connection]:
-        """The open connections in room `name`."""
-        return self.registry.room(name)
-
-    @property
-    def rooms(self) -> frozenset[str]:
-        """The names of the rooms that have members."""
-        return self.registry.rooms
-
-    def broadcast(
-        self,
-        data: bytes,
-        *,
-        room: str | None = None,
-        skip: Connection | Collection[Connection] | None = None,
-    ) -> int:
-        """Send `data` to every open connection (or every member of `room`) except
-        `skip` (a connection or a collection of them); returns how many it was
-        queued for. From any task on the loop, in a handler or not. A connection
-        that is closing, or that `max_send_buffer` drops, is skipped: nothing
-        raises into the caller. The frame is built once; each recipient's copy is
-        written at once, in the order of the calls.
-
-        With an `engine`, `room=` goes cluster-wide: the publication is queued for
-        the engine (in order with this server's joins and leaves) and reaches every
-        member on every worker in the room's one order; the count returned is of
-        the local members it will reach. EngineUnavailable at once while the engine
-        knows its store is unreachable; a queued publication that fails later is
-        reported (`PublishFailed` on `on_event`, an error log line). Without
-        `room=` a broadcast stays on this worker."""
-        cluster = self._cluster
-        if cluster is not None and room is not None:
-            return cluster.broadcast(data, room, skip)
-        recipients, payload, frame = prepare_broadcast(self.registry, data, room, skip)
-        return self._push(recipients, payload, frame)
-
-    def _deliver(self, publication: Publication, skip_ids: frozenset[str], payload: bytes) -> int:
-        """The one delivery of an engine's publication to this worker's members of its
-        room (but `skip_ids`): the frame built once and pushed like a broadcast's."""
-        room = publication.room
-        self._room_positions[room] = StreamPosition(publication.offset, publication.epoch)
-        recipients, frame = prepare_delivery(self.registry, room, skip_ids, payload)
-        if not recipients:
-            return 0
-        # Tagged with its origin: a resumable member's ledger records it (cross-worker
-        # resume replays it from history instead of keeping it).
-        origin = RoomRef(room, publication.epoch, publication.offset)
-        return self._push(recipients, payload, frame, origin)
-
-    def _joined(self, conn: Connection, room: str, position: StreamPosition) -> None:
-        """A member's join reached the engine: this worker delivers `room` from
-        `position` on if it had not delivered any of it yet; a resumable member not
-        sent anything there yet starts at this worker's place in the stream."""
-        cursor = self._room_positions.setdefault(room, position)
-        replay = stepper_of(conn).replay
-        if replay is not None and replay.ledger is not None and room in conn.rooms:
-            replay.ledger.joined_at(room, cursor.epoch, cursor.offset)
-
-    async def rooms_settled(self) -> None:
-        """Every room change queued so far reached the engine (no-op without one)."""
-        if self._cluster is not None:
-            await self._cluster.settled()
+    # -- rooms (the shared surface is _rooms_surface; here: what moves bytes) ----
 
     def adopted(self, wire: Wire) -> None:
         """A restored session now runs on `wire` (its driver's Opened follows; until
@@ -345,10 +271,6 @@ class Server:
     def keeps_sessions(self) -> bool:
         """True when resumable sessions live in the engine (any worker resumes them)."""
         return self._keeper is not None
-
-    def room_position(self, room: str) -> StreamPosition | None:
-        """The last publication of `room` this worker delivered (None: none yet)."""
-        return self._room_positions.get(room)
 
     def _push(
         self,
@@ -375,33 +297,6 @@ class Server:
                 # keeps the message for the replay when it resumes).
                 count += send_through_flow(conn, payload, origin)
         return count
-
-    async def publish(
-        self,
-        data: bytes,
-        *,
-        room: str,
-        skip: Connection | Collection[Connection] | None = None,
-    ) -> StreamPosition:
-        """Broadcast `data` to `room` and return its position once the store has it
-        (with an engine: cluster-wide, EngineUnavailable when the store cannot take
-        it; without: a local broadcast, numbered in this server's own sequence)."""
-        cluster = self._cluster
-        if cluster is not None:
-            return await cluster.publish(data, room, skip)
-        self.broadcast(data, room=room, skip=skip)
-        if self._numbering is None:
-            self._numbering = LocalNumbering()
-        return self._numbering.next(room)
-
-    async def presence(self, room: str) -> dict[str, dict[str, str]]:
-        """Who is in `room`: member id (`conn.id`) -> its info (`conn.join(room,
-        info)`). With an engine: every worker's members (after this server's own
-        queued joins and leaves reached it); without: this server's."""
-        cluster = self._cluster
-        if cluster is not None:
-            return await cluster.presence(room)
-        return {conn.id: info for conn, info in self.registry.members(room).items()}
 
     def close(
         self, code: int = SHUTDOWN_CODE, drain: bool = False, *, drain_timeout: float | None = None

@@ -92,7 +92,6 @@ from socker_core import (
     Registry,
     RoomRef,
 )
-from socker_core._stepper import stepper_of
 
 from ._limits import effective_max_connections
 from ._listen import (
@@ -103,6 +102,7 @@ from ._listen import (
     tcp_listener,
     unix_listener,
 )
+from ._rooms_surface import RoomsSurface
 from ._threaded_client import ClientConnection, connect, run_client
 from ._threaded_link import _WOULD_BLOCK, _Link, _links_by_conn, _links_lock, send_threadsafe
 from ._threaded_link import BIG_RECV_SIZE as BIG_RECV_SIZE
@@ -112,7 +112,7 @@ from ._threaded_runner import _AsyncRunner
 from ._threaded_wake import _wait, _Waker
 from .engine.cluster import ROOM_STATE_LOST_REASON, LocalNumbering, ResyncHook, resolve_engine
 from .engine.cluster_blocking import BlockingClusterRooms
-from .engine.events import Publication, Resync, StreamPosition
+from .engine.events import Resync, StreamPosition
 from .engine.interface import Engine
 from .engine.sessions import EngineSessions, keeps_sessions
 from .wire import (
@@ -127,8 +127,6 @@ from .wire import (
     Wire,
     check_shutdown,
     format_host,
-    prepare_broadcast,
-    prepare_delivery,
     send_through_flow,
     shutdown_reason,
     socket_address,
@@ -189,7 +187,7 @@ class _LockedStore:
 # -- server -------------------------------------------------------------------------
 
 
-class Server:
+class Server(RoomsSurface):
     """A listening threaded server. Use `serve(...)` to make one."""
 
     def __init__(
@@ -277,15 +275,7 @@ class Server:
         if self.engine is not None:
             # Entered before the first connection (a store that cannot be reached
             # fails here), closed in _shut_down after the last one ended.
-            cluster = BlockingClusterRooms(
-                self.engine,
-                self.registry,
-                self._deliver,
-                on_resync=on_resync,
-                on_event=on_event,
-                log=self.log,
-                on_joined=self._joined,
-            )
+            cluster = self._bridge(BlockingClusterRooms, self.engine, on_resync, on_event)
             # The engine's thread must never wait for a connection's lock (its thread
             # may be waiting for the engine): the default resync posts the close.
             cluster.default_resync = self._close_for_resync
@@ -351,41 +341,7 @@ class Server:
         count `max_connections` bounds (503 refusals are not counted)."""
         return self.active_connections()
 
-    # -- rooms -------------------------------------------------------------------
-
-    def room(self, name: str) -> frozenset[Connection]:
-        """The open connections in room `name`."""
-        return self.registry.room(name)
-
-    @property
-    def rooms(self) -> frozenset[str]:
-        """The names of the rooms that have members."""
-        return self.registry.rooms
-
-    def broadcast(
-        self,
-        data: bytes,
-        *,
-        room: str | None = None,
-        skip: Connection | Collection[Connection] | None = None,
-    ) -> int:
-        """Send `data` to every open connection (or every member of `room`) except
-        `skip` (a connection or a collection of them); returns how many it was
-        queued for. Safe from any thread, in a handler or not, and never blocks.
-        A connection that is closing, or that `max_send_buffer` drops, is skipped:
-        nothing raises into the caller. The frame is built once; a recipient whose
-        thread is idle gets it written by the caller at once (one `send`), a busy
-        one from its own thread (one wake-up for all it was sent meanwhile).
-
-        With an `engine`, `room=` goes cluster-wide (every member on every worker,
-        in the room's one order): it blocks until the store has the publication and
-        raises EngineUnavailable when it cannot; the count is of the local members
-        it will reach. Without `room=` a broadcast stays on this worker."""
-        cluster = self._cluster
-        if cluster is not None and room is not None:
-            return cluster.broadcast(data, room, skip)
-        recipients, payload, frame = prepare_broadcast(self.registry, data, room, skip)
-        return self._push(recipients, payload, frame)
+    # -- rooms (the shared surface is _rooms_surface; here: the blocking calls) ---
 
     def publish(
         self,
@@ -414,34 +370,10 @@ class Server:
             return cluster.presence(room)
         return {conn.id: info for conn, info in self.registry.members(room).items()}
 
-    def _deliver(self, publication: Publication, skip_ids: frozenset[str], payload: bytes) -> int:
-        """The one delivery of an engine's publication to this worker's members of its
-        room (but `skip_ids`), on the engine's thread: pushed like a broadcast."""
-        room = publication.room
-        self._room_positions[room] = StreamPosition(publication.offset, publication.epoch)
-        recipients, frame = prepare_delivery(self.registry, room, skip_ids, payload)
-        if not recipients:
-            return 0
-        origin = RoomRef(room, publication.epoch, publication.offset)  # for the ledger
-        return self._push(recipients, payload, frame, origin)
-
     # -- sessions kept in the engine (what engine/sessions.py asks of a server) ------
 
     def _now(self) -> float:
         return monotonic()
-
-    def room_position(self, room: str) -> StreamPosition | None:
-        """The last publication of `room` this worker delivered (None: none yet)."""
-        return self._room_positions.get(room)
-
-    def _joined(self, conn: Connection, room: str, position: StreamPosition) -> None:
-        """A member's join reached the engine (see the anyio Server's `_joined`)."""
-        cursor = self._room_positions.setdefault(room, position)
-        replay = stepper_of(conn).replay
-        if replay is not None and replay.ledger is not None and room in conn.rooms:
-            # No lock: joined_at is one atomic setdefault (this runs on the engine's
-            # queue thread, which a connection thread holding its lock may wait for).
-            replay.ledger.joined_at(room, cursor.epoch, cursor.offset)
 
     async def rooms_settled(self) -> None:
         """Every room change queued so far reached the engine (no-op without one)."""

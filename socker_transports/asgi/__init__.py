@@ -27,8 +27,12 @@ transport (`ping_interval`, `ping_timeout`, `max_line`, `max_headers`,
 `write_limit`, `max_send_buffer`) are refused here with a pointer to the server
 setting (see the README's ASGI section for the uvicorn and hypercorn names).
 
-The App owns a registry of its live connections (`App.connections`, id ->
-`AsgiConnection`): the seam for rooms and broadcast.
+The App keeps its live connections (`App.connections`, id -> `AsgiConnection`)
+and has the anyio Server's rooms surface (`conn.join`, `App.room`, `rooms`,
+`broadcast`, `publish`, `presence`, `rooms_settled`), in-process or, with
+`engine=`, cluster-wide: entered on lifespan startup or, mounted in a framework
+that does not forward lifespan, on the first websocket connection
+(engine_lifetime.py).
 """
 
 from .app import SERVER_OWNED_OPTIONS, App

@@ -11,9 +11,13 @@ from typing import Any
 
 import anyio
 
-from socker_core import Flow, LocalProtocolError, Stepper
+from socker_core import Connection, Flow, LocalProtocolError, Registry, RoomRef, Stepper
 from socker_core._codes import CloseCode
 
+from .._rooms_surface import AsyncRoomsSurface
+from ..engine.cluster import ClusterRooms, ResyncHook, resolve_engine
+from ..engine.events import StreamPosition
+from ..engine.interface import Engine
 from ..wire import (
     SHUTDOWN_CODE,
     EventHook,
@@ -23,6 +27,7 @@ from ..wire import (
     HttpResponse,
     Options,
     check_shutdown,
+    send_through_flow,
     shutdown_reason,
 )
 from ..wire.observe import Observer
@@ -38,6 +43,7 @@ from .connection import (
     _peer,
     _request_from_scope,
 )
+from .engine_lifetime import EngineLifetime
 
 #: Options the ASGI server owns, with where to set them instead.
 SERVER_OWNED_OPTIONS: dict[str, str] = {
@@ -52,7 +58,7 @@ SERVER_OWNED_OPTIONS: dict[str, str] = {
 #: Bound (seconds) for the close handshake and on_close hooks when close_timeout is None.
 
 
-class App:
+class App(AsyncRoomsSurface):
     """An ASGI application serving `routes` (one Flow for every path, or a
     path -> Flow mapping, paths relative to where the App is mounted).
 
@@ -62,6 +68,16 @@ class App:
       None or no handler: 404.
     - `on_event(event)`: the `wire.observe` events, as on the native servers;
       `logger`: replaces the "socker" logger.
+    - `engine`: rooms cluster-wide, exactly as `serve(..., engine=)` (a URL:
+      `"memory://"`, `"redis://HOST:PORT/DB"`, `"unix:///path"`, or an `Engine` not
+      entered elsewhere); `on_resync(event, members)` as on the native servers.
+      The App enters it on lifespan startup, or on its first websocket scope when
+      no lifespan reaches it (mounted in Starlette or FastAPI), and exits it on
+      lifespan shutdown or `await app.shutdown()`. A websocket handshake that
+      finds the store unreachable gets 503 (the next one tries again).
+    - Rooms: `conn.join(room, info)` / `conn.leave(room)` in handlers, and the
+      anyio Server's `room`, `rooms`, `broadcast`, `publish`, `presence` and
+      `rooms_settled`, with the same meaning (`conn.server` is the App).
     - `**options`: the `Options` that apply under ASGI (`max_size`, `max_queue`,
       `open_timeout`, `close_timeout`, `origins`, `subprotocols`, `accept_text`);
       the others are the ASGI server's (LocalProtocolError names the setting).
@@ -75,6 +91,8 @@ class App:
         http_handler: HttpHandler | None = None,
         on_event: EventHook | None = None,
         logger: logging.Logger | None = None,
+        engine: str | Engine | None = None,
+        on_resync: ResyncHook | None = None,
         **options: Any,
     ) -> None:
         for name in options:
@@ -99,8 +117,19 @@ class App:
         self.on_event = on_event
         #: Where the App and its connections log (`logger=`).
         self.log = logger if logger is not None else logging.getLogger("socker")
-        #: Live connections, id -> AsgiConnection (the seam for rooms and broadcast).
+        #: Live connections, id -> AsgiConnection.
         self.connections: dict[str, AsgiConnection] = {}
+        #: Rooms and the recipients of a broadcast (socker_core's pure registry).
+        self.registry = Registry()
+        #: room -> the last publication this App delivered (its place in the stream).
+        self._room_positions: dict[str, StreamPosition] = {}
+        #: The cluster engine rooms go through (`engine=`), or None: in-process rooms.
+        self.engine: Engine | None = resolve_engine(engine)
+        self._cluster: ClusterRooms | None = None
+        self._engine_life: EngineLifetime | None = None
+        if self.engine is not None:
+            self._cluster = self._bridge(ClusterRooms, self.engine, on_resync, on_event)
+            self._engine_life = EngineLifetime(self._cluster, self.log)
         self._closing = False
         self._close_code = int(SHUTDOWN_CODE)
         self._idle: anyio.Event | None = None
@@ -134,7 +163,8 @@ class App:
     ) -> None:
         """`close(code, drain)`, then wait: for a drain at most `drain_timeout`
         seconds (None: no bound) before closing what is left with `code`, then at
-        most `close_timeout` (+1 s) for the connections to end."""
+        most `close_timeout` (+1 s) for the connections to end; then the engine
+        (if any) is exited, its queued changes (the leaves) drained first."""
         check_shutdown(code, drain_timeout)
         self.close(code, drain)
         if drain:
@@ -144,6 +174,8 @@ class App:
         linger = self.options.close_timeout
         with anyio.move_on_after((_FALLBACK_LINGER if linger is None else linger) + 1.0):
             await self._wait_idle()
+        if self._engine_life is not None and self._cluster is not None:
+            await self._engine_life.release(self._cluster.drain_timeout + 1.0)
 
     async def _wait_idle(self) -> None:
         while self.connections:
@@ -161,6 +193,10 @@ class App:
         while True:
             message = await receive()
             if message.get("type") == "lifespan.startup":
+                error = await self._enter_engine()
+                if error is not None:
+                    await send({"type": "lifespan.startup.failed", "message": str(error)})
+                    return
                 await send({"type": "lifespan.startup.complete"})
             elif message.get("type") == "lifespan.shutdown":
                 await self.shutdown()
@@ -194,6 +230,11 @@ class App:
             return
         request = _request_from_scope(scope)
         verdict = await self._handshake(request)
+        if isinstance(verdict, Accepted) and self._engine_life is not None:
+            # No lifespan reached a mounted App: its first connection enters the engine.
+            error = await self._enter_engine()
+            if error is not None:
+                verdict = Refused(503, f"the rooms engine is unavailable: {error}")
         if isinstance(verdict, Refused):
             await self._refuse(scope, send, verdict)
             return
@@ -202,7 +243,15 @@ class App:
             accept["headers"] = _encode_headers(verdict.headers)
         await send(accept)
         stepper = Stepper(
-            verdict.flow, max_queue=self.options.max_queue, id=secrets.token_urlsafe(9)
+            verdict.flow,
+            max_queue=self.options.max_queue,
+            # Unique across processes and machines, as the native servers' (the
+            # member id rooms use on a shared engine): 96 random bits.
+            id=secrets.token_urlsafe(12),
+            registry=self.registry,
+            server=self,
+            remote_address=request.remote_address,
+            request=request,
         )
         if verdict.state:
             conn_state = stepper.conn.state
@@ -218,6 +267,32 @@ class App:
             await connection.run()
         finally:
             self._forget(connection)
+
+    async def _enter_engine(self) -> BaseException | None:
+        """Enter the engine if the App has one and it is not entered yet."""
+        life = self._engine_life
+        if life is None or life.running:
+            return None
+        return await life.enter()
+
+    # -- rooms (the shared surface is _rooms_surface; here: what moves bytes) ----
+
+    def _push(
+        self,
+        recipients: list[Connection],
+        payload: bytes,
+        frame: bytes,
+        origin: RoomRef | None = None,
+    ) -> int:
+        # Through each recipient's Stepper: in order with what its flow sends (an
+        # on_open hook that joins and broadcasts included), then the connection's
+        # own outgoing queue and writer task (`AsgiConnection`): a slow peer holds
+        # only its own writer, and past its send bound it is dropped (4503).
+        # `frame` is the native drivers' prebuilt frame: the ASGI server frames.
+        count = 0
+        for conn in recipients:
+            count += send_through_flow(conn, payload, origin)
+        return count
 
     async def _handshake(self, request: HandshakeRequest) -> Accepted | Refused:
         if self._closing:

@@ -25,7 +25,7 @@ from socker_core import (
     State,
     Stepper,
 )
-from socker_core._codes import CloseCode
+from socker_core._codes import CLOSE_CODES, CloseCode
 
 from .._blocking import run_blocking_in_thread
 from ..wire import HandshakeRequest
@@ -107,6 +107,10 @@ class AsgiConnection:
         self._writer_scope = anyio.CancelScope()
         self._disconnected = False  # the ASGI server said websocket.disconnect
         self._send_failed = False
+        #: Bytes of messages queued for the writer and not yet handed to `send`:
+        #: past `max_send_buffer` the peer stopped reading and is dropped (4503).
+        self._out_bytes = 0
+        self._overflowed = False
         self._clock = _backend_clock()
         opts = app.options
         self.log = app.log
@@ -176,6 +180,8 @@ class AsgiConnection:
             while not stepper.accepting and not self._disconnected:
                 self._read_wake = anyio.Event()
                 await self._read_wake.wait()
+            if self._overflowed:
+                return  # dropped (4503): the Stepper is closed already
             message: Message | None = None
             with anyio.CancelScope(deadline=self._close_deadline) as scope:
                 self._read_scope = scope
@@ -183,9 +189,11 @@ class AsgiConnection:
             self._read_scope = None
             now = self._clock()
             if message is None:
-                # Our close went out but the ASGI server never reported the end:
-                # give up (the server drops the transport when we return).
-                self._apply(stepper.transport_closed(CloseCode.ABNORMAL, "close timeout", now))
+                # Our close went out but the ASGI server never reported the end, or
+                # the peer stopped reading (dropped): give up (the server drops the
+                # transport when we return).
+                if not stepper.is_closed:
+                    self._apply(stepper.transport_closed(CloseCode.ABNORMAL, "close timeout", now))
                 return
             kind = message.get("type")
             if kind == "websocket.receive":
@@ -226,6 +234,8 @@ class AsgiConnection:
                 self._out_wake = anyio.Event()
                 await self._out_wake.wait()
             message = self._out.popleft()
+            if message.get("type") == "websocket.send":
+                self._out_bytes -= _size(message)
             if self._disconnected or self._send_failed:
                 continue
             try:
@@ -271,6 +281,9 @@ class AsgiConnection:
                 payload = "text" if isinstance(event.data, str) else "bytes"
                 self._out.append({"type": "websocket.send", payload: event.data})
                 self._out_wake.set()
+                self._out_bytes += len(event.data)
+                if self._out_bytes > self.app.options.max_send_buffer:
+                    self._overflowed = True
             elif kind is CloseRequested:
                 assert isinstance(event, CloseRequested)
                 self._out.append(
@@ -299,10 +312,37 @@ class AsgiConnection:
                 if self.log.isEnabledFor(logging.INFO):
                     self.log.info("asgi %s: closed %s %s", self.id, event.code, event.reason)
                 self.app._forget(self)
+        if self._overflowed and not self._send_failed:
+            self._drop()
         # The deadline may have moved, and the reader may read again.
         self._timer_wake.set()
         if self.stepper.accepting:
             self._read_wake.set()
+
+    def _drop(self) -> None:
+        """The peer stopped reading: what is queued is dropped and the connection
+        ends with 4503, as `max_send_buffer` does on the native servers (the ASGI
+        server closes the transport when the App returns)."""
+        self._send_failed = True
+        self._out.clear()
+        self._out_bytes = 0
+        self.log.warning(
+            "asgi %s: dropped, the peer stopped reading (over %d bytes queued)",
+            self.id,
+            self.app.options.max_send_buffer,
+        )
+        if not self.stepper.is_closed:
+            self._apply(
+                self.stepper.transport_closed(
+                    CloseCode.SEND_BUFFER_OVERFLOW,
+                    CLOSE_CODES[CloseCode.SEND_BUFFER_OVERFLOW],
+                    self._clock(),
+                )
+            )
+        self._disconnected = True
+        if self._read_scope is not None:
+            self._read_scope.cancel()
+        self._wake_all()
 
     def _start_await(self, event: Await) -> None:
         tg = self._tg
@@ -356,6 +396,13 @@ def _backend_clock() -> Callable[[], float]:
     if sniffio.current_async_library() == "asyncio":
         return asyncio.get_running_loop().time  # what anyio's asyncio backend reads
     return anyio.current_time
+
+
+def _size(message: Message) -> int:
+    data = message.get("bytes")
+    if data is None:
+        data = message.get("text") or ""
+    return len(data)
 
 
 def _discard(awaitable: Awaitable[Any]) -> None:
