@@ -70,6 +70,7 @@ class UvicornProcess:
     """`python -m uvicorn tests.asgi.engine_app:app` on 127.0.0.1 (lifespan on)."""
 
     def __init__(self, engine_url: str, workers: int = 1) -> None:
+        self.workers = workers
         self.port = free_port()
         self.url = f"ws://127.0.0.1:{self.port}/"
         command = [sys.executable, "-m", "uvicorn", "tests.asgi.engine_app:app"]
@@ -83,15 +84,22 @@ class UvicornProcess:
         )
 
     def wait_up(self) -> None:
+        """Until every worker answered "engine:up" (each GET is a new connection,
+        handed to one worker or another: a worker still starting gets none, and a
+        test that needs both would see only the first)."""
         end = time.monotonic() + deadline(20)
+        up: set[str] = set()
         while True:
             assert self.process.poll() is None, f"uvicorn exited: {self.output()}"
             try:
-                if http_get(self.port).startswith("engine:up"):
-                    return
+                answer = http_get(self.port)
+                if answer.startswith("engine:up"):
+                    up.add(answer.rpartition("pid:")[2])
+                    if len(up) >= self.workers:
+                        return
             except OSError:
                 pass
-            assert time.monotonic() < end, "uvicorn did not start"
+            assert time.monotonic() < end, f"uvicorn did not start ({len(up)} workers up)"
             time.sleep(0.05)
 
     def output(self) -> str:
