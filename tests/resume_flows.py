@@ -96,3 +96,17 @@ def make_pair(
     stepper("server", srec, server, "s")
     stepper("client", crec, client, "c")
     return server, client, srec, crec
+
+
+def control_size(kind: str, **fields: object) -> int:
+    """Bytes of one server control frame (a 2-byte header: under 126 bytes of JSON),
+    for tests that cut the transport at a byte. Tokens are 22 characters."""
+    from socker_transports.wire.resume import control
+
+    return 2 + len(control(kind, **({"token": "A" * 22} | fields)))
+
+
+def session_size(window: float, heartbeat: float | None) -> int:
+    """Bytes of the server's "session" frame; `heartbeat`: its ping_interval."""
+    beat = {} if heartbeat is None else {"heartbeat": heartbeat}
+    return control_size("session", window=window, **beat)

@@ -33,8 +33,14 @@
 // connection text frames are socker's control messages (see the README,
 // "Resume"). A resume the server cannot honour ends with its code (4403, 4410,
 // 4412, 4413); the page may then start a fresh connection. Browsers cannot see
-// pings, so a silent drop is noticed when the server gives up on the transport
-// or the browser's TCP stack does.
+// pings, so a silent drop (a phone moving from wifi to cellular) is noticed by
+// a watchdog: a server that pings announces its ping_interval as `heartbeat` in
+// its "session" / "resumed" message and sends an ack with every ping; no frame
+// for 2 * heartbeat + 1 seconds (two beats missed, plus a second of slack) means
+// the websocket is dead: it is dropped (its later events ignored) and the page
+// goes down the path of a lost websocket (1006): detach, reconnect, resume. The
+// dropped websocket is closed once the session resumed or ended, never before (a
+// close frame reaching the server first would end the session).
 // message is a Uint8Array for a binary message, a string for a text one (only with
 // acceptText, as socker's accept_text=True); conn.send(string) sends a text message.
 
@@ -138,6 +144,12 @@ export class Flow {
 
 const sendable = (code) => code === 1000 || (code >= 3000 && code <= 4999);
 
+/** The `heartbeat` of a "session" / "resumed" message (seconds), or null. */
+const heartbeatOf = (message) => {
+  const beat = message.heartbeat;
+  return typeof beat === "number" && Number.isFinite(beat) && beat > 0 ? beat : null;
+};
+
 export class Connection {
   constructor(
     url,
@@ -168,6 +180,10 @@ export class Connection {
     this._closing = false;
     this._timer = null;
     this._done = false;
+    // The heartbeat watchdog (see the header): its timer, and websockets it gave
+    // up on, closed once the session resumed or ended.
+    this._watchdog = null;
+    this._abandoned = [];
     this.acceptText = acceptText;
     this.closed = new Promise((resolve) => {
       this._resolve = resolve;
@@ -183,12 +199,51 @@ export class Connection {
       if (this.ws === ws) onopen();
     };
     ws.onmessage = (event) => {
-      if (this.ws === ws) this._message(event.data);
+      if (this.ws !== ws) return;
+      this._watch(); // any frame shows the transport alive
+      this._message(event.data);
     };
     ws.onclose = (event) => {
       if (this.ws === ws) this._lost(event.code, event.reason);
     };
     ws.onerror = () => {}; // onclose follows with 1006
+  }
+
+  /** (Re)arm the heartbeat watchdog on the current websocket, when the server
+   * announced a heartbeat: no frame for 2 * heartbeat + 1 seconds is a lost
+   * websocket. A no-op on connections without one, and once the session ended. */
+  _watch() {
+    this._unwatch();
+    const resume = this._resume;
+    if (resume === null || resume.heartbeat === null || this._done) return;
+    const ws = this.ws;
+    this._watchdog = setTimeout(() => {
+      this._watchdog = null;
+      if (this.ws !== ws || this._done) return;
+      // The transport is dead though neither TCP stack said so: stop listening to
+      // it and reconnect. Closing it now would send a close frame, and a close
+      // frame reaching the server ends the session: it is closed once the session
+      // resumed on a new websocket (or ended).
+      ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+      this._abandoned.push(ws);
+      this._lost(1006, `no frame for ${2 * resume.heartbeat + 1}s (heartbeat lost)`);
+    }, (2 * resume.heartbeat + 1) * 1000);
+  }
+
+  _unwatch() {
+    if (this._watchdog !== null) clearTimeout(this._watchdog);
+    this._watchdog = null;
+  }
+
+  /** Close the websockets the watchdog gave up on (the session moved on). */
+  _closeAbandoned() {
+    for (const ws of this._abandoned.splice(0)) {
+      try {
+        ws.close(1000, "transport replaced");
+      } catch (err) {
+        // already closed
+      }
+    }
   }
 
   get step() {
@@ -272,6 +327,7 @@ export class Connection {
         unacked: 0,
         unackedBytes: 0,
         awaitingResumed: false,
+        heartbeat: null, // seconds, from the server's "session" / "resumed"
       };
     }
     this._enter(0, null);
@@ -339,11 +395,15 @@ export class Connection {
     if (message.type === "session" && resume.token === null && !resume.awaitingResumed) {
       resume.token = message.token;
       resume.window = message.window;
+      resume.heartbeat = heartbeatOf(message);
+      this._watch();
     } else if (message.type === "ack" && Number.isInteger(message.received)) {
       this._trim(message.received);
     } else if (message.type === "resumed" && resume.awaitingResumed) {
       resume.token = message.token;
       resume.awaitingResumed = false;
+      resume.heartbeat = heartbeatOf(message); // this server's (another worker's, maybe)
+      this._watch();
       const first = resume.sent - resume.retained.length + 1;
       if (message.received + 1 < first || message.received > resume.sent) {
         this._closing = true;
@@ -372,6 +432,7 @@ export class Connection {
   }
 
   _lost(code, reason) {
+    this._unwatch();
     const resume = this._resume;
     const resumable =
       this.reconnect && resume !== null && resume.token !== null && !this._done && !this._closing;
@@ -416,13 +477,15 @@ export class Connection {
       if (!this.detached || this._done) return;
       resume.awaitingResumed = true;
       const offer = `socker.resume.${resume.token}.${resume.received}`;
-      this._attach(new WebSocket(this.url, [RESUME_SUBPROTOCOL, offer]), () => {});
+      // Opened: "resumed" is due; the last heartbeat bounds the wait for it.
+      this._attach(new WebSocket(this.url, [RESUME_SUBPROTOCOL, offer]), () => this._watch());
     }, delay * 1000);
   }
 
   _resumed() {
     this.detached = false;
     clearTimeout(this._windowTimer);
+    this._closeAbandoned();
     for (const hook of this.flow.resumeHooks) {
       try {
         hook(this);
@@ -507,6 +570,8 @@ export class Connection {
   async _ended(code, reason) {
     if (this._done) return;
     this._done = true;
+    this._unwatch();
+    this._closeAbandoned();
     this._clearTimer();
     this._queue.length = 0;
     if (!this._closing) {

@@ -475,8 +475,8 @@ class Wire(_HandshakePhase):
             return
         if self._ping_due is not None and now >= self._ping_due and self._phase is Phase.OPEN:
             self._ping_payload = os.urandom(4)
-            if self._resume is not None and self._resume.unacked:
-                self._send_ack(now)  # a quiet peer still trims our replay buffer
+            if self._resume is not None:
+                self._keepalive_ack(now)
             self._write(control_frame(OP_PING, self._ping_payload, self._client), now)
             self._ping_due = None
             timeout = self.options.ping_timeout

@@ -314,7 +314,9 @@ class _HandshakePhase(_OpenPhase):
                 resume.session = ResumeSession(token, self.path, stepper, window, holder=self)
                 if self._keeper is None:
                     self._sessions.add(resume.session, now)
-                self._write_control(control("session", token=token, window=window), now)
+                self._write_control(
+                    control("session", token=token, window=window, **self._heartbeat()), now
+                )
         if state:
             conn_state = stepper.conn.state
             for key, value in state.items():
@@ -379,7 +381,10 @@ class _HandshakePhase(_OpenPhase):
                 len(missed),
             )
         resume.unconfirmed = True
-        self._write_control(control("resumed", token=session.token, received=replay.received), now)
+        self._write_control(
+            control("resumed", token=session.token, received=replay.received, **self._heartbeat()),
+            now,
+        )
         for message in missed:
             self._send_message(message, now)
         self._stepper_events(stepper.attach(now), now)

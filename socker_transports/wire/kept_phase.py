@@ -169,7 +169,10 @@ class _KeptPhase(_ResumePhase):
                 stepper.step,
                 len(missed),
             )
-        self._write_control(control("resumed", token=session.token, received=replay.received), now)
+        self._write_control(
+            control("resumed", token=session.token, received=replay.received, **self._heartbeat()),
+            now,
+        )
         for message in missed:
             self._send_message(message, now)
         resume.numbered = replay.sent

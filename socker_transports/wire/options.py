@@ -34,7 +34,9 @@ class Options:
     - `open_timeout`: seconds for the opening handshake (a server answers 408).
     - `close_timeout`: seconds to wait for the peer's close frame (or the server's EOF).
     - `ping_interval` / `ping_timeout`: keepalive; a peer that has not answered a
-      ping within `ping_timeout` is dropped with 1011. None disables.
+      ping within `ping_timeout` is dropped with 1011. None disables. A resumable
+      server connection also sends an ack with every ping: the "heartbeat" it
+      announces (its `ping_interval`), which lets a browser notice a silent drop.
     - `max_line` / `max_headers`: handshake limits: the longest request, status or
       header line, and the most header lines (414 for the request line, 431 beyond).
     - `origins`: allowed `Origin` values (None in the list admits a missing Origin);

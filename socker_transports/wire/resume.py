@@ -9,18 +9,25 @@ The wire format (the README's "Resume" section documents it for other clients):
   objects with a "type"); application messages are binary frames, as always.
   No per-message envelope: each side counts the binary messages it received.
 - Fresh connection: the server's first frame is
-  `{"type":"session","token":T,"window":W}` (T: 22 characters, 128 random bits,
-  base64url; W: seconds).
+  `{"type":"session","token":T,"window":W,"heartbeat":H}` (T: 22 characters,
+  128 random bits, base64url; W: seconds; H: the server's `ping_interval` in
+  seconds, absent when it does not ping).
 - Either side, while connected: `{"type":"ack","received":N}`: "I have received
   N of your messages", so the other side may forget them (sent after every 32
-  messages or 64 KiB received, and with each keepalive ping).
+  messages or 64 KiB received, and with each keepalive ping when something is
+  unacknowledged). A server sends one with *every* keepalive ping, repeating N
+  when nothing new came: the heartbeat H announced, which a browser (it cannot
+  see pings) watches: no frame for 2 * H + 1 seconds means the transport is
+  dead. A repeated count is always accepted; a count going backwards or past
+  what was sent is a protocol error.
 - Resume: the client reconnects to the same URL offering `socker.resume.v1` and
   `socker.resume.<T>.<N>` (N: how many messages it received); browsers can set
   subprotocols, never headers. The server answers 101 selecting
-  `socker.resume.v1`, then `{"type":"resumed","token":T2,"received":M}` (T2
-  replaces T: tokens are single-use), then the messages the client missed (those
-  after N), then live traffic. The client, on "resumed", sends the messages the
-  server missed (those after M), then live traffic.
+  `socker.resume.v1`, then `{"type":"resumed","token":T2,"received":M,"heartbeat":H}`
+  (T2 replaces T: tokens are single-use; H as in "session"), then the messages
+  the client missed (those after N), then live traffic. The client, on
+  "resumed", sends the messages the server missed (those after M), then live
+  traffic.
 - A resume that cannot be honoured is answered by 101 and then a close frame
   with its code (4403, 4410, 4412, 4413: socker_core.CLOSE_CODES).
 """
@@ -84,6 +91,11 @@ def control(kind: str, **fields: Any) -> str:
     return json.dumps({"type": kind, **fields}, separators=(",", ":"))
 
 
+def _positive(value: object) -> bool:
+    """A JSON number above zero."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
 def parse_control(text: str) -> dict[str, Any] | None:
     """A control message, or None when it is malformed (a protocol error)."""
     if len(text) > MAX_CONTROL:
@@ -103,10 +115,11 @@ def parse_control(text: str) -> dict[str, Any] | None:
         token = message.get("token")
         if not isinstance(token, str) or _TOKEN.fullmatch(token) is None:
             return None
-    if kind == "session":
-        window = message.get("window")
-        if not isinstance(window, (int, float)) or isinstance(window, bool) or not window > 0:
-            return None
+    if kind == "session" and not _positive(message.get("window")):
+        return None
+    beat = message.get("heartbeat")  # seconds between a server's acks (optional)
+    if (kind == "session" or kind == "resumed") and beat is not None and not _positive(beat):
+        return None
     if kind not in ("ack", "session", "resumed"):
         return None
     return message

@@ -112,6 +112,23 @@ class _ResumePhase(_WireState):
         header, payload = data_frame(text.encode("utf-8"), text=True, client=self._client)
         self._write(header + payload, now)
 
+    def _heartbeat(self) -> dict[str, float]:
+        """The `heartbeat` field of the "session" and "resumed" messages: the seconds
+        between the acks a server sends with its keepalive pings (`_keepalive_ack`),
+        so a browser, which cannot see pings, notices a silent drop. None without
+        pings."""
+        interval = self.options.ping_interval
+        return {} if interval is None or self._client else {"heartbeat": interval}
+
+    def _keepalive_ack(self, now: float) -> None:
+        """With each keepalive ping: an ack when something is unacked (a quiet peer
+        still trims our replay buffer) and, on a server, always, its count repeated
+        if nothing new came: the heartbeat announced in "session" / "resumed"."""
+        resume = self._resume
+        assert resume is not None
+        if resume.unacked or not self._client:
+            self._send_ack(now)
+
     def _send_ack(self, now: float) -> None:
         resume = self._resume
         stepper = self.stepper

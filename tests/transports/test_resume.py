@@ -14,20 +14,23 @@ from typing import Any
 import pytest
 
 from socker_core import Connection, Flow
-from tests.resume_flows import expected, make_pair
+from tests.resume_flows import control_size, expected, make_pair, session_size
 from tests.timing import deadline
 from tests.transports.conftest import StartServer
 from tests.transports.cutproxy import CutProxy
 from tests.transports.harness import DriverHarness
 
-# Bytes server -> client after the 101 head at which the cut happens. The
-# "session" message is 67 bytes, then each step's burst is three 6-byte frames
-# (s0: 68-85, s1: 86-103, s2: 104-121, s3: 122-139), then the close: cuts right
-# after the session message, inside frames, between bursts, at every step, and
-# just before the close.
-BUDGETS = [67, 70, 79, 86, 95, 104, 113, 125, 134, 139]
-
 KEEPALIVE = {"ping_interval": 0.2, "ping_timeout": 0.3}
+
+# Bytes server -> client after the 101 head at which the cut happens. The
+# "session" message (SESSION bytes: 83 with its heartbeat) comes first, then each
+# step's burst is three 6-byte frames (s0: SESSION+1 to +18, s1: +19 to +36, s2:
+# +37 to +54, s3: +55 to +72), then the close: cuts right after the session
+# message, inside frames, between bursts, at every step, and just before the close.
+SESSION = session_size(deadline(10.0), KEEPALIVE["ping_interval"])
+AFTER_SESSION = [0, 3, 12, 19, 28, 37, 46, 58, 67, 72]
+# The "resumed" message, with the server's received count under 10.
+RESUMED = control_size("resumed", received=0, heartbeat=KEEPALIVE["ping_interval"])
 
 
 @pytest.fixture
@@ -95,12 +98,12 @@ def _run(
     return result, srec, crec, proxy
 
 
-@pytest.mark.parametrize("budget", BUDGETS)
+@pytest.mark.parametrize("after", AFTER_SESSION)
 @pytest.mark.parametrize("mode", ["rst", "silent"])
 def test_a_cut_anywhere_resumes(
-    driver: DriverHarness, start_server: StartServer, proxy_for: Any, budget: int, mode: str
+    driver: DriverHarness, start_server: StartServer, proxy_for: Any, after: int, mode: str
 ) -> None:
-    result, srec, crec, proxy = _run(driver, start_server, proxy_for, [budget], mode)
+    result, srec, crec, proxy = _run(driver, start_server, proxy_for, [SESSION + after], mode)
     assert proxy.cuts == 1
     assert result.code == 1000, result
     assert srec.seen == expected("server")
@@ -109,8 +112,8 @@ def test_a_cut_anywhere_resumes(
     assert srec.closed == [1000] and crec.closed == [1000]
     # A side cut after its last step was closing: it resends its close on resume
     # and is not handed back to the application (no on_detach/on_resume then).
-    assert srec.resumed == srec.detached == (0 if budget > 122 else 1)
-    assert crec.resumed == crec.detached == (0 if budget >= 139 else 1)
+    assert srec.resumed == srec.detached == (0 if after > 55 else 1)
+    assert crec.resumed == crec.detached == (0 if after >= 72 else 1)
     assert proxy.connections == 2
 
 
@@ -119,8 +122,9 @@ def test_five_consecutive_drops(
     driver: DriverHarness, start_server: StartServer, proxy_for: Any, mode: str
 ) -> None:
     # Each resumed transport is cut again inside the message after its
-    # "resumed" (66 bytes): the replay, or the next live message.
-    result, srec, crec, proxy = _run(driver, start_server, proxy_for, [70, 69, 69, 69, 69], mode)
+    # "resumed": the replay, or the next live message.
+    budgets = [SESSION + 3] + [RESUMED + 3] * 4
+    result, srec, crec, proxy = _run(driver, start_server, proxy_for, budgets, mode)
     assert proxy.cuts == 5
     assert result.code == 1000, result
     assert srec.seen == expected("server") and crec.seen == expected("client")

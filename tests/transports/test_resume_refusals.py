@@ -13,11 +13,16 @@ from typing import Any
 import pytest
 
 from socker_core import CloseCode, Connection, Flow, MemorySessionStore
-from tests.resume_flows import expected, make_pair
+from socker_transports.wire import Options
+from tests.resume_flows import expected, make_pair, session_size
 from tests.timing import deadline
 from tests.transports.conftest import StartServer
 from tests.transports.cutproxy import CutProxy
 from tests.transports.harness import DriverHarness
+
+#: Server -> client bytes at which a cut falls inside the first burst (13 bytes
+#: after the "session" message, whose heartbeat is the default ping_interval).
+FIRST_BURST = session_size(deadline(10.0), Options().ping_interval) + 13
 
 
 def store_of(server: Any) -> MemorySessionStore:
@@ -117,7 +122,7 @@ def test_a_spent_token_is_4403_and_a_wrong_route_too(
     bystander(server)
     proxy = CutProxy(server.port)
     try:
-        proxy.plan([80], "rst")
+        proxy.plan([FIRST_BURST], "rst")
         result = driver.run_client(proxy.url, client_flow, timeout=deadline(10.0), reconnect=True)
     finally:
         proxy.stop()
@@ -150,7 +155,7 @@ def test_replay_overflow_while_detached_is_4413(
     bystander(server)
     proxy = CutProxy(server.port)
     try:
-        proxy.plan([80], "rst")
+        proxy.plan([FIRST_BURST], "rst")
         result = driver.run_client(proxy.url, client_flow, timeout=deadline(10.0), reconnect=True)
     finally:
         proxy.stop()
@@ -172,7 +177,7 @@ def test_a_resume_takes_over_a_half_open_session_with_4409(
     bystander(server)
     proxy = CutProxy(server.port)
     try:
-        proxy.plan([80], "silent")
+        proxy.plan([session_size(deadline(10.0), None) + 13], "silent")  # no heartbeat
         result = driver.run_client(
             proxy.url,
             client_flow,

@@ -13,12 +13,12 @@ from socker_core import Close, Connection, Flow
 from tests.timing import deadline
 from tests.transports.conftest import StartServer
 from tests.transports.harness import DriverHarness
-from tests.transports.test_resume import KEEPALIVE, proxy_for  # noqa: F401 (fixture)
+from tests.transports.test_resume import KEEPALIVE, SESSION, proxy_for  # noqa: F401 (fixture)
 
 SHOUTS = 30
-# Server -> player bytes after the 101: the 67-byte "session" control message, the
+# Server -> player bytes after the 101: the "session" control message, the
 # 9-byte welcome frame, then 3- and 4-byte broadcast frames: the cut falls among them.
-CUT_AT = 67 + 9 + 20
+CUT_AT = SESSION + 9 + 20
 
 
 def _server_flow(joined: threading.Event, members: list[int]) -> Flow:
