@@ -15,12 +15,9 @@ import anyio.streams.stapled
 from anyio.abc import SocketAttribute
 from anyio.streams.tls import TLSStream
 
+from ._anyio_raw_io import STREAM_ERRORS, trio_raw_io
 from ._anyio_server_base import _ServerBase
-from ._anyio_session import (
-    STREAM_ERRORS,
-    _StreamSession,
-    trio_raw_io,
-)
+from ._anyio_session import _StreamSession
 from ._asyncio_protocol import asyncio_spawner, peer_name, session_factory, ssl_timeouts
 from ._listen import is_tcp
 from .wire import (

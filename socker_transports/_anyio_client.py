@@ -26,12 +26,9 @@ from socker_core import (
     reconnect_delay,
 )
 
-from ._anyio_session import (
-    Spawn,
-    _SessionBase,
-    _StreamSession,
-    trio_raw_io,
-)
+from ._anyio_raw_io import trio_raw_io
+from ._anyio_session import _StreamSession
+from ._anyio_session_base import Spawn, _SessionBase
 from ._anyio_shared import _SHUTDOWN_FALLBACK, _SOCKER_LOGGER, _on_asyncio
 from ._asyncio_protocol import asyncio_spawner, session_factory, ssl_timeouts
 from .wire import (

@@ -27,11 +27,8 @@ from socker_core import (
     Registry,
 )
 
-from ._anyio_session import (
-    RawIO,
-    Spawn,
-    _SessionBase,
-)
+from ._anyio_raw_io import RawIO
+from ._anyio_session_base import Spawn, _SessionBase
 from ._anyio_shared import _SHUTDOWN_FALLBACK, _SOCKER_LOGGER
 from ._limits import effective_max_connections
 from ._listen import check_choice, check_listening
