@@ -25,7 +25,7 @@ A connection is an `asyncio.Protocol` around one `Wire`, with no task of its own
   a `wakeup` (events the flow made outside a wire call) is collected in a
   `call_soon` callback, once per burst;
 - awaited handlers, hooks and on_close hooks run as tasks in the owner's anyio
-  task group (see `_anyio_session._SessionBase`);
+  task group (see `_anyio_session_base._SessionBase`);
 - closing: when the wire asks to linger (`wire.linger`), `write_eof()` (a FIN
   after the last bytes) and read and discard until the peer's EOF, bounded in
   time and bytes, so that what was written is read rather than destroyed by the
@@ -49,7 +49,8 @@ import anyio
 
 from socker_core import RoomRef
 
-from ._anyio_session import Spawn, _SessionBase, shared_read_buffer
+from ._anyio_raw_io import shared_read_buffer
+from ._anyio_session_base import Spawn, _SessionBase
 from .wire import SEND_BUFFER_OVERFLOW, Wire, format_host, socket_address
 
 logger = logging.getLogger("socker")
