@@ -5,9 +5,7 @@ TEXT", "shout ...", "pub ...", "who ROOM", ...), and the ASGI stacks serving it.
 from __future__ import annotations
 
 import asyncio
-import json
 import queue
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -18,7 +16,7 @@ from socker_transports.asgi import App
 from socker_transports.threaded import ClientConnection, connect
 from tests.asgi.harness_asgi import STACKS
 from tests.asgi.servers import HypercornTrioThread, ServerThread
-from tests.engine.test_server_engine import anyio_flow
+from tests.engine.test_server_engine import CommandPeer, anyio_flow, wait_for
 from tests.timing import deadline
 
 __all__ = ["Peer", "anyio_flow", "run_on", "wait_for"]
@@ -26,8 +24,9 @@ __all__ = ["Peer", "anyio_flow", "run_on", "wait_for"]
 T = TypeVar("T")
 
 
-class Peer:
-    """One socker client in the command protocol; room messages are kept in order."""
+class Peer(CommandPeer):
+    """The command protocol over socker's threaded client; room messages are kept in
+    order."""
 
     def __init__(self, url: str) -> None:
         self.inbox: queue.Queue[bytes | None] = queue.Queue()
@@ -53,39 +52,12 @@ class Peer:
         assert data is not None, f"the connection ended ({self.close_code})"
         return data
 
-    def ask(self, command: str) -> str:
-        """Send a command; its reply (room messages meanwhile are kept in order)."""
-        self.client.send(command.encode())
-        while True:
-            data = self.recv()
-            if data.startswith(b"r:"):
-                return data[2:].decode()
-            self.room_messages.append(data)
-
-    def messages(self, count: int) -> list[bytes]:
-        """The first `count` room messages (waiting for those not here yet)."""
-        while len(self.room_messages) < count:
-            data = self.recv()
-            assert not data.startswith(b"r:"), data
-            self.room_messages.append(data)
-        return self.room_messages[:count]
-
-    def who(self, room: str) -> dict[str, dict[str, str]]:
-        reply = self.ask(f"who {room}")
-        assert reply.startswith("who:"), reply
-        members: dict[str, dict[str, str]] = json.loads(reply[4:])
-        return members
+    def send_command(self, command: bytes) -> None:
+        self.client.send(command)
 
     def close(self) -> None:
         self.client.close()
         self.client.wait_closed(deadline(10))
-
-
-def wait_for(check: Callable[[], bool], seconds: float = 10) -> None:
-    end = time.monotonic() + deadline(seconds)
-    while not check():
-        assert time.monotonic() < end, "not in time"
-        time.sleep(0.02)
 
 
 @pytest.fixture

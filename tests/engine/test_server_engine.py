@@ -150,23 +150,21 @@ def flow_for(driver: DriverHarness) -> Flow:
 # -- clients --------------------------------------------------------------------------
 
 
-class Client:
-    def __init__(self, url: str) -> None:
-        self._cm = ws_connect(url, open_timeout=deadline(5))
-        self.ws: ClientConnection = self._cm.__enter__()
-        self.room_messages: list[bytes] = []
+class CommandPeer:
+    """A client of the command protocol above, over any transport: a subclass gives
+    `recv` (the next message) and `send_command`, and sets `room_messages = []`."""
 
-    def close(self) -> None:
-        self._cm.__exit__(None, None, None)
+    room_messages: list[bytes]
 
     def recv(self) -> bytes:
-        data = self.ws.recv(timeout=deadline(10))
-        assert isinstance(data, bytes)
-        return data
+        raise NotImplementedError
+
+    def send_command(self, command: bytes) -> None:
+        raise NotImplementedError
 
     def ask(self, command: str) -> str:
         """Send a command; its reply (room messages meanwhile are kept in order)."""
-        self.ws.send(command.encode())
+        self.send_command(command.encode())
         while True:
             data = self.recv()
             if data.startswith(b"r:"):
@@ -186,6 +184,26 @@ class Client:
         assert reply.startswith("who:"), reply
         members: dict[str, dict[str, str]] = json.loads(reply[4:])
         return members
+
+
+class Client(CommandPeer):
+    """The command protocol over a websockets client."""
+
+    def __init__(self, url: str) -> None:
+        self._cm = ws_connect(url, open_timeout=deadline(5))
+        self.ws: ClientConnection = self._cm.__enter__()
+        self.room_messages = []
+
+    def close(self) -> None:
+        self._cm.__exit__(None, None, None)
+
+    def recv(self) -> bytes:
+        data = self.ws.recv(timeout=deadline(10))
+        assert isinstance(data, bytes)
+        return data
+
+    def send_command(self, command: bytes) -> None:
+        self.ws.send(command)
 
 
 def wait_for(check: Callable[[], bool], seconds: float = 10) -> None:
