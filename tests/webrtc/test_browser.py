@@ -63,13 +63,19 @@ def test_demo_page_completes_the_handshake_in_chromium(
         flow = demo.server_flow(lines.append)
         routes = {demo.GAME_PATH: flow}
         async with serve(routes, "127.0.0.1", 0, http_handler=demo.http_handler) as server:
-            url = f"http://127.0.0.1:{server.port}/?rounds={rounds}"
+            # The page's own wait for each reply (5 s) scaled like every other wait:
+            # the test is about the handshake and the round trips, not their latency.
+            url = f"http://127.0.0.1:{server.port}/?rounds={rounds}&patience={deadline(20)}"
 
             async def play(page: chromium.Page) -> Any:
                 summary = await asyncio.wait_for(
                     page.evaluate(WAIT_FOR_DEMO % (deadline(30) * 1000)), deadline(40)
                 )
                 table = await page.evaluate("document.getElementById('rows').innerText")
+                if not summary.get("ok"):
+                    # Everything there is to know about a failed run, in the report.
+                    print("console:", *page.console, sep="\n  ")
+                    print("chromium log:", browser.log_tail())
                 return summary, table
 
             result = await open_page(browser, url, play)
@@ -77,7 +83,7 @@ def test_demo_page_completes_the_handshake_in_chromium(
             return result
 
     summary, table = run(scenario(), 90)
-    assert summary["ok"], summary
+    assert summary["ok"], (summary, table, lines)
     assert summary["close"]["code"] == 1000 and summary["close"]["reason"] == "flow complete"
     assert summary["steps"] == "control"
     assert (summary["roundTrips"], summary["dcOut"], summary["dcIn"]) == (rounds,) * 3
