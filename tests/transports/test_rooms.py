@@ -340,12 +340,15 @@ def test_a_member_that_stops_reading_is_dropped_not_the_broadcast(
         for peer in (slow, reader):
             assert ask(peer, b"join match") == b"ok"
         got: list[int] = []
+        progress = threading.Condition()
 
         def read() -> None:
             while (message := reader.recv_data()) != b"end":
-                got.append(len(message))
+                with progress:
+                    got.append(len(message))
+                    progress.notify()
 
-        thread = threading.Thread(target=read)
+        thread = threading.Thread(target=read, daemon=True)
         thread.start()
         chunk = b"x" * 16384
         sent = 0
@@ -355,6 +358,12 @@ def test_a_member_that_stops_reading_is_dropped_not_the_broadcast(
             with seen.lock:
                 if slow_id in seen.codes:
                     break
+            # Pace the broadcast to the reader: at most 8 chunks (128 KiB, half of
+            # max_send_buffer) unread, so a reader slowed by a loaded machine is
+            # never the one over the limit. The slow peer reads nothing at all.
+            with progress:
+                caught_up = progress.wait_for(lambda: len(got) >= sent - 8, deadline(10))
+            assert caught_up, f"the reader is stuck at {len(got)} of {sent} chunks"
         outside(server, lambda s: s.broadcast(b"end", room="match"))
         thread.join(deadline(30))
         assert not thread.is_alive()
