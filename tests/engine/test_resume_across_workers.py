@@ -189,7 +189,7 @@ def _open_session(url: str) -> tuple[Any, str, list[bytes]]:
 
     from websockets.sync.client import connect
 
-    ws = connect(url, subprotocols=["socker.resume.v1"], open_timeout=deadline(5))  # type: ignore[list-item]
+    ws = connect(url, subprotocols=["socker.resume.v1"], open_timeout=deadline(5), legacy=True)  # type: ignore[list-item]
     first = ws.recv(timeout=deadline(5))
     assert isinstance(first, str), first
     session = json.loads(first)
@@ -203,7 +203,7 @@ def _resume(url: str, token: str, received: int) -> Any:
     from websockets.sync.client import connect
 
     offer = ["socker.resume.v1", f"socker.resume.{token}.{received}"]
-    return connect(url, subprotocols=offer, open_timeout=deadline(5))  # type: ignore[arg-type]
+    return connect(url, subprotocols=offer, open_timeout=deadline(5), legacy=True)  # type: ignore[arg-type]
 
 
 def _closed_with(ws: Any) -> int | None:
