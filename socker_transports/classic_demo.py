@@ -197,7 +197,9 @@ def server_flow(
 # -- the client's flow ----------------------------------------------------------------
 
 
-def client_flow(sink: Sink, stats: Stats, *, rounds: int = DEFAULT_ROUNDS) -> Flow:
+def client_flow(
+    sink: Sink, stats: Stats, *, rounds: int = DEFAULT_ROUNDS, patience: float = 5.0
+) -> Flow:
     """The game client: scene, handshake, answer, then game state and control."""
     from . import webrtc
 
@@ -242,7 +244,7 @@ def client_flow(sink: Sink, stats: Stats, *, rounds: int = DEFAULT_ROUNDS) -> Fl
                 waiter = loop.create_future()
                 channel.send(b"I" + struct.pack("!I", seq) + b"move:+1,+0;fire:0")
                 stats.dc_out += 1
-                reply = await asyncio.wait_for(waiter, 5.0)
+                reply = await asyncio.wait_for(waiter, patience)
                 if reply[:5] != b"G" + struct.pack("!I", seq):
                     raise RuntimeError(f"round trip {seq}: unexpected reply {reply[:9]!r}")
                 stats.round_trips = seq + 1
@@ -337,7 +339,7 @@ async def _server_child(scene_kib: int, timeout: float) -> int:
     return 0 if stats.close_code == 1000 and stats.error is None else 1
 
 
-async def _client_child(url: str, rounds: int, timeout: float) -> int:
+async def _client_child(url: str, rounds: int, timeout: float, patience: float) -> int:
     import anyio
 
     from . import webrtc
@@ -345,7 +347,7 @@ async def _client_child(url: str, rounds: int, timeout: float) -> int:
 
     emit = _emitter("client", sys.stdout)
     stats = Stats()
-    flow = client_flow(lambda text: emit({"text": text}), stats, rounds=rounds)
+    flow = client_flow(lambda text: emit({"text": text}), stats, rounds=rounds, patience=patience)
     with webrtc.local_only():
         stats.started = time.monotonic()
         with anyio.move_on_after(timeout):
@@ -449,9 +451,11 @@ def _summary(server: dict[str, Any], client: dict[str, Any], out: IO[str]) -> No
     out.flush()
 
 
-def _run_demo(rounds: int, scene_kib: int, timeout: float, out: IO[str]) -> int:
+def _run_demo(
+    rounds: int, scene_kib: int, timeout: float, out: IO[str], patience: float = 5.0
+) -> int:
     lines: queue.Queue[tuple[str, Any]] = queue.Queue()
-    common = ["--timeout", str(timeout)]
+    common = ["--timeout", str(timeout), "--patience", str(patience)]
     procs = [_spawn(["--role", "server", "--scene-kib", str(scene_kib), *common], lines, "server")]
     table = _Table(out)
     summaries: dict[str, Any] = {}
@@ -591,6 +595,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--scene-kib", type=int, default=DEFAULT_SCENE_KIB, help="scene data size")
     parser.add_argument("--timeout", type=float, default=60.0, help="overall bound in seconds")
+    parser.add_argument(
+        "--patience", type=float, default=5.0, help="seconds to wait for each data channel reply"
+    )
     parser.add_argument("--role", choices=["server", "client"], help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -598,15 +605,15 @@ def main(argv: list[str] | None = None) -> int:
     if problem is not None:  # before any child process could fail on it
         print(f"socker demo: error: {problem}", file=sys.stderr)
         return 2
-    if args.rounds < 1 or args.scene_kib < 1:
-        parser.error("--rounds and --scene-kib must be positive")
+    if args.rounds < 1 or args.scene_kib < 1 or not args.patience > 0:
+        parser.error("--rounds, --scene-kib and --patience must be positive")
     if args.role == "server":
         return asyncio.run(_server_child(args.scene_kib, args.timeout))
     if args.role == "client":
-        return asyncio.run(_client_child(args.url, args.rounds, args.timeout))
+        return asyncio.run(_client_child(args.url, args.rounds, args.timeout, args.patience))
     if args.serve:
         return _serve_main("127.0.0.1", args.port, args.scene_kib)
-    return _run_demo(args.rounds, args.scene_kib, args.timeout, sys.stdout)
+    return _run_demo(args.rounds, args.scene_kib, args.timeout, sys.stdout, args.patience)
 
 
 if __name__ == "__main__":

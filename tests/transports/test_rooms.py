@@ -362,7 +362,7 @@ def test_a_member_that_stops_reading_is_dropped_not_the_broadcast(
             # max_send_buffer) unread, so a reader slowed by a loaded machine is
             # never the one over the limit. The slow peer reads nothing at all.
             with progress:
-                caught_up = progress.wait_for(lambda: len(got) >= sent - 8, deadline(10))
+                caught_up = progress.wait_for(lambda want=sent - 8: len(got) >= want, deadline(10))
             assert caught_up, f"the reader is stuck at {len(got)} of {sent} chunks"
         outside(server, lambda s: s.broadcast(b"end", room="match"))
         thread.join(deadline(30))

@@ -22,7 +22,11 @@ OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 def test_demo_runs_end_to_end() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "socker_transports.classic_demo", "--rounds", "200"],
+        # The demo's own wait for each reply (5 s) scaled like every wait in the tests.
+        [
+            *(sys.executable, "-m", "socker_transports.classic_demo", "--rounds", "200"),
+            *("--patience", str(deadline(20))),
+        ],
         cwd=ROOT,
         env=ENV,
         capture_output=True,
