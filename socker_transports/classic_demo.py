@@ -605,8 +605,10 @@ def main(argv: list[str] | None = None) -> int:
     if problem is not None:  # before any child process could fail on it
         print(f"socker demo: error: {problem}", file=sys.stderr)
         return 2
-    if args.rounds < 1 or args.scene_kib < 1 or not args.patience > 0:
-        parser.error("--rounds, --scene-kib and --patience must be positive")
+    if args.rounds < 1 or args.scene_kib < 1:
+        parser.error("--rounds and --scene-kib must be positive")
+    if not args.patience > 0:  # also refuses nan
+        parser.error("--patience must be positive seconds")
     if args.role == "server":
         return asyncio.run(_server_child(args.scene_kib, args.timeout))
     if args.role == "client":

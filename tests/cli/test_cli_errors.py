@@ -199,6 +199,11 @@ def test_a_flow_that_cannot_run_is_a_usage_error(
             "(see socker demo --classic --help)",
         ),
         (
+            ["demo", "--classic", "--patience", "0"],
+            "socker demo --classic: error: --patience must be positive seconds "
+            "(see socker demo --classic --help)",
+        ),
+        (
             ["-v", "demo", "--bogus"],
             "socker demo: error: unrecognized arguments: --bogus (see socker demo --help)",
         ),
