@@ -33,9 +33,14 @@ async def open_page(browser: chromium.Browser, url: str, work: Any) -> Any:
         try:
             return await work(page)
         except BaseException:
-            print("console:", *page.console, sep="\n  ")
-            print("chromium log:", browser.log_tail())
+            report(browser, page)
             raise
+
+
+def report(browser: chromium.Browser, page: chromium.Page) -> None:
+    """Print what the page and Chromium logged (pytest shows it for a failed test)."""
+    print("console:", *page.console, sep="\n  ")
+    print("chromium log:", browser.log_tail())
 
 
 WAIT_FOR_DEMO = """
@@ -73,9 +78,7 @@ def test_demo_page_completes_the_handshake_in_chromium(
                 )
                 table = await page.evaluate("document.getElementById('rows').innerText")
                 if not summary.get("ok"):
-                    # Everything there is to know about a failed run, in the report.
-                    print("console:", *page.console, sep="\n  ")
-                    print("chromium log:", browser.log_tail())
+                    report(browser, page)  # the page failed without raising
                 return summary, table
 
             result = await open_page(browser, url, play)
